@@ -1,0 +1,194 @@
+"""Intensity normalisation of each source to [0, 1], the way its modality needs.
+
+===========  =====================================================================================
+modality     rule
+===========  =====================================================================================
+``CT``       a window (level, width) in Hounsfield units: presets ``brain`` (40, 80),
+             ``soft-tissue`` (50, 400), ``bone`` (400, 1800, the default: bone bright, soft tissue
+             mid-grey, air black — what CT adds to an MR in fusion), or an explicit ``(L, W)``.
+``MR``       robust percentiles: [p0.5, p99.5] of the image mapped to [0, 1].
+``PET``,     [0, p99.9]: uptake is non-negative and hot spots are what matters, so the top is
+``SPECT``    taken high to keep lesions from saturating.
+``8BIT``     8-bit images (PNG/JPEG/... or uint8 volumes) keep their 0-255 scale: divided by 255.
+===========  =====================================================================================
+
+Where the modality comes from, in order: the caller (``--fixed-modality``), the DICOM header
+(``0008|0060`` Modality: CT, MR, PT -> PET, NM -> SPECT), else a guess: 8-bit pixels -> ``8BIT``;
+values reaching below -500 and above +300 (Hounsfield air and bone) -> ``CT``; anything else ->
+``MR``. PET cannot be told from MR by intensities alone: pass the modality for PET/SPECT files that
+are not DICOM. :class:`NormalizationInfo` records what was used and why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InvalidInputError
+from .methods import look_up
+
+__all__ = ["MODALITIES", "CT_WINDOWS", "NormalizationInfo", "guess_modality", "resolve_modality", "normalize",
+           "parse_window"]
+
+MODALITIES = ("CT", "MR", "PET", "SPECT", "8BIT")
+
+#: CT window presets as (level, width) in Hounsfield units.
+CT_WINDOWS = {"brain": (40.0, 80.0), "soft-tissue": (50.0, 400.0), "bone": (400.0, 1800.0)}
+DEFAULT_CT_WINDOW = "bone"
+
+_DICOM_MODALITY = {"CT": "CT", "MR": "MR", "PT": "PET", "PET": "PET", "NM": "SPECT", "ST": "SPECT"}
+
+
+@dataclass(frozen=True)
+class NormalizationInfo:
+    """How a source was mapped to [0, 1]: ``out = clip((x - lower) / (upper - lower), 0, 1)``.
+
+    Attributes
+    ----------
+    modality : str
+        One of :data:`MODALITIES`.
+    modality_source : str
+        ``"user"``, ``"dicom"`` or ``"guess"``.
+    lower, upper : float
+        Input values mapped to 0 and 1 (in the input's units, e.g. HU for CT).
+    rule : str
+        Human-readable rule, e.g. ``"CT window bone (L=400, W=1800)"``.
+    """
+
+    modality: str
+    modality_source: str
+    lower: float
+    upper: float
+    rule: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_modality(modality: str) -> str:
+    return look_up(modality, [m.lower() for m in MODALITIES], what="modality").upper()
+
+
+def parse_window(window) -> tuple[str, float, float]:
+    """``"bone"``, ``"40,80"`` or ``(40, 80)`` -> (name, level, width) in HU."""
+    if window is None:
+        window = DEFAULT_CT_WINDOW
+    if isinstance(window, str) and "," not in window:
+        name = look_up(window, CT_WINDOWS, what="CT window")
+        level, width = CT_WINDOWS[name]
+        return name, level, width
+    try:
+        if isinstance(window, str):
+            level, width = (float(v) for v in window.split(","))
+        else:
+            level, width = (float(v) for v in window)
+    except (TypeError, ValueError):
+        raise InvalidInputError(
+            f"CT window {window!r} is neither a preset ({', '.join(CT_WINDOWS)}) nor 'LEVEL,WIDTH'."
+        ) from None
+    if not width > 0:
+        raise InvalidInputError(f"CT window width must be positive, got {width}.")
+    return "custom", level, width
+
+
+def _is_8bit(image: sitk.Image) -> bool:
+    if image.GetPixelID() in (sitk.sitkUInt8, sitk.sitkVectorUInt8):
+        return True
+    return image.HasMetaDataKey("MedFusion.BitsStored") and image.GetMetaData("MedFusion.BitsStored") == "8"
+
+
+def guess_modality(image: sitk.Image, array: np.ndarray | None = None) -> tuple[str, str]:
+    """Best guess of an image's modality: ``(modality, source)`` with source ``dicom`` or ``guess``."""
+    if image.HasMetaDataKey("0008|0060"):
+        tag = image.GetMetaData("0008|0060").strip().upper()
+        if tag in _DICOM_MODALITY:
+            return _DICOM_MODALITY[tag], "dicom"
+    if _is_8bit(image):
+        return "8BIT", "guess"
+    arr = sitk.GetArrayViewFromImage(image) if array is None else array
+    lo, hi = np.percentile(arr, [1, 99.9])
+    if lo <= -500 and hi >= 300:
+        return "CT", "guess"
+    return "MR", "guess"
+
+
+def resolve_modality(image: sitk.Image, modality: str | None = None) -> tuple[str, str]:
+    """``(modality, source)``: the caller's modality (source ``user``) or :func:`guess_modality`."""
+    if modality is None:
+        return guess_modality(image)
+    return _check_modality(modality), "user"
+
+
+def normalize(image: sitk.Image, modality: str | None = None, *, window=None,
+              name: str = "image", source: str = "user") -> tuple[np.ndarray, NormalizationInfo]:
+    """Map an image's intensities to [0, 1] by its modality's rule.
+
+    Parameters
+    ----------
+    image : SimpleITK.Image
+        A scalar 2D or 3D image.
+    modality : str, optional
+        ``CT``, ``MR``, ``PET``, ``SPECT`` or ``8BIT``; from the DICOM header or guessed if omitted.
+    window : str or (float, float), optional
+        CT only: a preset name (``brain``, ``soft-tissue``, ``bone``) or ``(level, width)`` in HU.
+    name : str, optional
+        Name of the input for error messages (e.g. its path).
+    source : str, optional
+        Where a given ``modality`` came from (recorded in the info): ``user``, ``dicom``, ``guess``.
+
+    Returns
+    -------
+    array : ndarray
+        ``float32`` in [0, 1], numpy (z, y, x) order.
+    info : NormalizationInfo
+        The rule that was applied.
+
+    Raises
+    ------
+    InvalidInputError
+        If the image has NaN/Inf values or is constant, or the modality/window is unknown.
+    """
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InvalidInputError(f"{name}: a scalar image is needed, got a vector image with "
+                                f"{image.GetNumberOfComponentsPerPixel()} components per pixel.")
+    arr = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise InvalidInputError(f"{name}: {bad} voxel(s) are NaN or Inf; fix or mask them before fusion.")
+    amin, amax = float(arr.min()), float(arr.max())
+    if amax <= amin:
+        raise InvalidInputError(f"{name}: the image is constant (every voxel is {amin:g}); nothing to fuse.")
+    if modality is None:
+        modality, source = guess_modality(image, arr)
+    else:
+        modality = _check_modality(modality)
+    if window is not None and modality != "CT":
+        raise InvalidInputError(f"{name}: a CT window was given but the modality is {modality}.")
+
+    if modality == "CT":
+        wname, level, width = parse_window(window)
+        lower, upper = level - width / 2, level + width / 2
+        rule = f"CT window {wname} (L={level:g}, W={width:g})"
+    elif modality == "8BIT":
+        lower, upper = 0.0, 255.0
+        rule = "8-bit scale (x / 255)"
+    elif modality == "MR":
+        lower, upper = (float(v) for v in np.percentile(arr, [0.5, 99.5]))
+        rule = "robust percentiles [p0.5, p99.5]"
+    else:  # PET, SPECT
+        lower = max(0.0, amin)
+        upper = float(np.percentile(arr, 99.9))
+        rule = "uptake [0, p99.9]"
+    if upper <= lower:  # sparse images: fall back to the full range
+        lower, upper = amin, amax
+        rule += " (degenerate percentiles: full range used)"
+    out = (arr - np.float32(lower)) * np.float32(1.0 / (upper - lower))
+    np.clip(out, 0.0, 1.0, out=out)
+    if float(out.max()) <= float(out.min()):
+        raise InvalidInputError(
+            f"{name}: after {rule} the image is constant; its values ({amin:g}..{amax:g}) lie "
+            "outside the window — check the modality or give another window."
+        )
+    return out, NormalizationInfo(modality, source, float(lower), float(upper), rule)

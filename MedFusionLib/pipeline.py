@@ -1,0 +1,170 @@
+"""The whole fusion job on two images: normalise, register, resample, fuse slice by slice.
+
+This is the single entry point that the ``medfusion`` command, the Slicer module (through
+:mod:`MedFusionLib.slicer_bridge`) and the benchmarks share.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+
+from .driver import acquisition_axis, fuse_arrays
+from .errors import InvalidInputError
+from .io import copy_geometry
+from .methods import default_method, get_method
+from .normalize import NormalizationInfo, normalize, resolve_modality
+from .progress import ProgressCallback, report, scaled
+from .registration import RegistrationResult, register, resample_to
+
+__all__ = ["FusionResult", "fuse_images"]
+
+
+@dataclass
+class FusionResult:
+    """Outcome of :func:`fuse_images`.
+
+    Attributes
+    ----------
+    fused : SimpleITK.Image
+        ``float32`` in [0, 1], with the fixed image's exact geometry.
+    weights : SimpleITK.Image or None
+        Contribution of the fixed source per pixel, in [0, 1] (that of the moving source is
+        ``1 - weights``); only when asked for.
+    fixed01, moving01 : ndarray
+        ``float32`` (z, y, x) arrays in [0, 1] on the fixed grid: exactly what the method fused.
+    registration : RegistrationResult
+        The transform (fixed -> moving points) and how it was found.
+    fixed_norm, moving_norm : NormalizationInfo
+        How each source was mapped to [0, 1].
+    axis : int
+        Numpy axis of the slices that were fused (0 for 2D images).
+    method, device : str
+        Method name and the device it ran on.
+    timings : dict
+        Seconds spent in ``normalise``, ``register``, ``resample`` and ``fuse``.
+    """
+
+    fused: sitk.Image
+    weights: sitk.Image | None
+    fixed01: np.ndarray
+    moving01: np.ndarray
+    registration: RegistrationResult
+    fixed_norm: NormalizationInfo
+    moving_norm: NormalizationInfo
+    axis: int
+    method: str
+    device: str
+    params: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """JSON-ready description of what was done (no pixel data)."""
+        return {
+            "method": self.method, "device": self.device, "params": self.params,
+            "slice_axis": self.axis,
+            "fixed_normalization": self.fixed_norm.to_dict(),
+            "moving_normalization": self.moving_norm.to_dict(),
+            "registration": self.registration.to_dict(),
+            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+        }
+
+
+def fuse_images(fixed: sitk.Image, moving: sitk.Image, *, method: str | None = None,
+                registration: str | None = None, device: str = "auto",
+                fixed_modality: str | None = None, moving_modality: str | None = None,
+                ct_window=None, return_weights: bool = False, seed: int = 0,
+                progress: ProgressCallback | None = None, fixed_name: str = "fixed image",
+                moving_name: str = "moving image", **method_params) -> FusionResult:
+    """Register ``moving`` onto ``fixed`` and fuse them slice by slice.
+
+    Parameters
+    ----------
+    fixed, moving : SimpleITK.Image
+        Scalar 2D images or 3D volumes (any units); the result lives on ``fixed``'s grid.
+    method : str, optional
+        A registered fusion method; default :func:`MedFusionLib.methods.default_method`.
+    registration : {"none", "rigid", "affine", "bspline"}, optional
+        Default ``rigid`` for 3D and ``none`` for 2D.
+    device : {"auto", "cpu", "cuda"}, optional
+        Where torch methods run.
+    fixed_modality, moving_modality : str, optional
+        ``CT``, ``MR``, ``PET``, ``SPECT`` or ``8BIT``; from the DICOM header or guessed if omitted.
+    ct_window : str or (float, float), optional
+        Window for whichever source is CT (preset name or ``(level, width)`` in HU).
+    return_weights : bool, optional
+        Also return the per-pixel contribution map.
+    seed : int, optional
+        Registration sampling seed (same seed, same result).
+    progress : callable, optional
+        ``progress(fraction, message)``; returning False cancels.
+    **method_params
+        Parameters of the fusion method.
+
+    Returns
+    -------
+    FusionResult
+
+    Raises
+    ------
+    InvalidInputError, UnknownOptionError, RegistrationError, DeviceUnavailableError,
+    MissingDependencyError, CancelledError
+    """
+    t = {}
+    method = default_method() if method is None else method
+    info = get_method(method)
+    info.validate_params(method_params)
+    for name, img in ((fixed_name, fixed), (moving_name, moving)):
+        if not isinstance(img, sitk.Image):
+            raise InvalidInputError(f"{name}: expected a SimpleITK image, got {type(img).__name__}.")
+    if fixed.GetDimension() != moving.GetDimension():
+        raise InvalidInputError(
+            f"cannot fuse a {moving.GetDimension()}D {moving_name} with a "
+            f"{fixed.GetDimension()}D {fixed_name}; give two 2D images or two 3D volumes."
+        )
+    t0 = time.perf_counter()
+    report(progress, 0.0, "normalising intensities")
+    (fmod, fsrc), (mmod, msrc) = (resolve_modality(img, mod) for img, mod in
+                                  ((fixed, fixed_modality), (moving, moving_modality)))
+    if ct_window is not None and "CT" not in (fmod, mmod):
+        raise InvalidInputError(f"a CT window was given but neither source is CT "
+                                f"({fixed_name}: {fmod}, {moving_name}: {mmod}).")
+    f01, fnorm = normalize(fixed, fmod, window=ct_window if fmod == "CT" else None,
+                           name=fixed_name, source=fsrc)
+    m01, mnorm = normalize(moving, mmod, window=ct_window if mmod == "CT" else None,
+                           name=moving_name, source=msrc)
+    fixed_n = copy_geometry(f01, fixed)
+    moving_n = copy_geometry(m01, moving)
+    t["normalise"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    reg = register(fixed_n, moving_n, mode=registration, seed=seed,
+                   progress=scaled(progress, 0.02, 0.5), fixed_name=fixed_name,
+                   moving_name=moving_name)
+    t["register"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    report(progress, 0.5, "resampling the moving image on the fixed grid")
+    moved = resample_to(moving_n, fixed_n, reg.transform, default=0.0)
+    m01_on_fixed = np.clip(sitk.GetArrayFromImage(moved).astype(np.float32, copy=False), 0.0, 1.0)
+    t["resample"] = time.perf_counter() - t0
+
+    axis = 0 if fixed.GetDimension() == 2 else acquisition_axis(fixed.GetSpacing()[::-1])
+    from .devices import resolve_device
+
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+    out = fuse_arrays(f01, m01_on_fixed, method=info.name, axis=axis, device=dev,
+                      return_weights=return_weights, progress=scaled(progress, 0.55, 1.0),
+                      **method_params)
+    t["fuse"] = time.perf_counter() - t0
+    fused, weights = out if return_weights else (out, None)
+    fused_img = copy_geometry(fused, fixed)
+    weights_img = copy_geometry(weights, fixed) if weights is not None else None
+    return FusionResult(fused=fused_img, weights=weights_img, fixed01=f01, moving01=m01_on_fixed,
+                        registration=reg, fixed_norm=fnorm, moving_norm=mnorm, axis=axis,
+                        method=info.name, device=dev if info.supports_cuda else "cpu",
+                        params=dict(method_params), timings=t)
