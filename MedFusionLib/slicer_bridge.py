@@ -1,0 +1,616 @@
+"""Run MedFusion on 3D Slicer MRML nodes: the path shared by the Slicer module, scripts and tests.
+
+This is the only MedFusionLib module that talks to Slicer. It imports ``slicer`` and ``vtk``
+inside its functions, so ``import MedFusionLib`` never needs Slicer; it works both in the Slicer
+application and headless with the ``slicer-core`` wheel (a scene assigned to ``slicer.mrmlScene``).
+
+Coordinate conventions
+----------------------
+Slicer's world coordinates are RAS (right, anterior, superior); ITK/SimpleITK, DICOM, NIfTI and
+NRRD files are LPS. A volume node stores its geometry as one 4x4 IJK->RAS matrix; a SimpleITK image
+stores origin, spacing and a direction matrix in LPS. The conversion flips the first two physical
+axes: ``IJK->LPS = diag(-1, -1, 1, 1) @ IJK->RAS``. Voxel arrays are indexed ``[k, j, i]`` (z, y, x)
+on both sides, so no axis is reordered.
+
+ITK transforms map points of the *fixed* image to the *moving* image (the direction resampling
+needs). Slicer transform nodes store the transform *to parent*, which moves the node's content
+in the world: a registration result therefore goes into the node as its *from parent* transform
+(the ITK transform, in RAS), and applying the node to the moving volume shows it aligned on the
+fixed volume.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InvalidInputError
+from .progress import ProgressCallback, report
+
+__all__ = [
+    "NodeFusionResult",
+    "ijk_to_ras_matrix",
+    "image_from_volume",
+    "update_volume_from_image",
+    "matrix_from_transform",
+    "set_transform_node",
+    "write_metrics_table",
+    "contribution_color_node",
+    "fuse_nodes",
+]
+
+logger = logging.getLogger("MedFusionLib")
+
+#: Flips RAS <-> LPS (its own inverse).
+LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+#: Name of the colour table used for contribution maps (created once per scene).
+CONTRIBUTION_COLOR_NAME = "MedFusionContribution"
+
+#: At most this many grid points per axis when a non-linear transform is stored as a grid.
+GRID_POINTS_PER_AXIS = 48
+
+
+# -------------------------------------------------------------------------------------------------
+# Volume geometry and voxels
+# -------------------------------------------------------------------------------------------------
+
+def _node_label(node, what: str) -> str:
+    name = node.GetName() if node is not None and hasattr(node, "GetName") else None
+    return f"{what} '{name}'" if name else what
+
+
+def ijk_to_ras_matrix(volume_node, *, world: bool = True) -> np.ndarray:
+    """The 4x4 IJK->RAS matrix of a volume node, optionally including its parent transforms.
+
+    Parameters
+    ----------
+    volume_node : vtkMRMLVolumeNode
+        The volume.
+    world : bool, optional
+        If True (default) and the node is under a linear transform, return the matrix that places
+        its voxels in world coordinates (what the slice views show).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(4, 4)`` float64; columns 0-2 are the i, j, k axes scaled by the spacing (mm), column 3
+        is the RAS position of voxel (0, 0, 0).
+
+    Raises
+    ------
+    InvalidInputError
+        If ``world`` is True and the node is under a non-linear transform (harden it first).
+    """
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(m)
+    ijk_to_ras = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+    parent = volume_node.GetParentTransformNode() if world else None
+    if parent is not None:
+        if not parent.IsTransformToWorldLinear():
+            raise InvalidInputError(
+                f"{_node_label(volume_node, 'volume')} is under the non-linear transform "
+                f"'{parent.GetName()}'; harden the transform (Data module) before fusing."
+            )
+        to_world = vtk.vtkMatrix4x4()
+        parent.GetMatrixTransformToWorld(to_world)
+        tw = np.array([[to_world.GetElement(r, c) for c in range(4)] for r in range(4)])
+        ijk_to_ras = tw @ ijk_to_ras
+    return ijk_to_ras
+
+
+def _check_volume(node, what: str) -> None:
+    """Raise InvalidInputError unless ``node`` is a scalar volume node with voxels."""
+    import slicer
+
+    if node is None:
+        raise InvalidInputError(f"no {what} volume was given; select one.")
+    if not isinstance(node, slicer.vtkMRMLScalarVolumeNode) or isinstance(
+            node, slicer.vtkMRMLLabelMapVolumeNode):
+        raise InvalidInputError(
+            f"{_node_label(node, what + ' volume')} is a {node.GetClassName()}; a scalar volume "
+            "(vtkMRMLScalarVolumeNode) is needed."
+        )
+    image_data = node.GetImageData()
+    if image_data is None or image_data.GetNumberOfPoints() == 0:
+        raise InvalidInputError(f"{_node_label(node, what + ' volume')} has no voxels.")
+    if image_data.GetNumberOfScalarComponents() != 1:
+        raise InvalidInputError(
+            f"{_node_label(node, what + ' volume')} has {image_data.GetNumberOfScalarComponents()} "
+            "components per voxel; a single-component (greyscale) volume is needed."
+        )
+
+
+def image_from_volume(volume_node, *, world: bool = True) -> sitk.Image:
+    """Copy a scalar volume node into a SimpleITK image (LPS geometry, same voxel type).
+
+    A volume with a single slice along k whose k axis is the superior axis becomes a 2D image,
+    so that 2D pairs (PNG slices loaded in Slicer) are registered and fused in 2D.
+
+    Parameters
+    ----------
+    volume_node : vtkMRMLScalarVolumeNode
+        The volume; never modified.
+    world : bool, optional
+        Include the node's (linear) parent transforms in the geometry (default).
+
+    Returns
+    -------
+    SimpleITK.Image
+        3D image ``(I, J, K)`` (or 2D ``(I, J)``), voxels deep-copied.
+
+    Raises
+    ------
+    InvalidInputError
+        If the node has no voxels, more than one component, or a non-linear parent transform.
+    """
+    import slicer
+
+    _check_volume(volume_node, "input")
+    array = np.array(slicer.util.arrayFromVolume(volume_node), copy=True)  # (k, j, i)
+    ijk_to_lps = LPS_RAS @ ijk_to_ras_matrix(volume_node, world=world)
+    axes = ijk_to_lps[:3, :3]
+    spacing = np.linalg.norm(axes, axis=0)
+    if np.any(spacing <= 0):
+        raise InvalidInputError(f"{_node_label(volume_node, 'volume')} has a zero voxel spacing.")
+    direction = axes / spacing
+    origin = ijk_to_lps[:3, 3]
+    if array.shape[0] == 1 and np.allclose(np.abs(direction[:, 2]), [0, 0, 1], atol=1e-6) \
+            and np.allclose(direction[2, :2], 0.0, atol=1e-6):
+        image = sitk.GetImageFromArray(array[0])
+        image.SetSpacing(tuple(float(s) for s in spacing[:2]))
+        image.SetOrigin(tuple(float(o) for o in origin[:2]))
+        image.SetDirection(tuple(float(d) for d in direction[:2, :2].ravel()))
+        return image
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetOrigin(tuple(float(o) for o in origin))
+    image.SetDirection(tuple(float(d) for d in direction.ravel()))
+    return image
+
+
+def _ijk_to_ras_from_image(image: sitk.Image) -> np.ndarray:
+    """The 4x4 IJK->RAS matrix of a 2D or 3D SimpleITK image (2D: k along S, 1 mm)."""
+    dim = image.GetDimension()
+    ijk_to_lps = np.eye(4)
+    direction = np.array(image.GetDirection(), dtype=float).reshape(dim, dim)
+    ijk_to_lps[:dim, :dim] = direction * np.asarray(image.GetSpacing(), dtype=float)
+    ijk_to_lps[:dim, 3] = image.GetOrigin()
+    return LPS_RAS @ ijk_to_lps
+
+
+def update_volume_from_image(volume_node, image: sitk.Image, *, ijk_to_ras=None) -> None:
+    """Write a SimpleITK image's voxels and geometry into a volume node.
+
+    Parameters
+    ----------
+    volume_node : vtkMRMLScalarVolumeNode
+        Destination; its voxels and IJK->RAS matrix are replaced, its parent transform removed.
+    image : SimpleITK.Image
+        Scalar 2D or 3D image (2D becomes a one-slice volume).
+    ijk_to_ras : array_like or None, optional
+        ``(4, 4)`` matrix to use instead of the image's own geometry, e.g. the fixed volume's
+        exact matrix when ``image`` lies on its grid.
+    """
+    import slicer
+
+    array = sitk.GetArrayFromImage(image)
+    if array.ndim == 2:
+        array = array[np.newaxis]
+    matrix = _ijk_to_ras_from_image(image) if ijk_to_ras is None else np.asarray(ijk_to_ras, float)
+    volume_node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(matrix))
+    volume_node.SetAndObserveTransformNodeID(None)
+    slicer.util.updateVolumeFromArray(volume_node, np.ascontiguousarray(array))
+
+
+# -------------------------------------------------------------------------------------------------
+# Transforms
+# -------------------------------------------------------------------------------------------------
+
+def matrix_from_transform(transform: sitk.Transform, *, reference: sitk.Image | None = None,
+                          tol: float = 1e-4) -> np.ndarray | None:
+    """The 4x4 homogeneous matrix (LPS, mm) of a transform, or None if it is not affine.
+
+    The matrix is read off the transform's action on the origin and the unit vectors, then checked
+    at the corners of ``reference`` (or of a 200 mm cube) so that B-spline or displacement-field
+    transforms are reported as non-linear. 2D transforms are embedded in 3D (z unchanged).
+    """
+    dim = transform.GetDimension()
+    zero = np.zeros(dim)
+    offset = np.asarray(transform.TransformPoint(tuple(zero)))
+    linear = np.stack([np.asarray(transform.TransformPoint(tuple(e))) - offset
+                       for e in np.eye(dim)], axis=1)
+    if reference is not None:
+        size = np.asarray(reference.GetSize())
+        corners = [reference.TransformContinuousIndexToPhysicalPoint(
+            tuple(float(c * (s - 1)) for c, s in zip(corner, size)))
+            for corner in np.ndindex(*(2,) * dim)]
+    else:
+        corners = [tuple(float(v) for v in c) for c in np.ndindex(*(2,) * dim)]
+        corners = [tuple(200.0 * v - 100.0 for v in c) for c in corners]
+    for p in corners:
+        expected = linear @ np.asarray(p) + offset
+        if np.linalg.norm(np.asarray(transform.TransformPoint(p)) - expected) > tol:
+            return None
+    matrix = np.eye(4)
+    matrix[:dim, :dim] = linear
+    matrix[:dim, 3] = offset
+    return matrix
+
+
+def _grid_transform_from(transform: sitk.Transform, reference: sitk.Image):
+    """A vtkOrientedGridTransform (RAS displacements) sampling ``transform`` over ``reference``."""
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    if reference.GetDimension() != 3:
+        raise InvalidInputError("a non-linear 2D transform cannot be stored in a Slicer transform node.")
+    size = np.asarray(reference.GetSize())
+    spacing = np.asarray(reference.GetSpacing())
+    extent = (size - 1) * spacing
+    n = np.maximum(np.minimum(size, GRID_POINTS_PER_AXIS), 2)
+    grid_spacing = np.where(n > 1, extent / np.maximum(n - 1, 1), spacing)
+    grid_spacing = np.where(grid_spacing > 0, grid_spacing, spacing)
+    field_filter = sitk.TransformToDisplacementFieldFilter()
+    field_filter.SetOutputPixelType(sitk.sitkVectorFloat64)
+    field_filter.SetSize([int(v) for v in n])
+    field_filter.SetOutputSpacing([float(v) for v in grid_spacing])
+    field_filter.SetOutputOrigin(reference.GetOrigin())
+    field_filter.SetOutputDirection(reference.GetDirection())
+    field = field_filter.Execute(transform)
+    disp_lps = sitk.GetArrayFromImage(field)  # (z, y, x, 3) LPS
+    disp_ras = disp_lps * np.array([-1.0, -1.0, 1.0])
+    grid_to_ras = _ijk_to_ras_from_image(field)  # LPS->RAS of the grid geometry
+    ras_spacing = np.linalg.norm(grid_to_ras[:3, :3], axis=0)
+    ras_direction = grid_to_ras[:3, :3] / ras_spacing
+
+    image_data = vtk.vtkImageData()
+    image_data.SetDimensions([int(v) for v in n])
+    image_data.SetOrigin(*grid_to_ras[:3, 3])
+    image_data.SetSpacing(*ras_spacing)
+    vectors = numpy_support.numpy_to_vtk(
+        np.ascontiguousarray(disp_ras.reshape(-1, 3)), deep=True, array_type=vtk.VTK_DOUBLE)
+    vectors.SetNumberOfComponents(3)
+    vectors.SetName("displacement")
+    image_data.GetPointData().SetScalars(vectors)
+
+    direction = vtk.vtkMatrix4x4()
+    for r in range(3):
+        for c in range(3):
+            direction.SetElement(r, c, ras_direction[r, c])
+    grid = slicer.vtkOrientedGridTransform()
+    grid.SetDisplacementGridData(image_data)
+    grid.SetGridDirectionMatrix(direction)
+    grid.SetInterpolationModeToCubic()
+    return grid
+
+
+def set_transform_node(transform_node, transform: sitk.Transform, *,
+                       reference: sitk.Image | None = None) -> None:
+    """Store an ITK registration transform (fixed -> moving, LPS) in a Slicer transform node.
+
+    After this, ``movingVolume.SetAndObserveTransformNodeID(transform_node.GetID())`` shows the
+    moving volume aligned on the fixed one.
+
+    Parameters
+    ----------
+    transform_node : vtkMRMLTransformNode
+        Destination (a linear transform node for rigid/affine results; any transform node class
+        accepts a non-linear result, which is stored as a displacement grid).
+    transform : SimpleITK.Transform
+        2D or 3D transform mapping fixed-image points to moving-image points (mm, LPS).
+    reference : SimpleITK.Image, optional
+        The fixed image; needed to sample a non-linear transform on a grid.
+    """
+    import slicer
+
+    matrix_lps = matrix_from_transform(transform, reference=reference)
+    if matrix_lps is not None:
+        from_parent_ras = LPS_RAS @ matrix_lps @ LPS_RAS
+        to_parent_ras = np.linalg.inv(from_parent_ras)
+        transform_node.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(to_parent_ras))
+        return
+    if reference is None:
+        raise InvalidInputError("a non-linear transform needs the fixed image as reference.")
+    transform_node.SetAndObserveTransformFromParent(_grid_transform_from(transform, reference))
+
+
+# -------------------------------------------------------------------------------------------------
+# Display, tables and colours
+# -------------------------------------------------------------------------------------------------
+
+def _show_volume(volume_node, lower: float, upper: float, color_node_id: str) -> None:
+    volume_node.CreateDefaultDisplayNodes()
+    display = volume_node.GetDisplayNode()
+    if display is None:
+        return
+    display.SetAndObserveColorNodeID(color_node_id)
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(float(lower), float(upper))
+
+
+def _display_range(array: np.ndarray) -> tuple[float, float]:
+    """A window for a [0, 1] volume: the 0.5-99.5 percentiles of its non-zero voxels."""
+    values = array[array > 0]
+    if values.size < 16:
+        return 0.0, 1.0
+    if values.size > 2_000_000:
+        values = values[:: values.size // 1_000_000]
+    lower, upper = np.percentile(values, [0.5, 99.5])
+    if upper - lower < 1e-3:
+        return 0.0, max(float(upper), 1e-3)
+    return float(lower), float(upper)
+
+
+def contribution_color_node(scene):
+    """The diverging colour table for contribution maps: blue (moving source) to orange (fixed).
+
+    Created once per scene under the name :data:`CONTRIBUTION_COLOR_NAME`; 256 entries, value 0
+    (all from the moving source) blue, 0.5 (equal shares) white, 1 (all from the fixed source)
+    orange.
+    """
+    import slicer
+
+    existing = scene.GetFirstNodeByName(CONTRIBUTION_COLOR_NAME)
+    if existing is not None and existing.IsA("vtkMRMLColorTableNode"):
+        return existing
+    color = slicer.vtkMRMLColorTableNode()
+    color.SetName(CONTRIBUTION_COLOR_NAME)
+    color.SetTypeToUser()
+    color.SetNumberOfColors(256)
+    color.SetHideFromEditors(False)
+    blue, white, orange = np.array([0.13, 0.40, 0.85]), np.ones(3), np.array([0.95, 0.50, 0.08])
+    for i in range(256):
+        t = i / 255.0
+        rgb = blue + (white - blue) * (t / 0.5) if t < 0.5 else white + (orange - white) * ((t - 0.5) / 0.5)
+        color.SetColor(i, f"{t:.3f}", float(rgb[0]), float(rgb[1]), float(rgb[2]), 1.0)
+    color.SetAttribute("Category", "MedFusion")
+    scene.AddNode(color)
+    return color
+
+
+def write_metrics_table(table_node, metrics: dict, directions: dict | None = None) -> None:
+    """Fill a table node with one row per metric: ``Metric`` (text), ``Value``, ``Direction``.
+
+    Parameters
+    ----------
+    table_node : vtkMRMLTableNode
+        Destination; its columns are replaced.
+    metrics : dict
+        ``{name: value}``; values are converted to float (NaN kept).
+    directions : dict, optional
+        ``{name: "higher" | "lower"}``: which way is better; missing names get ``""``.
+    """
+    import vtk
+
+    directions = directions or {}
+    was_modifying = table_node.StartModify()
+    try:
+        table_node.RemoveAllColumns()
+        names = vtk.vtkStringArray()
+        names.SetName("Metric")
+        values = vtk.vtkDoubleArray()
+        values.SetName("Value")
+        better = vtk.vtkStringArray()
+        better.SetName("Direction")
+        for key, value in metrics.items():
+            names.InsertNextValue(str(key))
+            values.InsertNextValue(float(value))
+            better.InsertNextValue(str(directions.get(key, "")))
+        table_node.AddColumn(names)
+        table_node.AddColumn(values)
+        table_node.AddColumn(better)
+        table_node.SetColumnDescription("Value", "metric value for the fused volume")
+        table_node.SetColumnDescription("Direction", "which way is better: higher or lower")
+    finally:
+        table_node.EndModify(was_modifying)
+
+
+# -------------------------------------------------------------------------------------------------
+# Fusion on nodes
+# -------------------------------------------------------------------------------------------------
+
+@dataclass
+class NodeFusionResult:
+    """What :func:`fuse_nodes` did.
+
+    Attributes
+    ----------
+    fusion : MedFusionLib.pipeline.FusionResult
+        The engine's result (fused image, normalised sources, registration, timings).
+    metrics : dict
+        ``{metric: value}`` written to the metrics table (empty when no table was given).
+    seconds : float
+        Wall time of the whole call.
+    """
+
+    fusion: object
+    metrics: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _check_distinct(**nodes) -> None:
+    seen = {}
+    for role, node in nodes.items():
+        if node is None:
+            continue
+        key = id(node) if node.GetID() is None else node.GetID()
+        if key in seen:
+            raise InvalidInputError(
+                f"the {role} and the {seen[key]} are the same node ('{node.GetName()}'); choose a "
+                "different node for the output: inputs are never overwritten."
+            )
+        seen[key] = role.replace("_", " ")
+
+
+def _check_node_class(node, class_name: str, role: str) -> None:
+    if node is not None and not node.IsA(class_name):
+        raise InvalidInputError(
+            f"the {role} '{node.GetName()}' is a {node.GetClassName()}; a {class_name} is needed."
+        )
+
+
+def _compute_metrics(result, progress: ProgressCallback | None) -> tuple[dict, dict]:
+    """Quality metrics of the fused volume against both normalised sources, with directions."""
+    from . import metrics as metrics_module
+
+    fused01 = sitk.GetArrayViewFromImage(result.fused)
+    report(progress, None, "computing quality metrics")
+    values = metrics_module.volume_metrics(result.fixed01, result.moving01, fused01, axis=result.axis)
+    table = getattr(metrics_module, "METRICS", {})
+    directions = {}
+    for key in values:
+        info = table.get(key) if hasattr(table, "get") else None
+        direction = getattr(info, "direction", "") if info is not None else ""
+        directions[key] = direction
+    return {k: float(v) for k, v in values.items()}, directions
+
+
+def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = None,
+               registration: str | None = "rigid", device: str = "auto", transformNode=None,
+               contributionVolume=None, metricsTable=None, progress: ProgressCallback | None = None,
+               fixed_modality: str | None = None, moving_modality: str | None = None,
+               ct_window=None, show: bool = True, **params) -> NodeFusionResult:
+    """Register and fuse two volume nodes; write the fused volume and optional outputs as nodes.
+
+    The input nodes are never modified. Nothing is written until the engine has finished, so a
+    cancelled or failed run leaves every output node as it was.
+
+    Parameters
+    ----------
+    fixedVolume : vtkMRMLScalarVolumeNode
+        Reference (usually anatomical, e.g. MR); the fused volume is written on its exact grid.
+    movingVolume : vtkMRMLScalarVolumeNode
+        Second source (e.g. CT, PET, SPECT), registered onto ``fixedVolume``.
+    outputVolume : vtkMRMLScalarVolumeNode
+        Receives the fused volume: float32 in [0, 1], IJK->RAS equal to the fixed volume's world
+        matrix, grey colour map and a window of the 0.5-99.5 percentiles.
+    method : str, optional
+        Fusion method name (``MedFusionLib.list_methods()``); default: ``cnn`` where available,
+        else ``maximum``.
+    registration : {"rigid", "affine", "bspline", "none"}, optional
+        How the moving volume is aligned before fusion (default ``rigid``; None lets the engine
+        choose: rigid in 3D, none in 2D).
+    device : {"auto", "cpu", "cuda"}, optional
+        Where torch-based methods run.
+    transformNode : vtkMRMLTransformNode, optional
+        Receives the registration result. Applying it to ``movingVolume`` aligns it on
+        ``fixedVolume``. Rigid/affine results are stored as a matrix, B-spline results as a
+        displacement grid.
+    contributionVolume : vtkMRMLScalarVolumeNode, optional
+        Receives the per-voxel share of the fixed source in [0, 1] (blue = moving source, white =
+        equal, orange = fixed source). Only for methods that provide weights.
+    metricsTable : vtkMRMLTableNode, optional
+        Receives one row per quality metric: ``Metric``, ``Value``, ``Direction``.
+    progress : callable, optional
+        ``progress(fraction, message) -> bool | None``; returning False cancels
+        (:class:`MedFusionLib.errors.CancelledError` is raised and no node is written).
+    fixed_modality, moving_modality : str, optional
+        ``CT``, ``MR``, ``PET``, ``SPECT`` or ``8BIT`` to override the guess.
+    ct_window : str or (float, float), optional
+        CT window preset name or ``(level, width)`` in HU.
+    show : bool, optional
+        Show the fused volume in the slice views (background) with the fixed volume as foreground
+        at opacity 0, ready for the fader (default True).
+    **params
+        Parameters of the fusion method (e.g. the CNN's fusion level and rule).
+
+    Returns
+    -------
+    NodeFusionResult
+
+    Raises
+    ------
+    InvalidInputError
+        Missing, non-scalar or empty volumes; an output node that is also an input; a wrong node
+        class; a contribution map asked of a method that has none.
+    MedFusionError
+        Any engine error (unknown method or device, registration failure, cancellation).
+    """
+    import slicer
+
+    t0 = time.perf_counter()
+    _check_volume(fixedVolume, "fixed")
+    _check_volume(movingVolume, "moving")
+    if outputVolume is None:
+        raise InvalidInputError("no output volume was given; select or create one.")
+    _check_node_class(outputVolume, "vtkMRMLScalarVolumeNode", "output volume")
+    _check_node_class(contributionVolume, "vtkMRMLScalarVolumeNode", "contribution volume")
+    _check_node_class(transformNode, "vtkMRMLTransformNode", "transform node")
+    _check_node_class(metricsTable, "vtkMRMLTableNode", "metrics table")
+    for node, role in ((outputVolume, "output volume"), (contributionVolume, "contribution volume")):
+        if node is not None and node.IsA("vtkMRMLLabelMapVolumeNode"):
+            raise InvalidInputError(f"the {role} '{node.GetName()}' is a labelmap; choose a scalar volume.")
+    _check_distinct(fixed_volume=fixedVolume, moving_volume=movingVolume,
+                    output_volume=outputVolume, contribution_volume=contributionVolume)
+
+    from .methods import default_method, get_method
+    from .pipeline import fuse_images
+
+    method = default_method() if method is None else method
+    info = get_method(method)
+    if contributionVolume is not None and not info.provides_weights:
+        from .methods import list_methods
+
+        with_weights = [n for n, i in list_methods(details=True).items() if i.provides_weights]
+        raise InvalidInputError(
+            f"method '{info.name}' gives no contribution map; clear the contribution volume or use "
+            f"one of: {', '.join(with_weights) or 'none installed'}."
+        )
+
+    fixed_image = image_from_volume(fixedVolume)
+    moving_image = image_from_volume(movingVolume)
+    fixed_ijk_to_ras = ijk_to_ras_matrix(fixedVolume)
+    result = fuse_images(
+        fixed_image, moving_image, method=info.name, registration=registration, device=device,
+        fixed_modality=fixed_modality, moving_modality=moving_modality, ct_window=ct_window,
+        return_weights=contributionVolume is not None, progress=progress, **params)
+
+    metrics, directions = ({}, {})
+    if metricsTable is not None:
+        metrics, directions = _compute_metrics(result, progress)
+
+    # Everything is computed: write the outputs.
+    report(progress, None, "writing the results into the scene")
+    update_volume_from_image(outputVolume, sitk.Cast(result.fused, sitk.sitkFloat32),
+                             ijk_to_ras=fixed_ijk_to_ras)
+    lower, upper = _display_range(slicer.util.arrayFromVolume(outputVolume))
+    _show_volume(outputVolume, lower, upper, "vtkMRMLColorTableNodeGrey")
+    for key, value in (("Method", info.name), ("Device", str(result.device)),
+                       ("Registration", result.registration.mode if result.registration else "none"),
+                       ("FixedVolume", fixedVolume.GetID() or ""),
+                       ("MovingVolume", movingVolume.GetID() or "")):
+        outputVolume.SetAttribute(f"MedFusion.{key}", value)
+
+    if transformNode is not None:
+        transform = (result.registration.transform if result.registration is not None
+                     else sitk.Transform(fixed_image.GetDimension(), sitk.sitkIdentity))
+        set_transform_node(transformNode, transform, reference=fixed_image)
+
+    if contributionVolume is not None:
+        if result.weights is None:
+            raise InvalidInputError(f"method '{info.name}' returned no contribution map.")
+        update_volume_from_image(contributionVolume, sitk.Cast(result.weights, sitk.sitkFloat32),
+                                 ijk_to_ras=fixed_ijk_to_ras)
+        scene = contributionVolume.GetScene() or slicer.mrmlScene
+        color = contribution_color_node(scene)
+        _show_volume(contributionVolume, 0.0, 1.0, color.GetID())
+        contributionVolume.SetAttribute("MedFusion.Meaning", "share of the fixed source in [0, 1]")
+
+    if metricsTable is not None:
+        write_metrics_table(metricsTable, metrics, directions)
+
+    if show:
+        slicer.util.setSliceViewerLayers(background=outputVolume, foreground=fixedVolume,
+                                         foregroundOpacity=0.0, fit=False)
+
+    seconds = time.perf_counter() - t0
+    report(progress, 1.0, f"Fusion completed in {seconds:.2f} seconds")
+    return NodeFusionResult(fusion=result, metrics=metrics, seconds=seconds)
