@@ -117,6 +117,10 @@ def fuse_images(fixed: sitk.Image, moving: sitk.Image, *, method: str | None = N
     method = default_method() if method is None else method
     info = get_method(method)
     info.validate_params(method_params)
+    if return_weights and not info.provides_weights:
+        raise InvalidInputError(
+            f"method '{info.name}' does not produce a contribution map; choose one of the methods "
+            "marked 'weights' in medfusion list-methods.")
     for name, img in ((fixed_name, fixed), (moving_name, moving)):
         if not isinstance(img, sitk.Image):
             raise InvalidInputError(f"{name}: expected a SimpleITK image, got {type(img).__name__}.")

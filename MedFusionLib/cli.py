@@ -1,0 +1,66 @@
+"""The ``medfusion`` command: fuse, batch, metrics, compare, demo, train and friends.
+
+Each subcommand is a module of :mod:`MedFusionLib.commands` with ``NAME``, ``HELP``,
+``add_arguments(parser)`` and ``run(args) -> int``. Errors that are the user's (a
+:class:`~MedFusionLib.errors.MedFusionError`) print one line naming the input and exit with 2;
+anything else is a bug and prints a traceback (exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+from .errors import CancelledError, MedFusionError
+
+__all__ = ["main", "build_parser", "COMMAND_MODULES"]
+
+#: Subcommand modules, in the order ``medfusion --help`` lists them.
+COMMAND_MODULES = ["fuse", "batch", "list_methods", "demo"]
+
+
+def _available_commands():
+    for name in COMMAND_MODULES:
+        yield importlib.import_module(f"{__package__}.commands.{name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medfusion",
+        description="Multi-modal medical image fusion (CT/PET/SPECT + MRI): registration, CNN and "
+                    "classical fusion, and fusion-quality metrics.")
+    parser.add_argument("--version", action="version", version=f"medfusion {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every step (INFO level)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in _available_commands():
+        p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 success, 2 bad input, 1 bug, 130 cancel)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args._run(args) or 0)
+    except CancelledError as exc:
+        print(f"medfusion: cancelled: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("medfusion: interrupted; no output was written.", file=sys.stderr)
+        return 130
+    except MedFusionError as exc:
+        print(f"medfusion {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

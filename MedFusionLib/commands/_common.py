@@ -1,0 +1,110 @@
+"""Argument helpers shared by the subcommands: the fusion options and safe output writing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from ..devices import DEVICES
+from ..errors import InvalidInputError
+from ..normalize import CT_WINDOWS, MODALITIES
+from ..registration import REGISTRATION_MODES
+
+__all__ = ["add_fusion_options", "method_params", "OutputSet", "write_json"]
+
+
+def add_fusion_options(p: argparse.ArgumentParser) -> None:
+    """The options every fusing command takes: method, registration, device, modalities."""
+    p.add_argument("--method", default=None,
+                   help="fusion method (medfusion list-methods); default: cnn where available")
+    p.add_argument("--register", dest="registration", default=None, choices=REGISTRATION_MODES,
+                   help="registration of MOVING onto FIXED; default rigid for 3D, none for 2D")
+    p.add_argument("--device", default="auto", help=f"compute device: {'|'.join(DEVICES)} (default auto)")
+    p.add_argument("--fixed-modality", default=None, metavar="M",
+                   help=f"modality of FIXED: {'|'.join(MODALITIES)} (default: DICOM header or a guess)")
+    p.add_argument("--moving-modality", default=None, metavar="M", help="modality of MOVING (as above)")
+    p.add_argument("--ct-window", default=None, metavar="W",
+                   help=f"CT window: {'|'.join(CT_WINDOWS)} or LEVEL,WIDTH in HU (default bone)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a parameter of the method (repeatable), e.g. --param wavelet=db4")
+    p.add_argument("--seed", type=int, default=0, help="registration sampling seed (default 0)")
+
+
+def method_params(pairs: list[str]) -> dict:
+    """``["levels=3", "wavelet=db4"]`` -> ``{"levels": 3, "wavelet": "db4"}`` (JSON values when they parse)."""
+    params = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInputError(f"--param {item!r}: expected KEY=VALUE.")
+        try:
+            params[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.strip()] = value
+    return params
+
+
+def write_json(data: dict, path: str | os.PathLike) -> Path:
+    """Write ``data`` as indented JSON, atomically."""
+    p = Path(path)
+    if not p.parent.exists():
+        raise InvalidInputError(f"{p}: the output folder {p.parent} does not exist.")
+    fd, tmp = tempfile.mkstemp(prefix=".medfusion-", suffix=".json", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, default=_jsonable)
+            fh.write("\n")
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return p
+
+
+def _jsonable(value):
+    import numpy as np
+
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+class OutputSet:
+    """Outputs of one run: written one by one, all removed again if any later step fails.
+
+    Use as a context manager; call :meth:`add` after writing each file. On an exception every
+    file added so far is deleted, so a failed run leaves no partial output behind.
+    """
+
+    def __init__(self, paths: list[str | os.PathLike | None]):
+        self.planned = [Path(p) for p in paths if p]
+        self.written: list[Path] = []
+        seen = set()
+        for p in self.planned:
+            if p.resolve() in seen:
+                raise InvalidInputError(f"{p}: the same path is given for two outputs.")
+            seen.add(p.resolve())
+            if not p.parent.exists():
+                raise InvalidInputError(f"{p}: the output folder {p.parent} does not exist.")
+
+    def add(self, path: Path) -> None:
+        self.written.append(Path(path))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            for p in self.written:
+                try:
+                    p.unlink()
+                except FileNotFoundError:
+                    pass
+        return False
