@@ -1,0 +1,354 @@
+"""DICOM series reading, PET SUV and the derived fused series (issue #7).
+
+Series are built with pydicom in ``tmp_path`` so every geometry fact is known exactly; real headers
+come from pydicom-data (enhanced CT) and medimages4tests (Siemens Biograph Vision PET).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import subprocess
+import warnings
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from numpy.testing import assert_allclose
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, generate_uid
+
+from MedFusionLib import dicom
+from MedFusionLib.errors import InvalidInputError, MissingDependencyError
+
+CT_CLASS = "1.2.840.10008.5.1.4.1.1.2"
+MR_CLASS = "1.2.840.10008.5.1.4.1.1.4"
+PT_CLASS = "1.2.840.10008.5.1.4.1.1.128"
+CLASS_OF = {"CT": CT_CLASS, "MR": MR_CLASS, "PT": PT_CLASS}
+
+
+def _oblique(deg_z: float = 20.0, deg_x: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column direction cosines of an oblique plane."""
+    a, b = np.radians(deg_z), np.radians(deg_x)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    m = rz @ rx
+    return m[:, 0], m[:, 1]
+
+
+def make_series(
+    folder,
+    stored,
+    *,
+    modality="CT",
+    origin=(-30.0, -20.0, 10.0),
+    row=(1.0, 0.0, 0.0),
+    col=(0.0, 1.0, 0.0),
+    spacing=(0.8, 0.9, 2.5),
+    slope=1.0,
+    intercept=-1024.0,
+    study_uid=None,
+    series_uid=None,
+    for_uid=None,
+    names=None,
+    positions=None,
+    extra=None,
+    series_number=3,
+    description="test series",
+):
+    """Write ``stored`` (z, y, x, uint16/int16) as a classic single-frame series; return the UIDs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stored = np.asarray(stored)
+    study_uid = study_uid or generate_uid()
+    series_uid = series_uid or generate_uid()
+    for_uid = for_uid or generate_uid()
+    row, col = np.asarray(row, float), np.asarray(col, float)
+    normal = np.cross(row, col)
+    sx, sy, sz = spacing
+    for k in range(stored.shape[0]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CLASS_OF[modality]
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = meta.MediaStorageSOPClassUID
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.PatientName = "Fixed^Patient"
+        ds.PatientID = "PID-1"
+        ds.PatientBirthDate = "19600101"
+        ds.PatientSex = "O"
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.FrameOfReferenceUID = for_uid
+        ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20240102"
+        ds.StudyTime = ds.SeriesTime = ds.ContentTime = "101010"
+        ds.StudyID = "S1"
+        ds.AccessionNumber = "ACC1"
+        ds.ReferringPhysicianName = ""
+        ds.Modality = modality
+        ds.Manufacturer = "Test"
+        ds.SeriesNumber = series_number
+        ds.SeriesDescription = description
+        ds.InstanceNumber = k + 1
+        ds.PositionReferenceIndicator = ""
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        pos = np.asarray(origin, float) + k * sz * normal if positions is None else positions[k]
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in pos]
+        ds.ImageOrientationPatient = [f"{v:.8f}" for v in np.concatenate([row, col])]
+        ds.PixelSpacing = [sy, sx]
+        ds.SliceThickness = sz
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows, ds.Columns = stored.shape[1], stored.shape[2]
+        ds.BitsAllocated = 16
+        ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 1 if stored.dtype == np.int16 else 0
+        ds.RescaleSlope = slope
+        ds.RescaleIntercept = intercept
+        ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
+        for key, value in (extra or {}).items():
+            setattr(ds, key, value)
+        name = names[k] if names is not None else f"IM{k:04d}.dcm"
+        ds.save_as(folder / name, enforce_file_format=True)
+    return study_uid, series_uid, for_uid
+
+
+def ramp(shape=(6, 10, 12), seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 3000, size=shape).astype(np.uint16)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+def test_ct_rescale_hu_and_geometry_with_shuffled_names(tmp_path):
+    stored = ramp()
+    order = np.random.default_rng(1).permutation(stored.shape[0])
+    names = [f"zz{int(i) * 7919 % 97:03d}_{j}.dcm" for j, i in enumerate(order)]
+    study, series, frame = make_series(tmp_path / "ct", stored, names=names)
+    img = dicom.read_series(tmp_path / "ct")
+    assert img.GetPixelID() == sitk.sitkInt16
+    assert img.GetSize() == (12, 10, 6)
+    assert_allclose(sitk.GetArrayFromImage(img), stored.astype(int) - 1024)
+    assert_allclose(img.GetSpacing(), (0.8, 0.9, 2.5), atol=1e-6)
+    assert_allclose(img.GetOrigin(), (-30.0, -20.0, 10.0), atol=1e-6)
+    assert_allclose(img.GetDirection(), np.eye(3).ravel(), atol=1e-9)
+    assert img.GetMetaData("0008|0060") == "CT"
+    assert img.GetMetaData("0020|000d") == study
+    assert img.GetMetaData("0020|000e") == series
+    assert img.GetMetaData("0020|0052") == frame
+    assert img.GetMetaData("MedFusion|units") == "HU"
+    assert not img.HasMetaDataKey("0010|0010")  # no patient identifiers in the metadata
+
+
+def test_reversed_slice_order_is_sorted_along_normal(tmp_path):
+    stored = ramp()
+    # positions decreasing with instance number: the volume must still come out increasing
+    origin = np.array([0.0, 0.0, 50.0])
+    positions = [origin - k * 2.5 * np.array([0, 0, 1.0]) for k in range(stored.shape[0])]
+    make_series(tmp_path / "ct", stored, positions=positions)
+    img = dicom.read_series(tmp_path / "ct")
+    assert_allclose(sitk.GetArrayFromImage(img), stored[::-1].astype(int) - 1024)
+    assert_allclose(img.GetOrigin(), positions[-1], atol=1e-6)
+    assert img.GetSpacing()[2] == pytest.approx(2.5)
+
+
+def test_oblique_orientation_matches_sitk_series_reader(tmp_path):
+    row, col = _oblique()
+    stored = ramp((5, 8, 9))
+    make_series(tmp_path / "ob", stored, row=row, col=col, slope=0.5, intercept=-10.0)
+    img = dicom.read_series(tmp_path / "ob")
+    assert img.GetPixelID() == sitk.sitkFloat32
+    assert_allclose(sitk.GetArrayFromImage(img), stored * 0.5 - 10.0, rtol=1e-6)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path / "ob")))
+    ref = reader.Execute()
+    assert_allclose(img.GetOrigin(), ref.GetOrigin(), atol=1e-4)
+    assert_allclose(img.GetSpacing(), ref.GetSpacing(), atol=1e-4)
+    assert_allclose(img.GetDirection(), ref.GetDirection(), atol=1e-6)
+    assert_allclose(sitk.GetArrayFromImage(img), sitk.GetArrayFromImage(ref), atol=1e-3)
+
+
+def test_multi_series_folder_needs_a_choice(tmp_path):
+    _, ct_uid, _ = make_series(tmp_path / "mix" / "a", ramp(), description="ct")
+    _, mr_uid, _ = make_series(tmp_path / "mix" / "b", ramp((4, 10, 12)), modality="MR",
+                               intercept=0.0, description="mr")
+    (tmp_path / "mix" / "notes.txt").write_text("not dicom")
+    infos = dicom.list_series(tmp_path / "mix")
+    assert {s.series_uid for s in infos} == {ct_uid, mr_uid}
+    assert {s.modality: s.n_frames for s in infos} == {"CT": 6, "MR": 4}
+    with pytest.raises(InvalidInputError, match=r"2 image series.*0020,000E") as err:
+        dicom.read_series(tmp_path / "mix")
+    assert ct_uid in str(err.value) and mr_uid in str(err.value)
+    mr = dicom.read_series(tmp_path / "mix", series_uid=mr_uid)
+    assert mr.GetMetaData("0008|0060") == "MR" and mr.GetSize()[2] == 4
+    with pytest.raises(InvalidInputError, match="no series with SeriesInstanceUID"):
+        dicom.read_series(tmp_path / "mix", series_uid="1.2.3.4")
+
+
+def test_missing_slice_names_the_file(tmp_path):
+    make_series(tmp_path / "gap", ramp((7, 6, 6)))
+    (tmp_path / "gap" / "IM0003.dcm").unlink()
+    with pytest.raises(InvalidInputError, match=r"IM0004\.dcm: about 1 slice\(s\) missing.*0020,0032"):
+        dicom.read_series(tmp_path / "gap")
+
+
+def test_inconsistent_orientation_names_file_and_tag(tmp_path):
+    make_series(tmp_path / "ori", ramp((4, 6, 6)))
+    bad = tmp_path / "ori" / "IM0002.dcm"
+    ds = pydicom.dcmread(bad)
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]  # a coronal slice in an axial series
+    ds.save_as(bad)
+    with pytest.raises(InvalidInputError, match=r"IM0002\.dcm.*ImageOrientationPatient \(0020,0037\)"):
+        dicom.read_series(tmp_path / "ori")
+
+
+def test_duplicate_positions_are_rejected(tmp_path):
+    make_series(tmp_path / "dup", ramp((3, 6, 6)))
+    shutil.copy(tmp_path / "dup" / "IM0001.dcm", tmp_path / "dup" / "copy.dcm")
+    with pytest.raises(InvalidInputError, match="same slice position"):
+        dicom.read_series(tmp_path / "dup")
+
+
+def test_missing_geometry_tag_is_named(tmp_path):
+    make_series(tmp_path / "nopos", ramp((3, 6, 6)))
+    f = tmp_path / "nopos" / "IM0001.dcm"
+    ds = pydicom.dcmread(f)
+    del ds.ImagePositionPatient
+    ds.save_as(f)
+    with pytest.raises(InvalidInputError, match=r"IM0001\.dcm: missing ImagePositionPatient \(0020,0032\)"):
+        dicom.read_series(tmp_path / "nopos")
+
+
+def test_non_image_object_is_reported(tmp_path):
+    folder = tmp_path / "sr"
+    folder.mkdir()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.22"  # Enhanced SR
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "SR"
+    ds.save_as(folder / "report.dcm", enforce_file_format=True)
+    with pytest.raises(InvalidInputError, match=r"report\.dcm: no image series.*PixelData \(7FE0,0010\)"):
+        dicom.read_series(folder)
+    # next to an image series the report is listed but does not count as a choice to make
+    make_series(folder, ramp((3, 6, 6)))
+    assert dicom.read_series(folder).GetSize() == (6, 6, 3)
+    assert sorted(s.is_image for s in dicom.list_series(folder)) == [False, True]
+    with pytest.raises(InvalidInputError, match=r"report\.dcm: series .* non-image object"):
+        dicom.read_series(folder, series_uid=str(ds.SeriesInstanceUID))
+
+
+def test_compressed_without_decoder_names_transfer_syntax(tmp_path):
+    make_series(tmp_path / "jls", ramp((2, 6, 6)))
+    f = tmp_path / "jls" / "IM0000.dcm"
+    ds = pydicom.dcmread(f)
+    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+    ds.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8\xff\xf7" + b"\x00" * 60])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(f)
+    from pydicom.pixels import get_decoder
+
+    assert not get_decoder(JPEGLSLossless).is_available  # the premise of this test
+    with pytest.raises(MissingDependencyError, match=r"IM0000\.dcm.*JPEG-LS.*TransferSyntaxUID \(0002,0010\)"):
+        dicom.read_series(tmp_path / "jls")
+
+
+def test_no_dicom_at_all(tmp_path):
+    (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(InvalidInputError, match="no DICOM files found"):
+        dicom.read_series(tmp_path)
+
+
+def test_gantry_tilt_is_detected_and_corrected(tmp_path):
+    nz, ny, nx, sy, sz = 5, 12, 8, 1.0, 2.0
+    stored = np.zeros((nz, ny, nx), np.uint16)
+    # a rod running along the slice normal: in the sheared slices it moves one row per slice
+    for k in range(nz):
+        stored[k, 8 - k, 3] = 1000
+    origin = np.array([0.0, 0.0, 0.0])
+    positions = [origin + np.array([0.0, k * sy, k * sz]) for k in range(nz)]
+    make_series(tmp_path / "tilt", stored, positions=positions, spacing=(1.0, sy, sz), intercept=0.0,
+                extra={"GantryDetectorTilt": 26.565})
+    with pytest.warns(UserWarning, match="gantry tilt about 26.57 degrees"):
+        img = dicom.read_series(tmp_path / "tilt")
+    arr = sitk.GetArrayFromImage(img)
+    assert_allclose(arr[:, 8, 3], 1000.0, atol=1e-3)  # the rod is straight again
+    assert_allclose(arr.sum(axis=(1, 2)), 1000.0, atol=1e-3)
+    assert_allclose(img.GetOrigin(), origin, atol=1e-6)
+    assert_allclose(img.GetDirection(), np.eye(3).ravel(), atol=1e-9)
+    assert img.GetSpacing()[2] == pytest.approx(sz)
+    assert float(img.GetMetaData("MedFusion|gantry_tilt_deg")) == pytest.approx(26.565, abs=0.01)
+    with pytest.raises(InvalidInputError, match=r"irregular geometry.*GantryDetectorTilt \(0018,1120\)"):
+        dicom.read_series(tmp_path / "tilt", strict=True)
+
+
+def test_non_uniform_spacing_is_resampled(tmp_path):
+    d = np.array([0.0, 2.0, 4.0, 7.0, 9.0, 11.0])
+    stored = np.broadcast_to((100 * d).astype(np.uint16)[:, None, None], (6, 4, 5)).copy()
+    positions = [np.array([0.0, 0.0, z]) for z in d]
+    make_series(tmp_path / "nu", stored, positions=positions, intercept=0.0)
+    with pytest.warns(UserWarning, match=r"non-uniform slice spacing: 2.000 to 3.000 mm"):
+        img = dicom.read_series(tmp_path / "nu")
+    assert img.GetSpacing()[2] == pytest.approx(2.0)
+    assert_allclose(sitk.GetArrayFromImage(img)[:, 0, 0], 100 * np.arange(6) * 2.0, atol=1e-3)
+    with pytest.raises(InvalidInputError, match="non-uniform slice spacing"):
+        dicom.read_series(tmp_path / "nu", strict=True)
+
+
+def test_regular_series_gives_no_warning(tmp_path):
+    make_series(tmp_path / "ok", ramp((4, 5, 5)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        img = dicom.read_series(tmp_path / "ok")
+    assert not img.HasMetaDataKey("MedFusion|regularized")
+
+
+def test_enhanced_multiframe_ct():
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("eCT_Supplemental.dcm")
+    ds = pydicom.dcmread(path)
+    img = dicom.read_series(path)
+    assert img.GetSize() == (512, 512, 2)
+    # IOP (-1,0,0 / 0,1,0): the normal is -z, so the frame at z = -149 comes first
+    assert_allclose(img.GetOrigin(), (99.5, -301.5, -149.0), atol=1e-6)
+    assert_allclose(img.GetSpacing(), (0.388672, 0.388672, 10.0), atol=1e-6)
+    assert_allclose(img.GetDirection(), [-1, 0, 0, 0, 1, 0, 0, 0, -1], atol=1e-9)
+    arr = sitk.GetArrayFromImage(img)
+    assert_allclose(arr, ds.pixel_array[::-1].astype(int) - 1024)
+    assert img.GetMetaData("0008|0060") == "CT"
+    assert float(img.GetMetaData("0028|1050")) == 49.0
+
+
+def test_nm_multiframe_volume(tmp_path):
+    stored = ramp((4, 6, 7))
+    make_series(tmp_path / "tmp", stored[:1], modality="PT", intercept=0.0)
+    ds = pydicom.dcmread(tmp_path / "tmp" / "IM0000.dcm")
+    ds.Modality = "NM"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.20"
+    det = Dataset()
+    det.ImagePositionPatient = ds.ImagePositionPatient
+    det.ImageOrientationPatient = ds.ImageOrientationPatient
+    ds.DetectorInformationSequence = [det]
+    del ds.ImagePositionPatient, ds.ImageOrientationPatient
+    ds.NumberOfFrames = 4
+    ds.SpacingBetweenSlices = 3.5
+    ds.PixelData = stored.tobytes()
+    (tmp_path / "nm").mkdir()
+    ds.save_as(tmp_path / "nm" / "spect.dcm")
+    img = dicom.read_series(tmp_path / "nm")
+    assert img.GetMetaData("0008|0060") == "NM"
+    assert img.GetSpacing()[2] == pytest.approx(3.5)
+    assert_allclose(sitk.GetArrayFromImage(img), stored)
