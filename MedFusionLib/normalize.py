@@ -178,7 +178,7 @@ def normalize(image: sitk.Image, modality: str | None = None, *, window=None,
         lower, upper = (float(v) for v in np.percentile(arr, [0.5, 99.5]))
         rule = "robust percentiles [p0.5, p99.5]"
     else:  # PET, SPECT
-        lower = max(0.0, amin)
+        lower = 0.0
         upper = float(np.percentile(arr, 99.9))
         rule = "uptake [0, p99.9]"
     if upper <= lower:  # sparse images: fall back to the full range

@@ -1,0 +1,95 @@
+"""Modality-aware normalisation to [0, 1]."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MedFusionLib.errors import InvalidInputError, UnknownOptionError
+from MedFusionLib.normalize import CT_WINDOWS, guess_modality, normalize, parse_window
+
+
+def _img(arr, dtype=np.float32):
+    return sitk.GetImageFromArray(np.asarray(arr, dtype=dtype))
+
+
+def test_ct_bone_window_maps_hounsfield_exactly():
+    hu = np.array([[-1000.0, -500.0, 400.0], [1300.0, 2000.0, 40.0]])
+    out, info = normalize(_img(hu), "CT")
+    np.testing.assert_allclose(out, [[0, 0, 0.5], [1, 1, 540 / 1800]], atol=1e-6)
+    assert info.modality == "CT" and info.modality_source == "user"
+    assert "bone" in info.rule and (info.lower, info.upper) == (-500.0, 1300.0)
+
+
+@pytest.mark.parametrize("window, lower, upper", [("brain", 0, 80), ("soft-tissue", -150, 250),
+                                                  ("40,80", 0, 80), ((100, 50), 75, 125)])
+def test_ct_windows(window, lower, upper):
+    hu = np.linspace(-1000, 1000, 50).reshape(5, 10)
+    _, info = normalize(_img(hu), "CT", window=window)
+    assert (info.lower, info.upper) == (lower, upper)
+
+
+def test_window_errors():
+    with pytest.raises(UnknownOptionError, match="Did you mean 'bone'"):
+        parse_window("bones")
+    with pytest.raises(InvalidInputError, match="width must be positive"):
+        parse_window("40,0")
+    with pytest.raises(InvalidInputError, match="modality is MR"):
+        normalize(_img(np.arange(20).reshape(4, 5)), "MR", window="brain")
+    assert set(CT_WINDOWS) == {"brain", "soft-tissue", "bone"}
+
+
+def test_mr_uses_robust_percentiles(rng):
+    arr = rng.normal(100, 10, (40, 40))
+    arr[0, 0] = 1e6  # one hot outlier must not squash the rest
+    out, info = normalize(_img(arr), "MR")
+    assert out.dtype == np.float32 and out.min() == 0 and out.max() == 1
+    assert 0.3 < np.median(out) < 0.7
+    assert info.rule.startswith("robust percentiles")
+
+
+def test_pet_keeps_zero_and_hot_spots(rng):
+    arr = np.abs(rng.normal(2, 0.5, (50, 50)))
+    arr[20:23, 20:23] = 30  # a lesion
+    out, info = normalize(_img(arr), "PET")
+    assert info.lower == 0.0
+    assert out[21, 21] == 1.0 and np.median(out) < 0.2
+
+
+def test_8bit_divides_by_255():
+    arr = np.array([[0, 51, 255], [102, 204, 0]], np.uint8)
+    out, info = normalize(_img(arr, np.uint8))
+    assert info.modality == "8BIT" and info.modality_source == "guess"
+    np.testing.assert_allclose(out, arr / 255.0, atol=1e-7)
+
+
+def test_guess_modality():
+    ct = _img(np.r_[np.full(50, -1000.0), np.full(50, 1200.0), np.zeros(100)].reshape(10, 20))
+    assert guess_modality(ct) == ("CT", "guess")
+    assert guess_modality(_img(np.arange(200.0).reshape(10, 20))) == ("MR", "guess")
+    tagged = _img(np.arange(200.0).reshape(10, 20))
+    tagged.SetMetaData("0008|0060", "PT")
+    assert guess_modality(tagged) == ("PET", "dicom")
+    tagged.SetMetaData("0008|0060", "NM")
+    assert guess_modality(tagged) == ("SPECT", "dicom")
+
+
+def test_bad_images_are_rejected_with_their_name():
+    arr = np.ones((5, 5), np.float32)
+    with pytest.raises(InvalidInputError, match="scan.nii: the image is constant"):
+        normalize(_img(arr), name="scan.nii")
+    arr[2, 2] = np.nan
+    with pytest.raises(InvalidInputError, match="1 voxel"):
+        normalize(_img(arr), name="scan.nii")
+    with pytest.raises(UnknownOptionError, match="Did you mean 'pet'"):
+        normalize(_img(np.arange(25.0).reshape(5, 5)), "PTE")
+    ct = _img(np.full((5, 5), 3000.0) + np.arange(25).reshape(5, 5))  # all above the bone window
+    with pytest.raises(InvalidInputError, match="outside the window"):
+        normalize(ct, "CT")
+
+
+def test_input_image_is_not_modified(volume_image):
+    before = sitk.GetArrayFromImage(volume_image).copy()
+    normalize(volume_image, "MR")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(volume_image), before)
