@@ -900,3 +900,387 @@ def read_series(
     if layout.tilt_deg:
         image.SetMetaData("MedFusion|gantry_tilt_deg", f"{layout.tilt_deg:.3f}")
     return image
+
+
+# --------------------------------------------------------------------------------------------
+# Writing a derived series
+# --------------------------------------------------------------------------------------------
+
+_SOP_CLASS_FOR = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
+_IMAGE_TYPE_FOR = {"CT": ["DERIVED", "SECONDARY", "AXIAL"], "MR": ["DERIVED", "SECONDARY", "OTHER"]}
+
+# Copied from the fixed (reference) series only: patient, study and frame-of-reference identity.
+_PATIENT_STUDY_KEYWORDS = (
+    "SpecificCharacterSet",
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
+    "OtherPatientIDsSequence", "PatientIdentityRemoved", "DeidentificationMethod",
+    "DeidentificationMethodCodeSequence", "PatientAge", "PatientSize", "PatientWeight",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
+    "AccessionNumber", "IssuerOfAccessionNumberSequence", "StudyDescription",
+    "FrameOfReferenceUID", "PositionReferenceIndicator",
+    "Laterality", "PatientPosition", "BodyPartExamined",
+)
+# Type 2 attributes that must be present (empty when the reference lacks them).
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+          "ReferringPhysicianName", "StudyID", "AccessionNumber", "PositionReferenceIndicator",
+          "PatientPosition", "Laterality")  # the last two are 2C: required for CT/MR here
+# Acquisition facts of the modality modules, copied from the reference when present.
+_MODALITY_KEYWORDS = {
+    "CT": {"KVP": 2, "AcquisitionNumber": 2},
+    "MR": {"ScanningSequence": 1, "SequenceVariant": 1, "ScanOptions": 2, "MRAcquisitionType": 2,
+           "RepetitionTime": 2, "EchoTime": 2, "EchoTrainLength": 2, "InversionTime": 3,
+           "MagneticFieldStrength": 3, "ImagedNucleus": 3},
+}
+_MR_TYPE1_DEFAULTS = {"ScanningSequence": "RM", "SequenceVariant": "NONE"}
+
+_SOURCE_PURPOSE = ("121322", "DCM", "Source image for image processing operation")
+
+
+@dataclass
+class _Source:
+    label: str
+    series_uid: str = ""
+    study_uid: str = ""
+    layout: _Layout | None = None
+    sop: list[tuple[str, str]] = field(default_factory=list)  # per sorted frame: (class, instance)
+    transform: sitk.Transform | None = None
+
+
+def _read_source(item, transform) -> _Source:
+    if isinstance(item, (tuple, list)):
+        if len(item) != 2:
+            raise InvalidInputError(f"sources: expected a path or a (path, series_uid) pair, got {item!r}.")
+        path, uid = Path(item[0]), item[1]
+    else:
+        path, uid = Path(item), None
+    if not path.exists():
+        raise InvalidInputError(f"{path}: source image not found.")
+    scan = _scan(path) if (path.is_dir() or _looks_dicom(path)) else None
+    if scan is None or not scan.headers:
+        return _Source(label=f"file {path.name}", transform=transform)
+    uid, items = _choose_series(path, scan, uid)
+    datasets = {p: ds for p, ds in items}
+    frames = [f for p, ds in items for f in _frames_of(p, ds)]
+    layout = _layout(frames, items[0][1])
+    ds0 = datasets[layout.frames[0].path]
+    number = ds0.get("SeriesNumber")
+    desc = str(ds0.get("SeriesDescription", "") or "")
+    label = f"{ds0.get('Modality', '?')} series{'' if number in (None, '') else ' ' + str(number)}"
+    label += f" '{desc}'" if desc else ""
+    label += f" ({uid})"
+    sop = [(str(datasets[f.path].SOPClassUID), str(datasets[f.path].SOPInstanceUID)) for f in layout.frames]
+    return _Source(label, uid, str(ds0.get("StudyInstanceUID", "")), layout, sop, transform)
+
+
+def _looks_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _contributing(src: _Source, points: np.ndarray) -> list[int]:
+    """Indices of ``src``'s sorted frames whose slab holds any of ``points`` (n, 3) in LPS mm."""
+    lay = src.layout
+    if src.transform is not None:
+        points = np.array([src.transform.TransformPoint(tuple(float(v) for v in p)) for p in points])
+    d = points @ lay.normal
+    half = lay.step / 2.0
+    lo, hi = d.min() - half, d.max() + half
+    return [k for k, dk in enumerate(lay.dist) if lo < dk < hi]
+
+
+def _code(value: str, scheme: str, meaning: str):
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = scheme
+    item.CodeMeaning = meaning
+    return item
+
+
+def _ref_item(sop_class: str, sop_instance: str, *, purpose: bool = False):
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.ReferencedSOPClassUID = sop_class
+    item.ReferencedSOPInstanceUID = sop_instance
+    if purpose:
+        item.PurposeOfReferenceCodeSequence = [_code(*_SOURCE_PURPOSE)]
+    return item
+
+
+def _quantize(arr: np.ndarray) -> tuple[np.ndarray, float, int]:
+    """Real values -> (stored 16-bit values, slope, PixelRepresentation); intercept is always 0."""
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo >= 0:
+        slope = hi / 65535.0 if hi > 0 else 1.0
+        return np.round(arr / slope).astype(np.uint16), slope, 0
+    top = max(abs(lo), abs(hi))
+    slope = top / 32767.0
+    return np.round(arr / slope).astype(np.int16), slope, 1
+
+
+def write_derived_series(
+    image: sitk.Image,
+    out_dir: str | os.PathLike,
+    *,
+    reference_dir: str | os.PathLike,
+    reference_series_uid: str | None = None,
+    sources: Sequence = (),
+    transforms: Sequence[sitk.Transform | None] | None = None,
+    description: str = "MedFusion fused",
+    method: str = "",
+    series_number: int | None = None,
+) -> list[Path]:
+    """Write a fused volume as a new derived DICOM series in the fixed (reference) study.
+
+    One single-frame instance per slice, of the reference's SOP class (CT Image Storage or MR Image
+    Storage), with a new SeriesInstanceUID and SOPInstanceUIDs; the reference's StudyInstanceUID,
+    FrameOfReferenceUID and patient/study identifiers (copied from the reference series only);
+    ImageType ``DERIVED\\SECONDARY``; a DerivationDescription naming the method and the sources;
+    per-slice SourceImageSequence items (purpose: DCM 121322) for the instances of each DICOM source
+    that the slice overlaps, listed again in ReferencedSeriesSequence (same study) or
+    StudiesContainingOtherReferencedInstancesSequence (other studies); ImagePositionPatient,
+    ImageOrientationPatient, PixelSpacing, SliceThickness and SpacingBetweenSlices from the image
+    geometry; pixel data 16-bit with RescaleSlope (intercept 0) and a full-range window.
+
+    Parameters
+    ----------
+    image : SimpleITK.Image
+        3D scalar volume in the reference's frame of reference (LPS mm), e.g.
+        ``FusionResult.fused`` (float32 in [0, 1] on the fixed grid).
+    out_dir : str or path-like
+        Folder for the files ``IM00001.dcm``, ... (created; existing files are never overwritten).
+    reference_dir : str or path-like
+        DICOM folder (or file) of the fixed series.
+    reference_series_uid : str, optional
+        SeriesInstanceUID of the fixed series when ``reference_dir`` holds several.
+    sources : sequence, optional
+        The inputs in order (fixed first): each a path (DICOM folder or file, or another image
+        file) or a ``(path, series_uid)`` pair. Defaults to the reference series alone.
+    transforms : sequence of SimpleITK.Transform or None, optional
+        One per source: maps points of ``image`` to points of that source (the registration
+        transform for the moving image, ``None`` for identity). Used to find which source slices
+        each output slice overlaps.
+    description : str, optional
+        SeriesDescription (at most 64 characters kept).
+    method : str, optional
+        Fusion method name, written into DerivationDescription.
+    series_number : int, optional
+        SeriesNumber; default is the reference's SeriesNumber + 1000.
+
+    Returns
+    -------
+    files : list of Path
+        The written files, one per slice, in slice order.
+
+    Raises
+    ------
+    InvalidInputError
+        If the image is not a 3D scalar volume with finite values, its direction is not
+        orthonormal, the reference is not a CT or MR image series, a source cannot be read, or an
+        output file exists already.
+    """
+    import tempfile
+
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.valuerep import format_number_as_ds
+
+    from . import __version__
+
+    if not isinstance(image, sitk.Image):
+        raise TypeError(f"write_derived_series needs a SimpleITK.Image, got {type(image).__name__}.")
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InvalidInputError(
+            f"write_derived_series needs a 3D scalar volume, got {image.GetDimension()}D with "
+            f"{image.GetNumberOfComponentsPerPixel()} component(s) per pixel."
+        )
+    arr = sitk.GetArrayFromImage(image).astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise InvalidInputError("write_derived_series: the image holds NaN or infinite values.")
+    direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    if np.max(np.abs(direction.T @ direction - np.eye(3))) > 1e-4:
+        raise InvalidInputError(
+            "write_derived_series: the image direction is not orthonormal; DICOM slices need "
+            f"perpendicular unit axes, got {direction.ravel().tolist()}."
+        )
+    if transforms is not None and len(transforms) != len(sources):
+        raise InvalidInputError(
+            f"write_derived_series: {len(transforms)} transforms for {len(sources)} sources; give "
+            "one per source (None for identity)."
+        )
+
+    reference_dir = Path(reference_dir)
+    ref_scan = _scan(reference_dir)
+    ref_uid, ref_items = _choose_series(reference_dir, ref_scan, reference_series_uid)
+    ref_frames = [f for p, ds in ref_items for f in _frames_of(p, ds)]
+    ref_layout = _layout(ref_frames, ref_items[0][1])
+    ref = dict(ref_items)[ref_layout.frames[0].path]
+    modality = str(ref.get("Modality", "") or "").upper()
+    if modality not in _SOP_CLASS_FOR:
+        raise InvalidInputError(
+            f"{ref_layout.frames[0].path}: the reference series has {_tag('Modality')} "
+            f"{modality or 'missing'}; a derived DICOM series can be written in the study of a CT "
+            "or MR fixed series. Use the CT/MR image as the fixed image, or write NIfTI/NRRD."
+        )
+    sop_class = _SOP_CLASS_FOR[modality]
+
+    items = list(sources) if sources else [(reference_dir, ref_uid)]
+    tlist = list(transforms) if transforms is not None else [None] * len(items)
+    srcs = [_read_source(it, tf) for it, tf in zip(items, tlist)]
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    nz, ny, nx = arr.shape
+    names = [f"IM{k + 1:05d}.dcm" for k in range(nz)]
+    clash = [n for n in names if (out_dir / n).exists()]
+    if clash:
+        raise InvalidInputError(
+            f"{out_dir / clash[0]}: exists already; write the derived series into an empty folder."
+        )
+
+    stored, slope, signed = _quantize(arr)
+    lo, hi = float(arr.min()), float(arr.max())
+    spacing = np.array(image.GetSpacing(), dtype=np.float64)
+    origin = np.array(image.GetOrigin(), dtype=np.float64)
+    row, col, axis = direction[:, 0], direction[:, 1], direction[:, 2]
+    normal = np.cross(row, col)
+    series_uid = generate_uid()
+    now = _dt.datetime.now()
+    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    if series_number is None:
+        try:
+            series_number = int(ref.get("SeriesNumber")) + 1000
+        except (TypeError, ValueError):
+            series_number = 1000
+    derivation = f"Image fusion by MedFusion {__version__}"
+    derivation += f", method '{method}'" if method else ""
+    derivation += ", sources: " + "; ".join(s.label for s in srcs)
+    derivation = derivation[:1024]
+
+    def ds_(value) -> str:
+        return format_number_as_ds(float(value))
+
+    base = Dataset()
+    for kw in _PATIENT_STUDY_KEYWORDS:
+        if kw in ref and ref[kw].value not in (None, ""):
+            base[kw] = ref[kw]
+    for kw in _TYPE2:
+        if kw not in base:
+            setattr(base, kw, "")
+    for kw, typ in _MODALITY_KEYWORDS[modality].items():
+        value = ref.get(kw)
+        if value not in (None, ""):
+            setattr(base, kw, value)
+        elif typ == 1:
+            setattr(base, kw, _MR_TYPE1_DEFAULTS[kw])
+        elif typ == 2:
+            setattr(base, kw, "")
+    if str(ref.get("LossyImageCompression", "")) == "01":
+        base.LossyImageCompression = "01"
+    base.SOPClassUID = sop_class
+    base.Modality = modality
+    base.SeriesInstanceUID = series_uid
+    base.SeriesNumber = int(series_number)
+    base.SeriesDate, base.SeriesTime = date, time
+    base.ContentDate, base.ContentTime = date, time
+    base.InstanceCreationDate, base.InstanceCreationTime = date, time
+    base.SeriesDescription = str(description)[:64]
+    base.Manufacturer = "MedFusion"
+    base.ManufacturerModelName = "MedFusion"
+    base.SoftwareVersions = __version__
+    base.ImageType = _IMAGE_TYPE_FOR[modality]
+    base.DerivationDescription = derivation
+    base.ImageOrientationPatient = [ds_(v) for v in np.concatenate([row, col])]
+    base.PixelSpacing = [ds_(spacing[1]), ds_(spacing[0])]
+    base.SliceThickness = ds_(spacing[2])
+    base.SpacingBetweenSlices = ds_(spacing[2])
+    base.SamplesPerPixel = 1
+    base.PhotometricInterpretation = "MONOCHROME2"
+    base.Rows, base.Columns = ny, nx
+    base.BitsAllocated = 16
+    base.BitsStored = 16
+    base.HighBit = 15
+    base.PixelRepresentation = signed
+    base.RescaleIntercept = "0"
+    base.RescaleSlope = ds_(slope)
+    if modality == "MR":
+        base.RescaleType = "US"
+    base.WindowCenter = ds_((lo + hi) / 2.0)
+    base.WindowWidth = ds_(max(hi - lo, slope))
+    base.WindowCenterWidthExplanation = "full range"
+    base.BurnedInAnnotation = "NO"
+
+    # in-plane sample points of a slice, to find the source slices it overlaps
+    uu, vv = np.meshgrid(np.linspace(0, nx - 1, 5), np.linspace(0, ny - 1, 5))
+    plane = (uu.ravel()[:, None] * spacing[0] * row + vv.ravel()[:, None] * spacing[1] * col)
+
+    tmp = Path(tempfile.mkdtemp(prefix=".medfusion-", dir=out_dir))
+    written: list[Path] = []
+    try:
+        for k in range(nz):
+            position = origin + k * spacing[2] * axis
+            ds = Dataset()
+            ds.update(base)
+            ds.SOPInstanceUID = generate_uid()
+            ds.InstanceNumber = k + 1
+            ds.ImagePositionPatient = [ds_(v) for v in position]
+            ds.SliceLocation = ds_(position @ normal)
+            refs: dict[tuple[str, str], list[tuple[str, str]]] = {}
+            source_items = []
+            for src in srcs:
+                if src.layout is None:
+                    continue
+                for j in _contributing(src, position + plane):
+                    sop = src.sop[j]
+                    if sop not in refs.setdefault((src.study_uid, src.series_uid), []):
+                        refs[(src.study_uid, src.series_uid)].append(sop)
+                        source_items.append(_ref_item(*sop, purpose=True))
+            if source_items:
+                ds.SourceImageSequence = source_items
+            same, other = [], {}
+            for (study, series), sops in refs.items():
+                item = Dataset()
+                item.SeriesInstanceUID = series
+                item.ReferencedInstanceSequence = [_ref_item(*s) for s in sops]
+                if study == str(ref.StudyInstanceUID):
+                    same.append(item)
+                else:
+                    other.setdefault(study, []).append(item)
+            if same:
+                ds.ReferencedSeriesSequence = same
+            if other:
+                studies = []
+                for study, series_items in other.items():
+                    st = Dataset()
+                    st.StudyInstanceUID = study
+                    st.ReferencedSeriesSequence = series_items
+                    studies.append(st)
+                ds.StudiesContainingOtherReferencedInstancesSequence = studies
+            ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
+            ds["PixelData"].VR = "OW"
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = sop_class
+            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.file_meta = meta
+            pydicom.dcmwrite(tmp / names[k], ds, enforce_file_format=True)
+        for name in names:
+            os.replace(tmp / name, out_dir / name)
+            written.append(out_dir / name)
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    finally:
+        for p in tmp.iterdir():
+            p.unlink()
+        tmp.rmdir()
+    logger.info("wrote derived series %s (%d slices) to %s", series_uid, nz, out_dir)
+    return written

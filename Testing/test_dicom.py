@@ -352,3 +352,274 @@ def test_nm_multiframe_volume(tmp_path):
     assert img.GetMetaData("0008|0060") == "NM"
     assert img.GetSpacing()[2] == pytest.approx(3.5)
     assert_allclose(sitk.GetArrayFromImage(img), stored)
+
+
+# --------------------------------------------------------------------------------------------
+# PET SUV
+# --------------------------------------------------------------------------------------------
+
+
+def _biograph_pet_header() -> Dataset:
+    """One slice header of the Siemens Biograph Vision whole-body PET in medimages4tests."""
+    from medimages4tests.dummy.dicom.pet.wholebody.siemens.biograph_vision import vr20b
+
+    hdr = dict(vr20b.constant_hdr)
+    hdr.update({k: v["0"] for k, v in vr20b.varying_hdr.items() if "0" in v})
+    hdr = {k: v for k, v in hdr.items() if not k.startswith(("0029", "7FE0"))}
+    return Dataset.from_json(hdr)
+
+
+def make_pet(folder, header: Dataset, values, *, spacing=(2.0, 2.0, 3.0)):
+    """A small PET series carrying ``header``'s SUV facts; ``values`` (z, y, x) in Bq/mL."""
+    slope = float(np.max(values)) / 30000.0
+    stored = np.round(np.asarray(values) / slope).astype(np.uint16)
+    keep = ("Units", "DecayCorrection", "CorrectedImage", "PatientWeight", "SeriesDate", "SeriesTime",
+            "AcquisitionDate", "AcquisitionTime", "RadiopharmaceuticalInformationSequence",
+            "DecayFactor", "FrameReferenceTime")
+    extra = {k: header[k].value for k in keep if k in header}
+    make_series(folder, stored, modality="PT", slope=slope, intercept=0.0, spacing=spacing, extra=extra)
+    return stored * slope
+
+
+def test_suv_from_biograph_header(tmp_path):
+    header = _biograph_pet_header()
+    assert header.Units == "BQML" and header.DecayCorrection == "START"
+    bq = make_pet(tmp_path / "pet", header, np.full((3, 4, 4), 12000.0))
+    img = dicom.read_series(tmp_path / "pet", suv=True)
+    # Ge-68 phantom: 85.74 MBq at 14:49:42, series 15:24:19 (2077 s later), T1/2 = 23410100 s, 75 kg
+    decayed = 85.74e6 * 2.0 ** (-2077.0 / 23410100.0)
+    expected = 75000.0 / decayed
+    assert float(img.GetMetaData("MedFusion|suv_factor")) == pytest.approx(expected, rel=1e-9)
+    assert img.GetMetaData("MedFusion|units") == "SUVbw"
+    assert img.GetMetaData("0008|0060") == "PT"
+    assert_allclose(sitk.GetArrayFromImage(img), bq * expected, rtol=1e-5)
+    plain = dicom.read_series(tmp_path / "pet")
+    assert_allclose(sitk.GetArrayFromImage(plain), bq, rtol=1e-5)
+    assert plain.GetMetaData("0054|1001") == "BQML"
+
+
+def _f18_header(**changes) -> Dataset:
+    """F-18 header: 370 MBq injected exactly one half-life (6586.2 s) before the scan, 70 kg."""
+    ds = Dataset()
+    ds.Modality = "PT"
+    ds.Units = "BQML"
+    ds.DecayCorrection = "START"
+    ds.CorrectedImage = ["ATTN", "DECY"]
+    ds.PatientWeight = 70
+    ds.SeriesDate = "20240102"
+    rp = Dataset()
+    rp.RadionuclideTotalDose = 370e6
+    rp.RadionuclideHalfLife = 6586.2
+    rp.RadiopharmaceuticalStartDateTime = "20240102100000"
+    ds.RadiopharmaceuticalInformationSequence = [rp]
+    scan = dt.datetime(2024, 1, 2, 10) + dt.timedelta(seconds=6586.2)
+    ds.SeriesTime = scan.strftime("%H%M%S.%f")
+    for key, value in changes.items():
+        if key.startswith("rp_"):
+            if value is None:
+                delattr(rp, key[3:])
+            else:
+                setattr(rp, key[3:], value)
+        elif value is None:
+            delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    return ds
+
+
+def test_suv_known_numbers_f18(tmp_path):
+    ds = _f18_header()
+    # one half-life after injection 185 MBq remain: SUV = C * 70000 g / 185e6 Bq
+    assert dicom.suv_factor(ds) == pytest.approx(70000.0 / 185e6, rel=1e-9)
+    bq = make_pet(tmp_path / "pet", ds, np.full((2, 3, 3), 2 * 185e6 / 70000.0))
+    img = dicom.read_series(tmp_path / "pet", suv=True)
+    assert_allclose(sitk.GetArrayFromImage(img), 2.0, rtol=1e-4)  # 5285.7 Bq/mL is SUV 2
+    # the start time alone (no DateTime) works the same; ADMIN decay correction does not decay
+    ds2 = _f18_header(rp_RadiopharmaceuticalStartDateTime=None, rp_RadiopharmaceuticalStartTime="100000")
+    assert dicom.suv_factor(ds2) == pytest.approx(70000.0 / 185e6, rel=1e-9)
+    assert dicom.suv_factor(_f18_header(DecayCorrection="ADMIN")) == pytest.approx(70000.0 / 370e6)
+    assert dicom.suv_factor(_f18_header(Units="GML")) == 1.0
+    # series re-saved after the scan: the earliest acquisition time is the scan start
+    late = _f18_header(SeriesTime="130000")
+    early = dt.datetime(2024, 1, 2, 10) + dt.timedelta(seconds=6586.2)
+    assert dicom.suv_factor(late, acquisition_times=[early + dt.timedelta(seconds=60), early]) == \
+        pytest.approx(70000.0 / 185e6, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "change, tag",
+    [
+        ({"PatientWeight": None}, r"PatientWeight \(0010,1030\)"),
+        ({"PatientWeight": 0}, r"PatientWeight \(0010,1030\)"),
+        ({"Units": None}, r"Units \(0054,1001\)"),
+        ({"Units": "CNTS"}, r"Units \(0054,1001\)"),
+        ({"DecayCorrection": "NONE"}, r"DecayCorrection \(0054,1102\)"),
+        ({"CorrectedImage": ["ATTN"]}, r"CorrectedImage \(0028,0051\)"),
+        ({"RadiopharmaceuticalInformationSequence": None}, r"RadiopharmaceuticalInformationSequence \(0054,0016\)"),
+        ({"rp_RadionuclideTotalDose": None}, r"RadionuclideTotalDose \(0018,1074\)"),
+        ({"rp_RadionuclideHalfLife": None}, r"RadionuclideHalfLife \(0018,1075\)"),
+        ({"rp_RadiopharmaceuticalStartDateTime": None}, r"RadiopharmaceuticalStartDateTime \(0018,1078\)"),
+        ({"SeriesTime": None}, r"SeriesTime \(0008,0031\)"),
+        ({"Modality": "CT"}, r"Modality \(0008,0060\)"),
+    ],
+)
+def test_suv_missing_tags_are_named(change, tag):
+    with pytest.raises(InvalidInputError, match=r"pet\.dcm: .*" + tag):
+        dicom.suv_factor(_f18_header(**change), source="/data/pet.dcm")
+
+
+def test_suv_error_names_the_file_in_read_series(tmp_path):
+    make_pet(tmp_path / "pet", _f18_header(PatientWeight=None), np.ones((2, 3, 3)))
+    with pytest.raises(InvalidInputError, match=r"IM0000\.dcm: cannot convert PET to SUV.*PatientWeight"):
+        dicom.read_series(tmp_path / "pet", suv=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing the derived series
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fixed_and_moving(tmp_path):
+    """Oblique CT (fixed) and axial MR of another study and patient (moving)."""
+    row, col = _oblique()
+    fixed = tmp_path / "fixed"
+    moving = tmp_path / "moving"
+    make_series(fixed, ramp((5, 10, 12)), row=row, col=col, origin=(-30.0, -20.0, 10.0),
+                spacing=(0.8, 0.9, 2.5), description="CT head")
+    make_series(moving, ramp((8, 10, 12), seed=2), modality="MR", intercept=0.0, spacing=(1.0, 1.0, 2.0),
+                origin=(-30.0, -20.0, 8.0), description="T1",
+                extra={"PatientName": "Other^Person", "PatientID": "PID-2"})
+    image = dicom.read_series(fixed)
+    fused = sitk.RescaleIntensity(sitk.Cast(image, sitk.sitkFloat32), 0.0, 1.0)
+    return fixed, moving, fused
+
+
+def _dciodvfy_errors(path) -> list[str]:
+    exe = shutil.which("dciodvfy")
+    assert exe is not None, (
+        "dciodvfy is not installed: the DICOM validation test needs it (Debian/Ubuntu: "
+        "`apt-get install dicom3tools`)."
+    )
+    out = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+    text = out.stdout + out.stderr
+    return [ln for ln in text.splitlines() if ln.startswith("Error")]
+
+
+def test_derived_series_round_trip(fixed_and_moving, tmp_path):
+    fixed, moving, fused = fixed_and_moving
+    files = dicom.write_derived_series(
+        fused, tmp_path / "out", reference_dir=fixed, sources=[fixed, moving],
+        description="CT+MR fused", method="wavelet")
+    assert [f.name for f in files] == [f"IM{k:05d}.dcm" for k in range(1, 6)]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f.name for f in files]
+
+    # pydicom: identity, references, per-slice geometry
+    fixed_ds = sorted((pydicom.dcmread(p) for p in fixed.iterdir()), key=lambda d: d.InstanceNumber)
+    moving_ds = [pydicom.dcmread(p) for p in moving.iterdir()]
+    out_ds = [pydicom.dcmread(p) for p in files]
+    ref = fixed_ds[0]
+    assert len({d.SOPInstanceUID for d in out_ds}) == 5
+    assert not {d.SOPInstanceUID for d in out_ds} & {d.SOPInstanceUID for d in fixed_ds}
+    for d, f in zip(out_ds, fixed_ds):
+        assert d.SOPClassUID == CT_CLASS and d.Modality == "CT"
+        assert d.SeriesInstanceUID != ref.SeriesInstanceUID
+        assert d.StudyInstanceUID == ref.StudyInstanceUID
+        assert d.FrameOfReferenceUID == ref.FrameOfReferenceUID
+        assert (d.PatientName, d.PatientID, d.AccessionNumber) == ("Fixed^Patient", "PID-1", "ACC1")
+        assert list(d.ImageType[:2]) == ["DERIVED", "SECONDARY"]
+        assert "wavelet" in d.DerivationDescription
+        assert ref.SeriesInstanceUID in d.DerivationDescription
+        assert moving_ds[0].SeriesInstanceUID in d.DerivationDescription
+        assert d.BitsAllocated == 16 and float(d.RescaleSlope) > 0
+        assert_allclose([float(v) for v in d.ImagePositionPatient],
+                        [float(v) for v in f.ImagePositionPatient], atol=1e-3)
+        assert_allclose([float(v) for v in d.ImageOrientationPatient],
+                        [float(v) for v in f.ImageOrientationPatient], atol=1e-6)
+        assert_allclose([float(v) for v in d.PixelSpacing], [0.9, 0.8], atol=1e-6)
+        sources = {it.ReferencedSOPInstanceUID for it in d.SourceImageSequence}
+        assert f.SOPInstanceUID in sources  # the fixed slice at this position
+        assert sources - {f.SOPInstanceUID} <= {m.SOPInstanceUID for m in moving_ds}
+        assert len(sources) > 1  # and the moving slices that overlap it
+        assert d.ReferencedSeriesSequence[0].SeriesInstanceUID == ref.SeriesInstanceUID
+        other = d.StudiesContainingOtherReferencedInstancesSequence[0]
+        assert other.StudyInstanceUID == moving_ds[0].StudyInstanceUID
+        assert other.ReferencedSeriesSequence[0].SeriesInstanceUID == moving_ds[0].SeriesInstanceUID
+
+    # SimpleITK and our reader: same geometry and values (16-bit quantisation)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path / "out")))
+    for back in (reader.Execute(), dicom.read_series(tmp_path / "out")):
+        assert back.GetSize() == fused.GetSize()
+        assert_allclose(back.GetOrigin(), fused.GetOrigin(), atol=1e-3)
+        assert_allclose(back.GetSpacing(), fused.GetSpacing(), atol=1e-3)
+        assert_allclose(back.GetDirection(), fused.GetDirection(), atol=1e-6)
+        assert_allclose(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(fused), atol=1.0 / 65535)
+
+    for f in files:
+        assert _dciodvfy_errors(f) == []
+
+
+def test_derived_series_from_mr_reference_validates(fixed_and_moving, tmp_path):
+    fixed, moving, _ = fixed_and_moving
+    mr = dicom.read_series(moving)
+    fused = sitk.RescaleIntensity(sitk.Cast(mr, sitk.sitkFloat32), -1.0, 1.0)  # signed values too
+    files = dicom.write_derived_series(fused, tmp_path / "out", reference_dir=moving, method="average")
+    d = pydicom.dcmread(files[0])
+    assert d.SOPClassUID == MR_CLASS and d.PixelRepresentation == 1
+    assert d.PatientID == "PID-2"
+    back = dicom.read_series(tmp_path / "out")
+    assert_allclose(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(fused), atol=1.0 / 32767)
+    assert _dciodvfy_errors(files[0]) == []
+
+
+def test_source_slices_follow_the_registration_transform(tmp_path):
+    fixed, moving = tmp_path / "fixed", tmp_path / "moving"
+    make_series(fixed, ramp((4, 6, 6)), origin=(0.0, 0.0, 0.0), spacing=(1.0, 1.0, 2.5))
+    make_series(moving, ramp((10, 6, 6)), modality="MR", intercept=0.0, origin=(0.0, 0.0, 0.0),
+                spacing=(1.0, 1.0, 2.0))
+    moving_z = {pydicom.dcmread(p).SOPInstanceUID: float(pydicom.dcmread(p).ImagePositionPatient[2])
+                for p in moving.iterdir()}
+    fused = sitk.Cast(dicom.read_series(fixed), sitk.sitkFloat32)
+    shift = sitk.TranslationTransform(3, (0.0, 0.0, 4.0))  # fixed point z maps to moving z + 4
+    files = dicom.write_derived_series(fused, tmp_path / "out", reference_dir=fixed,
+                                       sources=[fixed, moving], transforms=[None, shift])
+    for k, f in enumerate(files):
+        d = pydicom.dcmread(f)
+        zs = sorted(moving_z[it.ReferencedSOPInstanceUID] for it in d.SourceImageSequence
+                    if it.ReferencedSOPInstanceUID in moving_z)
+        z = 2.5 * k + 4.0  # moving slices (2 mm apart) whose slab holds z
+        assert zs == [v for v in np.arange(0, 20, 2.0) if abs(v - z) < 1.0], (k, zs)
+
+
+def test_derived_series_bad_input(fixed_and_moving, tmp_path):
+    fixed, moving, fused = fixed_and_moving
+    with pytest.raises(InvalidInputError, match="3D scalar volume"):
+        dicom.write_derived_series(fused[:, :, 0], tmp_path / "a", reference_dir=fixed)
+    nan = sitk.Image(fused)
+    nan[0, 0, 0] = float("nan")
+    with pytest.raises(InvalidInputError, match="NaN"):
+        dicom.write_derived_series(nan, tmp_path / "b", reference_dir=fixed)
+    with pytest.raises(InvalidInputError, match="2 transforms for 1 sources"):
+        dicom.write_derived_series(fused, tmp_path / "c", reference_dir=fixed, sources=[fixed],
+                                   transforms=[None, None])
+    make_pet(tmp_path / "pet", _f18_header(), np.ones((2, 3, 3)))
+    with pytest.raises(InvalidInputError, match=r"IM0000\.dcm: .*Modality \(0008,0060\) PT"):
+        dicom.write_derived_series(fused, tmp_path / "d", reference_dir=tmp_path / "pet")
+    dicom.write_derived_series(fused, tmp_path / "e", reference_dir=fixed)
+    before = sorted(p.stat().st_mtime_ns for p in (tmp_path / "e").iterdir())
+    with pytest.raises(InvalidInputError, match=r"IM00001\.dcm: exists already"):
+        dicom.write_derived_series(fused, tmp_path / "e", reference_dir=fixed)
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "e").iterdir()) == before
+
+
+def test_non_dicom_moving_source_is_named(fixed_and_moving, tmp_path):
+    fixed, _, fused = fixed_and_moving
+    nifti = tmp_path / "moving_t1.nii.gz"
+    sitk.WriteImage(fused, str(nifti))
+    files = dicom.write_derived_series(fused, tmp_path / "out", reference_dir=fixed,
+                                       sources=[fixed, nifti], method="average")
+    d = pydicom.dcmread(files[0])
+    assert "file moving_t1.nii.gz" in d.DerivationDescription
+    assert "StudiesContainingOtherReferencedInstancesSequence" not in d
+    assert len(d.SourceImageSequence) == 1
