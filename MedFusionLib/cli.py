@@ -19,7 +19,7 @@ from .errors import CancelledError, MedFusionError
 __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
 #: Subcommand modules, in the order ``medfusion --help`` lists them.
-COMMAND_MODULES = ["fuse", "batch", "list_methods", "demo"]
+COMMAND_MODULES = ["fuse", "batch", "list_methods", "demo", "dicom_ls"]
 
 
 def _available_commands():

@@ -94,6 +94,11 @@ class SeriesInfo:
         Image size of the first object (0 for non-image objects).
     is_image : bool
         Whether the series holds pixel data that :func:`read_series` can read as a volume.
+    spacing : tuple of float or None
+        Voxel size (x, y, z) in mm from the headers (z: median slice spacing); None when unknown.
+    problems : tuple of str
+        Geometry findings from the headers: non-uniform spacing, gantry tilt (the volume will be
+        resampled) or the error :func:`read_series` would raise (missing slices, ...).
     """
 
     series_uid: str
@@ -108,6 +113,8 @@ class SeriesInfo:
     rows: int
     columns: int
     is_image: bool
+    spacing: tuple[float, float, float] | None = None
+    problems: tuple[str, ...] = ()
 
     @property
     def n_files(self) -> int:
@@ -215,8 +222,24 @@ def list_series(path: str | os.PathLike) -> list[SeriesInfo]:
         If ``path`` does not exist or an object has no SeriesInstanceUID.
     """
     scan = _scan(Path(path))
-    infos = [_info(uid, items) for uid, items in scan.headers.items()]
+    infos = [_with_geometry(_info(uid, items), items) for uid, items in scan.headers.items()]
     return sorted(infos, key=lambda s: (s.study_uid, s.series_number or 0, s.series_uid))
+
+
+def _with_geometry(info: SeriesInfo, items: list[tuple[Path, object]]) -> SeriesInfo:
+    """Add the header-only geometry check (no pixel data is read) to ``info``."""
+    from dataclasses import replace
+
+    images = [(p, ds) for p, ds in items if _has_pixels(ds)]
+    if not images:
+        return info
+    try:
+        layout = _layout([f for p, ds in images for f in _frames_of(p, ds)], images[0][1])
+    except InvalidInputError as exc:
+        return replace(info, problems=(str(exc),))
+    sp = layout.frames[0].spacing
+    return replace(info, spacing=(float(sp[1]), float(sp[0]), float(layout.step)),
+                   problems=tuple(layout.irregular))
 
 
 def _describe(s: SeriesInfo) -> str:

@@ -623,3 +623,34 @@ def test_non_dicom_moving_source_is_named(fixed_and_moving, tmp_path):
     assert "file moving_t1.nii.gz" in d.DerivationDescription
     assert "StudiesContainingOtherReferencedInstancesSequence" not in d
     assert len(d.SourceImageSequence) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# medfusion dicom-ls
+# --------------------------------------------------------------------------------------------
+
+
+def test_dicom_ls_lists_series_and_geometry_problems(tmp_path, capsys):
+    import json
+
+    from MedFusionLib.cli import main
+
+    _, ct_uid, _ = make_series(tmp_path / "d" / "ct", ramp((4, 6, 7)), description="CT head")
+    _, gap_uid, _ = make_series(tmp_path / "d" / "gap", ramp((5, 6, 6)), modality="MR", intercept=0.0)
+    (tmp_path / "d" / "gap" / "IM0002.dcm").unlink()
+    positions = [np.array([0.0, 0.5 * k, 2.0 * k]) for k in range(4)]
+    _, tilt_uid, _ = make_series(tmp_path / "d" / "tilt", ramp((4, 6, 6)), positions=positions,
+                                 spacing=(1.0, 1.0, 2.0))
+    assert main(["dicom-ls", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert f"{ct_uid}  CT  #3 'CT head'  4 files  7x6x4  0.8x0.9x2.5 mm" in out
+    assert "slice(s) missing" in out and "gantry tilt about 14.04 degrees" in out
+    assert "3 series (3 image series)" in out
+    assert main(["dicom-ls", "--json", str(tmp_path / "d")]) == 0
+    rows = {r["series_uid"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows[ct_uid]["size"] == [7, 6, 4] and rows[ct_uid]["problems"] == []
+    assert_allclose(rows[ct_uid]["spacing_mm"], [0.8, 0.9, 2.5])
+    assert "missing" in rows[gap_uid]["problems"][0]
+    assert "gantry tilt" in rows[tilt_uid]["problems"][0]
+    assert main(["dicom-ls", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: no such file or folder" in capsys.readouterr().err
