@@ -43,6 +43,7 @@ __all__ = [
     "list_series",
     "read_series",
     "suv_factor",
+    "check_derived_reference",
     "write_derived_series",
 ]
 
@@ -1045,6 +1046,36 @@ def _quantize(arr: np.ndarray) -> tuple[np.ndarray, float, int]:
     top = max(abs(lo), abs(hi))
     slope = top / 32767.0
     return np.round(arr / slope).astype(np.int16), slope, 1
+
+
+def check_derived_reference(path: str | os.PathLike, image: sitk.Image | None = None) -> None:
+    """Check, before any work, that ``path`` can be the reference of :func:`write_derived_series`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The fixed image's path: a DICOM folder or DICOM file.
+    image : SimpleITK.Image, optional
+        The fixed image as read; its ``0008|0060`` Modality must be CT or MR.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``path`` is not DICOM or the modality is not CT or MR.
+    """
+    p = Path(path)
+    if not (p.is_dir() or (p.is_file() and _looks_dicom(p))):
+        raise InvalidInputError(
+            f"{p}: a derived DICOM series needs a DICOM fixed image (its study, patient and frame of "
+            "reference are copied); give the fixed series' DICOM folder, or write NIfTI/NRRD instead."
+        )
+    if image is not None and image.HasMetaDataKey("0008|0060"):
+        modality = image.GetMetaData("0008|0060").strip().upper()
+        if modality not in _SOP_CLASS_FOR:
+            raise InvalidInputError(
+                f"{p}: the fixed series has {_tag('Modality')} {modality}; a derived DICOM series can "
+                "be written in the study of a CT or MR fixed series. Use the CT/MR image as FIXED."
+            )
 
 
 def write_derived_series(

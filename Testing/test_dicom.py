@@ -654,3 +654,30 @@ def test_dicom_ls_lists_series_and_geometry_problems(tmp_path, capsys):
     assert "gantry tilt" in rows[tilt_uid]["problems"][0]
     assert main(["dicom-ls", str(tmp_path / "nowhere")]) == 2
     assert "nowhere: no such file or folder" in capsys.readouterr().err
+
+
+def test_fuse_command_writes_derived_dicom(fixed_and_moving, tmp_path, capsys):
+    from MedFusionLib.cli import main
+
+    fixed, moving, _ = fixed_and_moving
+    out = tmp_path / "fused_dicom"
+    code = main(["fuse", str(fixed), str(moving), "-o", str(out), "--dicom", "--method", "average",
+                 "--register", "none", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    files = sorted(out.iterdir())
+    assert len(files) == 5
+    back = dicom.read_series(out)
+    ref = dicom.read_series(fixed)
+    assert_allclose(back.GetOrigin(), ref.GetOrigin(), atol=1e-3)
+    assert_allclose(back.GetDirection(), ref.GetDirection(), atol=1e-6)
+    d = pydicom.dcmread(files[0])
+    assert "method 'average'" in d.DerivationDescription
+    assert d.StudiesContainingOtherReferencedInstancesSequence[0].ReferencedSeriesSequence[0] \
+        .SeriesInstanceUID == pydicom.dcmread(next(moving.iterdir())).SeriesInstanceUID
+    # a fixed image that is not DICOM is refused before any work, naming it
+    nifti = tmp_path / "fixed.nii.gz"
+    sitk.WriteImage(ref, str(nifti))
+    code = main(["fuse", str(nifti), str(moving), "-o", str(tmp_path / "x"), "--dicom", "--quiet"])
+    assert code == 2
+    assert "fixed.nii.gz: a derived DICOM series needs a DICOM fixed image" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
