@@ -21,7 +21,8 @@ HELP = "register MOVING onto FIXED and write the fused image"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("fixed", help="fixed (reference) image: file or DICOM folder; the result is on its grid")
     p.add_argument("moving", help="moving image: file or DICOM folder")
-    p.add_argument("-o", "--output", required=True, help="fused image (.nii.gz, .nrrd, .mha, .png, ...)")
+    p.add_argument("-o", "--output", required=True,
+                   help="fused image (.nii.gz, .nrrd, .mha, .png, ...); with --dicom a folder")
     add_fusion_options(p)
     p.add_argument("--metrics", metavar="OUT.json", help="also write fusion metrics (and what was done) as JSON")
     p.add_argument("--metrics-keys", metavar="KEYS", default=None,
@@ -30,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights-map", metavar="OUT", help="also write the contribution map of FIXED in [0, 1]")
     p.add_argument("--fixed-series", metavar="UID", help="SeriesInstanceUID to read from a FIXED DICOM folder")
     p.add_argument("--moving-series", metavar="UID", help="SeriesInstanceUID to read from a MOVING DICOM folder")
+    p.add_argument("--dicom", action="store_true",
+                   help="write the fused volume as a derived DICOM series into the folder -o, in the "
+                        "study of FIXED (a CT or MR DICOM series)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -57,6 +61,10 @@ def run(args) -> int:
                            [args.output, args.metrics, args.transform, args.weights_map])
     outputs = OutputSet([args.output, args.metrics, args.transform, args.weights_map])
     fixed = read_image(args.fixed, series_uid=args.fixed_series)
+    if args.dicom:
+        from ..dicom import check_derived_reference
+
+        check_derived_reference(args.fixed, fixed)
     moving = read_image(args.moving, series_uid=args.moving_series)
     progress = None if args.quiet else TextProgress(sys.stderr)
     result = fuse_images(
@@ -70,7 +78,18 @@ def run(args) -> int:
         report = {"fixed": args.fixed, "moving": args.moving, "output": args.output,
                   **result.summary(), "metrics": volume_metrics_for(result, args.metrics_keys)}
     with outputs:
-        outputs.add(write_image(result.fused, args.output))
+        if args.dicom:
+            from ..dicom import write_derived_series
+
+            for path in write_derived_series(
+                    result.fused, args.output, reference_dir=args.fixed,
+                    reference_series_uid=args.fixed_series,
+                    sources=[(args.fixed, args.fixed_series), (args.moving, args.moving_series)],
+                    transforms=[None, result.registration.transform],
+                    description=f"MedFusion fused ({result.method})", method=result.method):
+                outputs.add(path)
+        else:
+            outputs.add(write_image(result.fused, args.output))
         if args.weights_map:
             outputs.add(write_image(result.weights, args.weights_map))
         if args.transform:
