@@ -45,6 +45,8 @@ __all__ = [
     "suv_factor",
     "check_derived_reference",
     "write_derived_series",
+    "write_spatial_registration",
+    "write_fusion_dicom",
 ]
 
 logger = logging.getLogger(__name__)
@@ -1338,3 +1340,263 @@ def write_derived_series(
         tmp.rmdir()
     logger.info("wrote derived series %s (%d slices) to %s", series_uid, nz, out_dir)
     return written
+
+
+# --------------------------------------------------------------------------------------------
+# Spatial Registration object
+# --------------------------------------------------------------------------------------------
+
+_SRO_CLASS = "1.2.840.10008.5.1.4.1.1.66.1"  # Spatial Registration Storage
+
+
+def _is_linear(transform: sitk.Transform) -> bool:
+    """False for B-spline and displacement-field transforms, also inside a composite."""
+    name = transform.GetName()
+    if name == "CompositeTransform":
+        comp = sitk.CompositeTransform(transform)
+        return all(_is_linear(comp.GetNthTransform(i)) for i in range(comp.GetNumberOfTransforms()))
+    return "BSpline" not in name and "Displacement" not in name
+
+
+def _affine_of(transform: sitk.Transform) -> np.ndarray:
+    """4x4 matrix of a linear ``transform`` (x -> A x + t), measured on points; raises if non-linear."""
+    pts = np.array([[0, 0, 0], [100, 0, 0], [0, 100, 0], [0, 0, 100], [37, -53, 71]], dtype=np.float64)
+    mapped = np.array([transform.TransformPoint(tuple(p)) for p in pts])
+    t = mapped[0]
+    a = (mapped[1:4] - t).T / 100.0
+    if not _is_linear(transform) or np.max(np.abs(a @ pts[4] + t - mapped[4])) > 1e-4:
+        raise InvalidInputError(
+            f"a Spatial Registration object holds rigid or affine matrices; the {transform.GetName()} "
+            "transform is not linear (use a DICOM Deformable Spatial Registration tool for B-splines)."
+        )
+    m = np.eye(4)
+    m[:3, :3], m[:3, 3] = a, t
+    return m
+
+
+def write_spatial_registration(
+    transform: sitk.Transform | None,
+    out_path: str | os.PathLike,
+    *,
+    reference_dir: str | os.PathLike,
+    moving_dir: str | os.PathLike,
+    reference_series_uid: str | None = None,
+    moving_series_uid: str | None = None,
+    description: str = "MedFusion registration",
+) -> Path:
+    """Store a rigid/affine registration as a DICOM Spatial Registration object (Modality REG).
+
+    The object lives in the fixed (reference) study and frame of reference. Its first registration
+    item is the identity for the fixed frame of reference; the second maps points of the moving
+    series' frame of reference into the fixed one (the inverse of ``transform``, which maps fixed
+    points to moving points as SimpleITK resampling does), with matrix type ``RIGID``,
+    ``RIGID_SCALE`` or ``AFFINE`` as the matrix allows.
+
+    Parameters
+    ----------
+    transform : SimpleITK.Transform or None
+        Fixed -> moving point transform (``RegistrationResult.transform``); None for identity.
+    out_path : str or path-like
+        File to write (not overwritten if it exists).
+    reference_dir, moving_dir : str or path-like
+        DICOM folders (or files) of the fixed and moving series.
+    reference_series_uid, moving_series_uid : str, optional
+        SeriesInstanceUIDs when a folder holds several series.
+    description : str, optional
+        ContentDescription and SeriesDescription (at most 64 characters kept).
+
+    Returns
+    -------
+    path : Path
+        The written file.
+
+    Raises
+    ------
+    InvalidInputError
+        If the transform is not linear, a folder holds no usable series, or ``out_path`` exists.
+    """
+    import tempfile
+
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.valuerep import format_number_as_ds
+
+    from . import __version__
+
+    out_path = Path(out_path)
+    if out_path.exists():
+        raise InvalidInputError(f"{out_path}: exists already; choose a new file name.")
+    if not out_path.parent.exists():
+        raise InvalidInputError(f"{out_path}: the output folder {out_path.parent} does not exist.")
+    fixed_to_moving = np.eye(4) if transform is None else _affine_of(transform)
+    moving_to_fixed = np.linalg.inv(fixed_to_moving)
+    a = moving_to_fixed[:3, :3]
+    if np.allclose(a.T @ a, np.eye(3), atol=1e-6) and np.linalg.det(a) > 0:
+        kind = "RIGID"
+    elif np.allclose(a.T @ a, np.diag(np.diag(a.T @ a)), atol=1e-6) and np.linalg.det(a) > 0:
+        kind = "RIGID_SCALE"
+    else:
+        kind = "AFFINE"
+
+    def series(path, uid):
+        path = Path(path)
+        chosen, items = _choose_series(path, _scan(path), uid)
+        frames = [f for p, ds in items for f in _frames_of(p, ds)]
+        layout = _layout(frames, items[0][1])
+        datasets = dict(items)
+        return chosen, [datasets[f.path] for f in layout.frames]
+
+    ref_uid, ref_sets = series(reference_dir, reference_series_uid)
+    mov_uid, mov_sets = series(moving_dir, moving_series_uid)
+    ref = ref_sets[0]
+    for label, ds0 in (("fixed", ref), ("moving", mov_sets[0])):
+        if not ds0.get("FrameOfReferenceUID"):
+            raise InvalidInputError(
+                f"{ds0.filename}: the {label} series has no {_tag('FrameOfReferenceUID')}; a "
+                "registration relates frames of reference."
+            )
+
+    now = _dt.datetime.now()
+    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds = Dataset()
+    for kw in _PATIENT_STUDY_KEYWORDS:
+        if kw in ref and ref[kw].value not in (None, "") and kw not in ("PatientPosition", "Laterality",
+                                                                        "BodyPartExamined"):
+            ds[kw] = ref[kw]
+    for kw in _TYPE2[:-2] + ("Laterality",):
+        if kw not in ds:
+            setattr(ds, kw, "")
+    ds.SOPClassUID = _SRO_CLASS
+    ds.SOPInstanceUID = generate_uid()
+    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
+    ds.Modality = "REG"
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesNumber = 2000
+    ds.SeriesDate, ds.SeriesTime = date, time
+    ds.SeriesDescription = str(description)[:64]
+    ds.Manufacturer = "MedFusion"
+    ds.ManufacturerModelName = "MedFusion"
+    ds.DeviceSerialNumber = "0"
+    ds.SoftwareVersions = __version__
+    ds.ContentDate, ds.ContentTime = date, time
+    ds.InstanceNumber = 1
+    ds.ContentLabel = "MEDFUSION_REG"
+    ds.ContentDescription = str(description)[:64]
+    ds.ContentCreatorName = ""
+
+    def registration_item(frame_uid, sets, matrix, matrix_type):
+        item = Dataset()
+        item.FrameOfReferenceUID = frame_uid
+        item.ReferencedImageSequence = [_ref_item(str(d.SOPClassUID), str(d.SOPInstanceUID)) for d in sets]
+        mat = Dataset()
+        mat.FrameOfReferenceTransformationMatrixType = matrix_type
+        mat.FrameOfReferenceTransformationMatrix = [format_number_as_ds(float(v)) for v in matrix.ravel()]
+        reg = Dataset()
+        reg.RegistrationTypeCodeSequence = []  # type 2; the method is in ContentDescription
+        reg.MatrixSequence = [mat]
+        item.MatrixRegistrationSequence = [reg]
+        return item
+
+    ds.RegistrationSequence = [
+        registration_item(ref.FrameOfReferenceUID, ref_sets, np.eye(4), "RIGID"),
+        registration_item(mov_sets[0].FrameOfReferenceUID, mov_sets, moving_to_fixed, kind),
+    ]
+    same, other = [], {}
+    for sets, uid in ((ref_sets, ref_uid), (mov_sets, mov_uid)):
+        item = Dataset()
+        item.SeriesInstanceUID = uid
+        item.ReferencedInstanceSequence = [_ref_item(str(d.SOPClassUID), str(d.SOPInstanceUID)) for d in sets]
+        study = str(sets[0].StudyInstanceUID)
+        if study == str(ref.StudyInstanceUID):
+            same.append(item)
+        else:
+            other.setdefault(study, []).append(item)
+    if same:
+        ds.ReferencedSeriesSequence = same
+    if other:
+        studies = []
+        for study, items in other.items():
+            st = Dataset()
+            st.StudyInstanceUID = study
+            st.ReferencedSeriesSequence = items
+            studies.append(st)
+        ds.StudiesContainingOtherReferencedInstancesSequence = studies
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = _SRO_CLASS
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    fd, tmp = tempfile.mkstemp(prefix=".medfusion-", suffix=".dcm", dir=out_path.parent)
+    os.close(fd)
+    try:
+        pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
+        os.replace(tmp, out_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out_path
+
+
+def write_fusion_dicom(
+    fused: sitk.Image,
+    out_dir: str | os.PathLike,
+    *,
+    fixed: str | os.PathLike,
+    moving: str | os.PathLike,
+    fixed_series_uid: str | None = None,
+    moving_series_uid: str | None = None,
+    transform: sitk.Transform | None = None,
+    method: str = "",
+) -> list[Path]:
+    """Write a fusion result as DICOM: the derived image series and, when possible, the registration.
+
+    Calls :func:`write_derived_series` (sources: fixed then moving) and, when the moving image is
+    DICOM too and ``transform`` is rigid or affine (or None), :func:`write_spatial_registration`
+    into ``out_dir / "REG00001.dcm"``. A B-spline registration is logged and not stored.
+
+    Parameters
+    ----------
+    fused : SimpleITK.Image
+        Fused volume on the fixed grid (``FusionResult.fused``).
+    out_dir : str or path-like
+        Output folder.
+    fixed, moving : str or path-like
+        The inputs as given to the fusion (the fixed one must be a CT or MR DICOM series).
+    fixed_series_uid, moving_series_uid : str, optional
+        SeriesInstanceUIDs when the folders hold several series.
+    transform : SimpleITK.Transform, optional
+        Fixed -> moving registration transform (``FusionResult.registration.transform``).
+    method : str, optional
+        Fusion method name.
+
+    Returns
+    -------
+    files : list of Path
+        Every file written (the image slices, then the registration object if written).
+    """
+    files = write_derived_series(
+        fused, out_dir, reference_dir=fixed, reference_series_uid=fixed_series_uid,
+        sources=[(fixed, fixed_series_uid), (moving, moving_series_uid)],
+        transforms=[None, transform], description=f"MedFusion fused ({method})" if method else
+        "MedFusion fused", method=method)
+    moving = Path(moving)
+    if not (moving.is_dir() or _looks_dicom(moving)):
+        return files
+    try:
+        if transform is not None:
+            _affine_of(transform)
+    except InvalidInputError as exc:
+        logger.info("registration not stored as DICOM: %s", exc)
+        return files
+    try:
+        files.append(write_spatial_registration(
+            transform, Path(out_dir) / "REG00001.dcm", reference_dir=fixed, moving_dir=moving,
+            reference_series_uid=fixed_series_uid, moving_series_uid=moving_series_uid,
+            description=f"MedFusion registration for {method} fusion" if method else
+            "MedFusion registration"))
+    except BaseException:
+        for p in files:
+            p.unlink(missing_ok=True)
+        raise
+    return files

@@ -664,8 +664,12 @@ def test_fuse_command_writes_derived_dicom(fixed_and_moving, tmp_path, capsys):
     code = main(["fuse", str(fixed), str(moving), "-o", str(out), "--dicom", "--method", "average",
                  "--register", "none", "--quiet"])
     assert code == 0, capsys.readouterr().err
-    files = sorted(out.iterdir())
+    files = sorted(out.glob("IM*.dcm"))
     assert len(files) == 5
+    reg = pydicom.dcmread(out / "REG00001.dcm")  # --register none: the identity, stored anyway
+    assert reg.Modality == "REG"
+    assert_allclose([float(v) for v in reg.RegistrationSequence[1].MatrixRegistrationSequence[0]
+                     .MatrixSequence[0].FrameOfReferenceTransformationMatrix], np.eye(4).ravel(), atol=1e-9)
     back = dicom.read_series(out)
     ref = dicom.read_series(fixed)
     assert_allclose(back.GetOrigin(), ref.GetOrigin(), atol=1e-3)
@@ -681,3 +685,53 @@ def test_fuse_command_writes_derived_dicom(fixed_and_moving, tmp_path, capsys):
     assert code == 2
     assert "fixed.nii.gz: a derived DICOM series needs a DICOM fixed image" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def _sro_matrix(ds, item: int) -> np.ndarray:
+    seq = ds.RegistrationSequence[item].MatrixRegistrationSequence[0].MatrixSequence[0]
+    return np.array([float(v) for v in seq.FrameOfReferenceTransformationMatrix]).reshape(4, 4), \
+        seq.FrameOfReferenceTransformationMatrixType
+
+
+@pytest.mark.parametrize("kind", ["RIGID", "AFFINE"])
+def test_spatial_registration_object(fixed_and_moving, tmp_path, kind):
+    fixed, moving, _ = fixed_and_moving
+    if kind == "RIGID":
+        transform = sitk.Euler3DTransform((1.0, 2.0, 3.0), 0.1, -0.05, 0.2, (4.0, -3.0, 2.5))
+    else:
+        transform = sitk.AffineTransform((1.1, 0.1, 0.0, 0.0, 0.9, 0.05, 0.0, 0.0, 1.2), (1.0, 2.0, 3.0))
+    path = dicom.write_spatial_registration(transform, tmp_path / "reg.dcm", reference_dir=fixed,
+                                            moving_dir=moving)
+    ds = pydicom.dcmread(path)
+    f0 = pydicom.dcmread(next(fixed.iterdir()))
+    m0 = pydicom.dcmread(next(moving.iterdir()))
+    assert ds.Modality == "REG" and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.1"
+    assert ds.StudyInstanceUID == f0.StudyInstanceUID and ds.FrameOfReferenceUID == f0.FrameOfReferenceUID
+    assert ds.PatientID == "PID-1"
+    assert ds.RegistrationSequence[0].FrameOfReferenceUID == f0.FrameOfReferenceUID
+    assert ds.RegistrationSequence[1].FrameOfReferenceUID == m0.FrameOfReferenceUID
+    ident, ident_kind = _sro_matrix(ds, 0)
+    assert_allclose(ident, np.eye(4)) and ident_kind == "RIGID"
+    matrix, matrix_kind = _sro_matrix(ds, 1)
+    assert matrix_kind == kind
+    # the matrix maps moving-frame points back to the fixed points the transform started from
+    for p in [(0.0, 0.0, 0.0), (10.0, -20.0, 30.0), (-5.0, 7.0, 1.0)]:
+        q = np.append(transform.TransformPoint(p), 1.0)
+        assert_allclose((matrix @ q)[:3], p, atol=1e-6)
+    assert _dciodvfy_errors(path) == []
+    with pytest.raises(InvalidInputError, match="exists already"):
+        dicom.write_spatial_registration(transform, path, reference_dir=fixed, moving_dir=moving)
+
+
+def test_bspline_registration_is_not_stored_as_matrix(fixed_and_moving, tmp_path):
+    fixed, moving, fused = fixed_and_moving
+    bspline = sitk.BSplineTransformInitializer(fused, [2, 2, 2])
+    params = np.array(bspline.GetParameters())
+    params[::7] = 1.5
+    bspline.SetParameters(tuple(params))
+    with pytest.raises(InvalidInputError, match="not linear"):
+        dicom.write_spatial_registration(bspline, tmp_path / "reg.dcm", reference_dir=fixed,
+                                         moving_dir=moving)
+    files = dicom.write_fusion_dicom(fused, tmp_path / "out", fixed=fixed, moving=moving,
+                                     transform=bspline, method="average")
+    assert [f.name for f in files] == [f"IM{k:05d}.dcm" for k in range(1, 6)]  # image series only
