@@ -33,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--moving-series", metavar="UID", help="SeriesInstanceUID to read from a MOVING DICOM folder")
     p.add_argument("--dicom", action="store_true",
                    help="write the fused volume as a derived DICOM series into the folder -o, in the "
-                        "study of FIXED (a CT or MR DICOM series)")
+                        "study of FIXED (a CT or MR DICOM series), with the registration as a DICOM "
+                        "Spatial Registration object when MOVING is DICOM")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -79,14 +80,12 @@ def run(args) -> int:
                   **result.summary(), "metrics": volume_metrics_for(result, args.metrics_keys)}
     with outputs:
         if args.dicom:
-            from ..dicom import write_derived_series
+            from ..dicom import write_fusion_dicom
 
-            for path in write_derived_series(
-                    result.fused, args.output, reference_dir=args.fixed,
-                    reference_series_uid=args.fixed_series,
-                    sources=[(args.fixed, args.fixed_series), (args.moving, args.moving_series)],
-                    transforms=[None, result.registration.transform],
-                    description=f"MedFusion fused ({result.method})", method=result.method):
+            for path in write_fusion_dicom(
+                    result.fused, args.output, fixed=args.fixed, moving=args.moving,
+                    fixed_series_uid=args.fixed_series, moving_series_uid=args.moving_series,
+                    transform=result.registration.transform, method=result.method):
                 outputs.add(path)
         else:
             outputs.add(write_image(result.fused, args.output))
