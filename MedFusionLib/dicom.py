@@ -1039,6 +1039,35 @@ def _ref_item(sop_class: str, sop_instance: str, *, purpose: bool = False):
     return item
 
 
+def _add_instance_references(ds, refs: dict[tuple[str, str], list[tuple[str, str]]], study_uid: str) -> None:
+    """Common Instance Reference module: ``refs`` maps (study, series) UIDs to (class, instance) UIDs.
+
+    Series of ``study_uid`` go to ReferencedSeriesSequence, the others to
+    StudiesContainingOtherReferencedInstancesSequence.
+    """
+    from pydicom.dataset import Dataset
+
+    same, other = [], {}
+    for (study, series), sops in refs.items():
+        item = Dataset()
+        item.SeriesInstanceUID = series
+        item.ReferencedInstanceSequence = [_ref_item(*sop) for sop in sops]
+        if study == study_uid:
+            same.append(item)
+        else:
+            other.setdefault(study, []).append(item)
+    if same:
+        ds.ReferencedSeriesSequence = same
+    if other:
+        studies = []
+        for study, series_items in other.items():
+            st = Dataset()
+            st.StudyInstanceUID = study
+            st.ReferencedSeriesSequence = series_items
+            studies.append(st)
+        ds.StudiesContainingOtherReferencedInstancesSequence = studies
+
+
 def _quantize(arr: np.ndarray) -> tuple[np.ndarray, float, int]:
     """Real values -> (stored 16-bit values, slope, PixelRepresentation); intercept is always 0."""
     lo, hi = float(arr.min()), float(arr.max())
@@ -1300,25 +1329,7 @@ def write_derived_series(
                         source_items.append(_ref_item(*sop, purpose=True))
             if source_items:
                 ds.SourceImageSequence = source_items
-            same, other = [], {}
-            for (study, series), sops in refs.items():
-                item = Dataset()
-                item.SeriesInstanceUID = series
-                item.ReferencedInstanceSequence = [_ref_item(*s) for s in sops]
-                if study == str(ref.StudyInstanceUID):
-                    same.append(item)
-                else:
-                    other.setdefault(study, []).append(item)
-            if same:
-                ds.ReferencedSeriesSequence = same
-            if other:
-                studies = []
-                for study, series_items in other.items():
-                    st = Dataset()
-                    st.StudyInstanceUID = study
-                    st.ReferencedSeriesSequence = series_items
-                    studies.append(st)
-                ds.StudiesContainingOtherReferencedInstancesSequence = studies
+            _add_instance_references(ds, refs, str(ref.StudyInstanceUID))
             ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
             ds["PixelData"].VR = "OW"
             meta = FileMetaDataset()
@@ -1502,26 +1513,11 @@ def write_spatial_registration(
         registration_item(ref.FrameOfReferenceUID, ref_sets, np.eye(4), "RIGID"),
         registration_item(mov_sets[0].FrameOfReferenceUID, mov_sets, moving_to_fixed, kind),
     ]
-    same, other = [], {}
+    refs = {}
     for sets, uid in ((ref_sets, ref_uid), (mov_sets, mov_uid)):
-        item = Dataset()
-        item.SeriesInstanceUID = uid
-        item.ReferencedInstanceSequence = [_ref_item(str(d.SOPClassUID), str(d.SOPInstanceUID)) for d in sets]
-        study = str(sets[0].StudyInstanceUID)
-        if study == str(ref.StudyInstanceUID):
-            same.append(item)
-        else:
-            other.setdefault(study, []).append(item)
-    if same:
-        ds.ReferencedSeriesSequence = same
-    if other:
-        studies = []
-        for study, items in other.items():
-            st = Dataset()
-            st.StudyInstanceUID = study
-            st.ReferencedSeriesSequence = items
-            studies.append(st)
-        ds.StudiesContainingOtherReferencedInstancesSequence = studies
+        refs.setdefault((str(sets[0].StudyInstanceUID), uid), []).extend(
+            (str(d.SOPClassUID), str(d.SOPInstanceUID)) for d in sets)
+    _add_instance_references(ds, refs, str(ref.StudyInstanceUID))
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = _SRO_CLASS
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
