@@ -351,3 +351,63 @@ def test_best_index_follows_direction():
     assert M.best_index("Q_CV", [30.0, 10.0, 20.0]) == 1
     assert M.best_index("FI", [3.0, 0.9, 1.2]) == 1
     assert M.best_index("EN", [float("nan")]) is None
+
+
+# ---- the `medfusion metrics` command -----------------------------------------------------------
+
+def _write(path, array, pixel=None):
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(array)
+    if pixel is not None:
+        img = sitk.Cast(img, pixel)
+    sitk.WriteImage(img, str(path))
+    return str(path)
+
+
+def test_metrics_command_json_matches_the_library(tmp_path, pair, capsys):
+    import json
+
+    from MedFusionLib.cli import main
+
+    a, b, f = (x.astype(np.uint8) for x in pair)
+    paths = [_write(tmp_path / f"{n}.png", x) for n, x in (("a", a), ("b", b), ("f", f))]
+    assert main(["metrics", *paths, "--json", "--only", "SCD,EN,qabf,FI"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    expected = compute_metrics(a, b, f, keys=["SCD", "EN", "Qabf", "FI"], data_range=255)
+    assert list(out["metrics"]) == ["SCD", "EN", "Qabf", "FI"]
+    for k, v in expected.items():
+        assert out["metrics"][k]["value"] == pytest.approx(v, rel=1e-6)  # float32 in normalize
+    assert out["metrics"]["FI"]["direction"] == "target"
+    assert out["normalization"]["fused"].startswith("8-bit")
+    assert out["slices_used"] == 1 and out["mi_settings"]["unit"] == "bits"
+
+
+def test_metrics_command_table_and_volume(tmp_path, rng, capsys):
+    from MedFusionLib.cli import main
+
+    a = rng.random((4, 32, 32)).astype(np.float32)
+    b = rng.random((4, 32, 32)).astype(np.float32)
+    a[0] = 0
+    f = (a + b) / 2
+    paths = [_write(tmp_path / f"{n}.nii.gz", x) for n, x in (("a", a), ("b", b), ("f", f))]
+    assert main(["metrics", *paths, "--only", "review", "--normalize", "none", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "SCD" in text and "lower is better" in text and "3 of 4 slices" in text
+
+
+def test_metrics_command_errors_exit_2_with_one_line(tmp_path, pair, capsys):
+    from MedFusionLib.cli import main
+
+    a, b, f = (x.astype(np.uint8) for x in pair)
+    pa = _write(tmp_path / "a.png", a)
+    pb = _write(tmp_path / "b.png", b)
+    pf = _write(tmp_path / "f.png", f[:, :40])
+    assert main(["metrics", pa, pb, pf]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "same size" in err and "f.png" in err and len(err.splitlines()) == 1
+    pf = _write(tmp_path / "f2.png", f)
+    assert main(["metrics", pa, pb, pf, "--only", "SDD"]) == 2
+    assert "Did you mean 'SD'" in capsys.readouterr().err
+    assert main(["metrics", pa, pb, pf, "--data-range", "255"]) == 2
+    assert "--normalize none" in capsys.readouterr().err
