@@ -41,6 +41,7 @@ __all__ = [
     "write_metrics_table",
     "contribution_color_node",
     "fuse_nodes",
+    "headless_scene",
 ]
 
 logger = logging.getLogger("MedFusionLib")
@@ -53,6 +54,53 @@ CONTRIBUTION_COLOR_NAME = "MedFusionContribution"
 
 #: At most this many grid points per axis when a non-linear transform is stored as a grid.
 GRID_POINTS_PER_AXIS = 48
+
+#: Metrics written to the metrics table by default: the set the CNN is judged on (entropy,
+#: standard deviation, spatial frequency, mutual information, sum of the correlations of
+#: differences, VIF, Q^AB/F and SSIM; see MedFusionLib.metrics.METRICS for definitions).
+DEFAULT_METRIC_KEYS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
+
+
+# -------------------------------------------------------------------------------------------------
+# A scene without the Slicer application (slicer-core)
+# -------------------------------------------------------------------------------------------------
+
+def headless_scene(views=("Red",)):
+    """Create an MRML scene for use without the Slicer application (e.g. with ``slicer-core``).
+
+    Sets ``slicer.mrmlScene`` and ``slicer.appLogic`` so that ``slicer.util`` helpers and
+    :func:`fuse_nodes` work, loads the default colour tables, and creates one slice view (slice
+    node, composite node and slice logic) per name in ``views``. Inside the Slicer application use
+    the application's own scene instead.
+
+    Returns
+    -------
+    scene : vtkMRMLScene
+    slice_logics : dict
+        ``{view name: vtkMRMLSliceLogic}``; ``logic.GetImageDataConnection()`` gives the blended
+        RGBA slice image that the view would display.
+    """
+    import slicer
+
+    scene = slicer.vtkMRMLScene()
+    crosshair = slicer.vtkMRMLCrosshairNode()
+    crosshair.SetCrosshairName("default")
+    scene.AddNode(crosshair)
+    app_logic = slicer.vtkSlicerApplicationLogic()
+    app_logic.SetMRMLScene(scene)
+    color_logic = app_logic.GetColorLogic()
+    color_logic.SetMRMLScene(scene)
+    color_logic.AddDefaultColorNodes()
+    slicer.mrmlScene = scene
+    slicer.appLogic = app_logic
+    slice_logics = {}
+    for name in views:
+        logic = slicer.vtkMRMLSliceLogic()
+        logic.SetMRMLApplicationLogic(app_logic)
+        logic.SetMRMLScene(scene)
+        logic.AddSliceNode(name)
+        slice_logics[name] = logic
+    return scene, slice_logics
 
 
 # -------------------------------------------------------------------------------------------------
@@ -442,12 +490,13 @@ def _check_distinct(**nodes) -> None:
         if node is None:
             continue
         key = id(node) if node.GetID() is None else node.GetID()
+        role = role.replace("_", " ")
         if key in seen:
             raise InvalidInputError(
                 f"the {role} and the {seen[key]} are the same node ('{node.GetName()}'); choose a "
-                "different node for the output: inputs are never overwritten."
+                "different node for each: inputs are never overwritten."
             )
-        seen[key] = role.replace("_", " ")
+        seen[key] = role
 
 
 def _check_node_class(node, class_name: str, role: str) -> None:
@@ -457,27 +506,40 @@ def _check_node_class(node, class_name: str, role: str) -> None:
         )
 
 
-def _compute_metrics(result, progress: ProgressCallback | None) -> tuple[dict, dict]:
-    """Quality metrics of the fused volume against both normalised sources, with directions."""
+def _compute_metrics(result, keys, max_slices: int, progress: ProgressCallback | None) -> tuple[dict, dict]:
+    """Quality metrics of the fused volume against both normalised sources, with directions.
+
+    At most ``max_slices`` evenly spaced slices along the fusion axis are scored (the metrics are
+    per-slice means; a 256 x 256 slice costs about 0.1 s for the default keys).
+    """
     from . import metrics as metrics_module
 
     fused01 = sitk.GetArrayViewFromImage(result.fused)
-    report(progress, None, "computing quality metrics")
-    values = metrics_module.volume_metrics(result.fixed01, result.moving01, fused01, axis=result.axis)
-    table = getattr(metrics_module, "METRICS", {})
-    directions = {}
-    for key in values:
-        info = table.get(key) if hasattr(table, "get") else None
-        direction = getattr(info, "direction", "") if info is not None else ""
-        directions[key] = direction
-    return {k: float(v) for k, v in values.items()}, directions
+    n_slices = 1 if fused01.ndim == 2 else fused01.shape[result.axis]
+    slice_shape = fused01.shape if fused01.ndim == 2 else np.delete(fused01.shape, result.axis)
+    keys = metrics_module.resolve_keys(keys)
+    fitting = tuple(k for k in keys if metrics_module.METRICS[k].min_side <= min(slice_shape))
+    if len(fitting) < len(keys):
+        logger.warning("metrics %s need larger slices than %s and are left out of the table",
+                       ", ".join(k for k in keys if k not in fitting), "x".join(map(str, slice_shape)))
+    if not fitting:
+        return {}, {}
+    step = max(1, int(np.ceil(n_slices / max(1, int(max_slices)))))
+    report(progress, None, f"computing quality metrics on {int(np.ceil(n_slices / step))} slices")
+    values = metrics_module.volume_metrics(
+        result.fixed01, result.moving01, np.asarray(fused01), axis=result.axis, keys=fitting,
+        data_range=1.0, slice_step=step)
+    metrics = {k: float(v) for k, v in values.items() if k in metrics_module.METRICS}
+    directions = {k: metrics_module.METRICS[k].direction for k in metrics}
+    return metrics, directions
 
 
 def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = None,
                registration: str | None = "rigid", device: str = "auto", transformNode=None,
                contributionVolume=None, metricsTable=None, progress: ProgressCallback | None = None,
                fixed_modality: str | None = None, moving_modality: str | None = None,
-               ct_window=None, show: bool = True, **params) -> NodeFusionResult:
+               ct_window=None, metric_keys=DEFAULT_METRIC_KEYS, max_metric_slices: int = 24,
+               show: bool = True, **params) -> NodeFusionResult:
     """Register and fuse two volume nodes; write the fused volume and optional outputs as nodes.
 
     The input nodes are never modified. Nothing is written until the engine has finished, so a
@@ -516,6 +578,10 @@ def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = 
         ``CT``, ``MR``, ``PET``, ``SPECT`` or ``8BIT`` to override the guess.
     ct_window : str or (float, float), optional
         CT window preset name or ``(level, width)`` in HU.
+    metric_keys : sequence of str, optional
+        Metrics for ``metricsTable`` (keys of ``MedFusionLib.metrics.METRICS``, or ``"all"``).
+    max_metric_slices : int, optional
+        Score at most this many evenly spaced slices (default 24).
     show : bool, optional
         Show the fused volume in the slice views (background) with the fixed volume as foreground
         at opacity 0, ready for the fader (default True).
@@ -575,7 +641,7 @@ def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = 
 
     metrics, directions = ({}, {})
     if metricsTable is not None:
-        metrics, directions = _compute_metrics(result, progress)
+        metrics, directions = _compute_metrics(result, metric_keys, max_metric_slices, progress)
 
     # Everything is computed: write the outputs.
     report(progress, None, "writing the results into the scene")

@@ -34,20 +34,9 @@ MODULE_DIR = ROOT / "MedFusion"
 
 def new_scene():
     """A fresh MRML scene with application logic, default colours and one slice view ("Red")."""
-    scene = slicer.vtkMRMLScene()
-    crosshair = slicer.vtkMRMLCrosshairNode()
-    crosshair.SetCrosshairName("default")
-    scene.AddNode(crosshair)
-    app_logic = slicer.vtkSlicerApplicationLogic()
-    app_logic.SetMRMLScene(scene)
-    color_logic = app_logic.GetColorLogic()
-    color_logic.SetMRMLScene(scene)
-    color_logic.AddDefaultColorNodes()
-    composite = slicer.vtkMRMLSliceCompositeNode()
-    composite.SetLayoutName("Red")
-    scene.AddNode(composite)
-    slicer.mrmlScene = scene
-    slicer.appLogic = app_logic
+    from MedFusionLib.slicer_bridge import headless_scene
+
+    scene, _ = headless_scene(views=("Red",))
     return scene
 
 
