@@ -610,9 +610,10 @@ def _stack(layout: _Layout, datasets: dict[Path, object]) -> np.ndarray:
                 f"{_tag('Rows')}) differs from {cols}x{rows} in {frames[0].name()}."
             )
         if integral:
-            out[k] = raw.astype(np.int32) + int(f.intercept)
+            np.add(raw, np.int32(f.intercept), out=out[k], casting="unsafe")
         else:
-            out[k] = raw.astype(np.float32) * np.float32(f.slope) + np.float32(f.intercept)
+            np.multiply(raw, np.float32(f.slope), out=out[k], casting="unsafe")
+            out[k] += np.float32(f.intercept)
     if integral:
         lo, hi = int(out.min()), int(out.max())
         if -32768 <= lo and hi <= 32767:
@@ -972,7 +973,8 @@ class _Source:
     transform: sitk.Transform | None = None
 
 
-def _read_source(item, transform) -> _Source:
+def _read_source(item, transform, *, known: dict | None = None) -> _Source:
+    """Headers and geometry of one source; ``known`` maps resolved paths to (scan, uid, layout)."""
     if isinstance(item, (tuple, list)):
         if len(item) != 2:
             raise InvalidInputError(f"sources: expected a path or a (path, series_uid) pair, got {item!r}.")
@@ -981,13 +983,19 @@ def _read_source(item, transform) -> _Source:
         path, uid = Path(item), None
     if not path.exists():
         raise InvalidInputError(f"{path}: source image not found.")
-    scan = _scan(path) if (path.is_dir() or _looks_dicom(path)) else None
-    if scan is None or not scan.headers:
-        return _Source(label=f"file {path.name}", transform=transform)
+    cached = (known or {}).get(path.resolve())  # (scan, series UID, layout) read already
+    if cached is not None:
+        scan = cached[0]
+    else:
+        scan = _scan(path) if (path.is_dir() or _looks_dicom(path)) else None
+        if scan is None or not scan.headers:
+            return _Source(label=f"file {path.name}", transform=transform)
     uid, items = _choose_series(path, scan, uid)
+    if cached is not None and cached[1] == uid:
+        layout = cached[2]
+    else:
+        layout = _layout([f for p, ds in items for f in _frames_of(p, ds)], items[0][1])
     datasets = {p: ds for p, ds in items}
-    frames = [f for p, ds in items for f in _frames_of(p, ds)]
-    layout = _layout(frames, items[0][1])
     ds0 = datasets[layout.frames[0].path]
     number = ds0.get("SeriesNumber")
     desc = str(ds0.get("SeriesDescription", "") or "")
@@ -1068,15 +1076,21 @@ def _add_instance_references(ds, refs: dict[tuple[str, str], list[tuple[str, str
         ds.StudiesContainingOtherReferencedInstancesSequence = studies
 
 
-def _quantize(arr: np.ndarray) -> tuple[np.ndarray, float, int]:
-    """Real values -> (stored 16-bit values, slope, PixelRepresentation); intercept is always 0."""
-    lo, hi = float(arr.min()), float(arr.max())
+def _quantization(lo: float, hi: float) -> tuple[float, type]:
+    """16-bit storage of values in [lo, hi]: (RescaleSlope, dtype); the intercept is always 0.
+
+    Non-negative data use uint16 (PixelRepresentation 0), otherwise int16 (1).
+    """
     if lo >= 0:
-        slope = hi / 65535.0 if hi > 0 else 1.0
-        return np.round(arr / slope).astype(np.uint16), slope, 0
-    top = max(abs(lo), abs(hi))
-    slope = top / 32767.0
-    return np.round(arr / slope).astype(np.int16), slope, 1
+        return (hi / 65535.0 if hi > 0 else 1.0), np.uint16
+    return max(abs(lo), abs(hi)) / 32767.0, np.int16
+
+
+def _quantize(values: np.ndarray, slope: float, dtype: type) -> np.ndarray:
+    """One slice of real values -> stored values (rounded to the nearest step)."""
+    q = values.astype(np.float64) / slope
+    np.rint(q, out=q)
+    return q.astype(dtype)
 
 
 def check_derived_reference(path: str | os.PathLike, image: sitk.Image | None = None) -> None:
@@ -1186,8 +1200,9 @@ def write_derived_series(
             f"write_derived_series needs a 3D scalar volume, got {image.GetDimension()}D with "
             f"{image.GetNumberOfComponentsPerPixel()} component(s) per pixel."
         )
-    arr = sitk.GetArrayFromImage(image).astype(np.float64)
-    if not np.all(np.isfinite(arr)):
+    arr = sitk.GetArrayViewFromImage(image)
+    if not np.isfinite(float(np.min(arr))) or not np.isfinite(float(np.max(arr))) or \
+            np.isnan(arr).any():
         raise InvalidInputError("write_derived_series: the image holds NaN or infinite values.")
     direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     if np.max(np.abs(direction.T @ direction - np.eye(3))) > 1e-4:
@@ -1218,7 +1233,8 @@ def write_derived_series(
 
     items = list(sources) if sources else [(reference_dir, ref_uid)]
     tlist = list(transforms) if transforms is not None else [None] * len(items)
-    srcs = [_read_source(it, tf) for it, tf in zip(items, tlist)]
+    srcs = [_read_source(it, tf, known={reference_dir.resolve(): (ref_scan, ref_uid, ref_layout)})
+            for it, tf in zip(items, tlist)]
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -1230,8 +1246,9 @@ def write_derived_series(
             f"{out_dir / clash[0]}: exists already; write the derived series into an empty folder."
         )
 
-    stored, slope, signed = _quantize(arr)
-    lo, hi = float(arr.min()), float(arr.max())
+    lo, hi = float(np.min(arr)), float(np.max(arr))
+    slope, dtype = _quantization(lo, hi)
+    signed = int(dtype is np.int16)
     spacing = np.array(image.GetSpacing(), dtype=np.float64)
     origin = np.array(image.GetOrigin(), dtype=np.float64)
     row, col, axis = direction[:, 0], direction[:, 1], direction[:, 2]
@@ -1330,7 +1347,7 @@ def write_derived_series(
             if source_items:
                 ds.SourceImageSequence = source_items
             _add_instance_references(ds, refs, str(ref.StudyInstanceUID))
-            ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
+            ds.PixelData = _quantize(arr[k], slope, dtype).tobytes()
             ds["PixelData"].VR = "OW"
             meta = FileMetaDataset()
             meta.MediaStorageSOPClassUID = sop_class
