@@ -735,3 +735,25 @@ def test_bspline_registration_is_not_stored_as_matrix(fixed_and_moving, tmp_path
     files = dicom.write_fusion_dicom(fused, tmp_path / "out", fixed=fixed, moving=moving,
                                      transform=bspline, method="average")
     assert [f.name for f in files] == [f"IM{k:05d}.dcm" for k in range(1, 6)]  # image series only
+
+
+def test_header_modality_drives_normalisation(tmp_path):
+    from MedFusionLib.io import read_image
+    from MedFusionLib.normalize import guess_modality
+
+    # PET values look like MR to an intensity guess; the header decides
+    make_pet(tmp_path / "pet", _f18_header(), np.full((2, 4, 4), 3000.0))
+    make_series(tmp_path / "nm", ramp((2, 4, 4)), modality="MR", intercept=0.0)
+    assert guess_modality(read_image(tmp_path / "pet")) == ("PET", "dicom")
+    assert guess_modality(read_image(tmp_path / "nm")) == ("MR", "dicom")
+
+
+def test_integer_hu_volume_is_written_signed(tmp_path):
+    make_series(tmp_path / "ct", ramp((3, 6, 7)))
+    hu = dicom.read_series(tmp_path / "ct")  # int16, -1024 .. ~2000
+    files = dicom.write_derived_series(hu, tmp_path / "out", reference_dir=tmp_path / "ct")
+    d = pydicom.dcmread(files[0])
+    assert d.PixelRepresentation == 1 and float(d.RescaleIntercept) == 0.0
+    back = dicom.read_series(tmp_path / "out")
+    step = float(d.RescaleSlope)
+    assert_allclose(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(hu), atol=step / 2 + 1e-6)
