@@ -141,13 +141,21 @@ def _volumes():
     return out
 
 
+def _copy(image: sitk.Image) -> sitk.Image:
+    """A deep copy that keeps the metadata (``sitk.Image(image)`` does not)."""
+    out = sitk.Image(image)
+    for key in image.GetMetaDataKeys():
+        out.SetMetaData(key, image.GetMetaData(key))
+    return out
+
+
 def sample_volumes() -> dict[str, sitk.Image]:
     """The sample volumes ``mr_t1``, ``ct`` (HU) and ``pet`` (SUV), 1 mm on the MNI152 grid.
 
     Each image carries its modality in the DICOM Modality key (``0008|0060``), and the synthetic
     ones ``MedFusion.Synthetic = 1``. Returns copies: callers may modify them.
     """
-    return {k: sitk.Image(v) for k, v in _volumes().items()}
+    return {k: _copy(v) for k, v in _volumes().items()}
 
 
 def truth_transform(centre=(0.0, -18.0, 18.0)) -> sitk.Euler3DTransform:
@@ -185,7 +193,7 @@ def sample_pair(kind: str = "ct-mr", *, moved: bool = True, moving_spacing=(1.2,
     """
     kind = look_up(kind, SAMPLE_KINDS, what="sample pair")
     vols = _volumes()
-    fixed = sitk.Image(vols["mr_t1"])
+    fixed = _copy(vols["mr_t1"])
     src = vols["ct" if kind == "ct-mr" else "pet"]
     truth = truth_transform() if moved else sitk.Euler3DTransform()
     size = [int(round(sz * sp / ms)) for sz, sp, ms in zip(src.GetSize(), src.GetSpacing(), moving_spacing)]

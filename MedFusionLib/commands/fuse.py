@@ -26,7 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_fusion_options(p)
     p.add_argument("--metrics", metavar="OUT.json", help="also write fusion metrics (and what was done) as JSON")
     p.add_argument("--metrics-keys", metavar="KEYS", default=None,
-                   help="comma-separated metric keys for --metrics (default: all)")
+                   help="comma-separated metric keys for --metrics (default: all; for 3D volumes "
+                        "all but the slow feature-MI family FMI_pixel, FMI_dct, FMI_w)")
     p.add_argument("--transform", metavar="OUT.tfm", help="also write the registration transform (ITK .tfm)")
     p.add_argument("--weights-map", metavar="OUT", help="also write the contribution map of FIXED in [0, 1]")
     p.add_argument("--fixed-series", metavar="UID", help="SeriesInstanceUID to read from a FIXED DICOM folder")
@@ -47,12 +48,25 @@ def check_outputs_distinct(inputs: list[str], outputs: list[str | None]) -> None
                                     "(inputs are never overwritten).")
 
 
+#: Metrics left out of the default set for 3D volumes: about 1 s per slice each.
+SLOW_VOLUME_KEYS = ("FMI_pixel", "FMI_dct", "FMI_w")
+
+
 def volume_metrics_for(result, keys: str | None) -> dict:
-    """Metrics of a :class:`~MedFusionLib.pipeline.FusionResult`, per slice along its axis."""
-    from ..metrics import volume_metrics
+    """Metrics of a :class:`~MedFusionLib.pipeline.FusionResult`, per slice along its axis.
+
+    ``keys`` is a comma-separated list; ``None`` means every metric, except
+    :data:`SLOW_VOLUME_KEYS` for 3D volumes (they stay available by name).
+    """
+    from ..metrics import ALL_KEYS, resolve_keys, volume_metrics
 
     fused = sitk.GetArrayFromImage(result.fused)
-    key_list = [k.strip() for k in keys.split(",") if k.strip()] if keys else None
+    if keys:
+        key_list = resolve_keys([k.strip() for k in keys.split(",") if k.strip()])
+    elif fused.ndim == 3 and fused.shape[result.axis] > 1:
+        key_list = [k for k in ALL_KEYS if k not in SLOW_VOLUME_KEYS]
+    else:
+        key_list = list(ALL_KEYS)
     return volume_metrics(result.fixed01, result.moving01, fused, axis=result.axis, keys=key_list,
                           data_range=1.0)
 
