@@ -506,10 +506,10 @@ def _layout(frames: list[_Frame], ds0) -> _Layout:
             ratio = gap / step
             if ratio > 1.5 and abs(ratio - round(ratio)) < 0.1:
                 ia, ib = frames[k].instance, frames[k + 1].instance
-                contiguous = ia is not None and ib is not None and abs(ib - ia) == 1 and (
-                    frames[k].path != frames[k + 1].path
-                )
-                if not contiguous:
+                # frames of one object cannot go missing; consecutive instances mean uneven spacing
+                same_object = frames[k].path == frames[k + 1].path
+                consecutive = ia is not None and ib is not None and abs(ib - ia) == 1
+                if not (same_object or consecutive):
                     missing = int(round(ratio)) - 1
                     raise InvalidInputError(
                         f"{frames[k + 1].name()}: about {missing} slice(s) missing before this one: "

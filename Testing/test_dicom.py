@@ -757,3 +757,17 @@ def test_integer_hu_volume_is_written_signed(tmp_path):
     back = dicom.read_series(tmp_path / "out")
     step = float(d.RescaleSlope)
     assert_allclose(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(hu), atol=step / 2 + 1e-6)
+
+
+def test_single_file_matches_simpleitk():
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("CT_small.dcm")
+    img = dicom.read_series(path)
+    ref = sitk.ReadImage(path)
+    assert img.GetSize() == ref.GetSize() == (128, 128, 1)
+    assert_allclose(img.GetOrigin(), ref.GetOrigin(), atol=1e-4)
+    assert_allclose(img.GetSpacing()[:2], ref.GetSpacing()[:2], atol=1e-6)
+    assert_allclose(img.GetDirection(), ref.GetDirection(), atol=1e-6)
+    assert_allclose(sitk.GetArrayFromImage(img), sitk.GetArrayFromImage(ref))
+    assert img.GetSpacing()[2] == pytest.approx(float(pydicom.dcmread(path).SliceThickness))
