@@ -597,7 +597,7 @@ def _stack(layout: _Layout, datasets: dict[Path, object]) -> np.ndarray:
     out = None
     for k, f in enumerate(frames):
         if f.path not in cache:
-            cache.clear()  # keep one object's pixels in memory at a time (frames of one file are adjacent mostly)
+            cache.clear()  # one object's decoded frames at a time
             cache[f.path] = _pixels(f.path, datasets[f.path])
         raw = cache[f.path][0 if f.index is None else f.index]
         if out is None:
