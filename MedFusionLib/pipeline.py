@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
+from .devices import resolve_device
 from .driver import acquisition_axis, fuse_arrays
 from .errors import InvalidInputError
 from .io import copy_geometry
@@ -20,7 +21,7 @@ from .normalize import NormalizationInfo, normalize, resolve_modality
 from .progress import ProgressCallback, report, scaled
 from .registration import RegistrationResult, register, resample_to
 
-__all__ = ["FusionResult", "fuse_images"]
+__all__ = ["AlignedPair", "FusionResult", "align_pair", "fuse_images"]
 
 
 @dataclass
@@ -73,6 +74,82 @@ class FusionResult:
         }
 
 
+@dataclass
+class AlignedPair:
+    """Two sources normalised to [0, 1] and on the fixed grid: what a fusion method needs.
+
+    Attributes
+    ----------
+    fixed01, moving01 : ndarray
+        ``float32`` (z, y, x) arrays in [0, 1] on the fixed grid.
+    registration : RegistrationResult
+    fixed_norm, moving_norm : NormalizationInfo
+    axis : int
+        Numpy axis of the slices to fuse (the acquisition axis; 0 for 2D images).
+    timings : dict
+        Seconds spent in ``normalise``, ``register`` and ``resample``.
+    """
+
+    fixed01: np.ndarray
+    moving01: np.ndarray
+    registration: RegistrationResult
+    fixed_norm: NormalizationInfo
+    moving_norm: NormalizationInfo
+    axis: int
+    timings: dict = field(default_factory=dict)
+
+
+def align_pair(fixed: sitk.Image, moving: sitk.Image, *, registration: str | None = None,
+               fixed_modality: str | None = None, moving_modality: str | None = None,
+               ct_window=None, seed: int = 0, progress: ProgressCallback | None = None,
+               fixed_name: str = "fixed image", moving_name: str = "moving image") -> AlignedPair:
+    """Normalise both sources, register ``moving`` onto ``fixed`` and resample it there.
+
+    Parameters are those of :func:`fuse_images`; progress fractions run from 0 to 0.55.
+
+    Raises
+    ------
+    InvalidInputError, UnknownOptionError, RegistrationError, CancelledError
+    """
+    for name, img in ((fixed_name, fixed), (moving_name, moving)):
+        if not isinstance(img, sitk.Image):
+            raise InvalidInputError(f"{name}: expected a SimpleITK image, got {type(img).__name__}.")
+    if fixed.GetDimension() != moving.GetDimension():
+        raise InvalidInputError(
+            f"cannot fuse a {moving.GetDimension()}D {moving_name} with a "
+            f"{fixed.GetDimension()}D {fixed_name}; give two 2D images or two 3D volumes."
+        )
+    t = {}
+    t0 = time.perf_counter()
+    report(progress, 0.0, "normalising intensities")
+    (fmod, fsrc), (mmod, msrc) = (resolve_modality(img, mod) for img, mod in
+                                  ((fixed, fixed_modality), (moving, moving_modality)))
+    if ct_window is not None and "CT" not in (fmod, mmod):
+        raise InvalidInputError(f"a CT window was given but neither source is CT "
+                                f"({fixed_name}: {fmod}, {moving_name}: {mmod}).")
+    f01, fnorm = normalize(fixed, fmod, window=ct_window if fmod == "CT" else None,
+                           name=fixed_name, source=fsrc)
+    m01, mnorm = normalize(moving, mmod, window=ct_window if mmod == "CT" else None,
+                           name=moving_name, source=msrc)
+    fixed_n = copy_geometry(f01, fixed)
+    moving_n = copy_geometry(m01, moving)
+    t["normalise"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    reg = register(fixed_n, moving_n, mode=registration, seed=seed,
+                   progress=scaled(progress, 0.02, 0.5), fixed_name=fixed_name,
+                   moving_name=moving_name)
+    t["register"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    report(progress, 0.5, "resampling the moving image on the fixed grid")
+    moved = resample_to(moving_n, fixed_n, reg.transform, default=0.0)
+    m01_on_fixed = np.clip(sitk.GetArrayFromImage(moved).astype(np.float32, copy=False), 0.0, 1.0)
+    t["resample"] = time.perf_counter() - t0
+    axis = 0 if fixed.GetDimension() == 2 else acquisition_axis(fixed.GetSpacing()[::-1])
+    return AlignedPair(f01, m01_on_fixed, reg, fnorm, mnorm, axis, t)
+
+
 def fuse_images(fixed: sitk.Image, moving: sitk.Image, *, method: str | None = None,
                 registration: str | None = None, device: str = "auto",
                 fixed_modality: str | None = None, moving_modality: str | None = None,
@@ -113,7 +190,6 @@ def fuse_images(fixed: sitk.Image, moving: sitk.Image, *, method: str | None = N
     InvalidInputError, UnknownOptionError, RegistrationError, DeviceUnavailableError,
     MissingDependencyError, CancelledError
     """
-    t = {}
     method = default_method() if method is None else method
     info = get_method(method)
     info.validate_params(method_params)
@@ -121,54 +197,21 @@ def fuse_images(fixed: sitk.Image, moving: sitk.Image, *, method: str | None = N
         raise InvalidInputError(
             f"method '{info.name}' does not produce a contribution map; choose one of the methods "
             "marked 'weights' in medfusion list-methods.")
-    for name, img in ((fixed_name, fixed), (moving_name, moving)):
-        if not isinstance(img, sitk.Image):
-            raise InvalidInputError(f"{name}: expected a SimpleITK image, got {type(img).__name__}.")
-    if fixed.GetDimension() != moving.GetDimension():
-        raise InvalidInputError(
-            f"cannot fuse a {moving.GetDimension()}D {moving_name} with a "
-            f"{fixed.GetDimension()}D {fixed_name}; give two 2D images or two 3D volumes."
-        )
-    t0 = time.perf_counter()
-    report(progress, 0.0, "normalising intensities")
-    (fmod, fsrc), (mmod, msrc) = (resolve_modality(img, mod) for img, mod in
-                                  ((fixed, fixed_modality), (moving, moving_modality)))
-    if ct_window is not None and "CT" not in (fmod, mmod):
-        raise InvalidInputError(f"a CT window was given but neither source is CT "
-                                f"({fixed_name}: {fmod}, {moving_name}: {mmod}).")
-    f01, fnorm = normalize(fixed, fmod, window=ct_window if fmod == "CT" else None,
-                           name=fixed_name, source=fsrc)
-    m01, mnorm = normalize(moving, mmod, window=ct_window if mmod == "CT" else None,
-                           name=moving_name, source=msrc)
-    fixed_n = copy_geometry(f01, fixed)
-    moving_n = copy_geometry(m01, moving)
-    t["normalise"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    reg = register(fixed_n, moving_n, mode=registration, seed=seed,
-                   progress=scaled(progress, 0.02, 0.5), fixed_name=fixed_name,
-                   moving_name=moving_name)
-    t["register"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    report(progress, 0.5, "resampling the moving image on the fixed grid")
-    moved = resample_to(moving_n, fixed_n, reg.transform, default=0.0)
-    m01_on_fixed = np.clip(sitk.GetArrayFromImage(moved).astype(np.float32, copy=False), 0.0, 1.0)
-    t["resample"] = time.perf_counter() - t0
-
-    axis = 0 if fixed.GetDimension() == 2 else acquisition_axis(fixed.GetSpacing()[::-1])
-    from .devices import resolve_device
-
     dev = resolve_device(device)
+    pair = align_pair(fixed, moving, registration=registration, fixed_modality=fixed_modality,
+                      moving_modality=moving_modality, ct_window=ct_window, seed=seed,
+                      progress=progress, fixed_name=fixed_name, moving_name=moving_name)
+    t = dict(pair.timings)
     t0 = time.perf_counter()
-    out = fuse_arrays(f01, m01_on_fixed, method=info.name, axis=axis, device=dev,
+    out = fuse_arrays(pair.fixed01, pair.moving01, method=info.name, axis=pair.axis, device=dev,
                       return_weights=return_weights, progress=scaled(progress, 0.55, 1.0),
                       **method_params)
     t["fuse"] = time.perf_counter() - t0
     fused, weights = out if return_weights else (out, None)
-    fused_img = copy_geometry(fused, fixed)
-    weights_img = copy_geometry(weights, fixed) if weights is not None else None
-    return FusionResult(fused=fused_img, weights=weights_img, fixed01=f01, moving01=m01_on_fixed,
-                        registration=reg, fixed_norm=fnorm, moving_norm=mnorm, axis=axis,
-                        method=info.name, device=dev if info.supports_cuda else "cpu",
+    return FusionResult(fused=copy_geometry(fused, fixed),
+                        weights=copy_geometry(weights, fixed) if weights is not None else None,
+                        fixed01=pair.fixed01, moving01=pair.moving01,
+                        registration=pair.registration, fixed_norm=pair.fixed_norm,
+                        moving_norm=pair.moving_norm, axis=pair.axis, method=info.name,
+                        device=dev if info.supports_cuda else "cpu",
                         params=dict(method_params), timings=t)
