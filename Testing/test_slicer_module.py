@@ -260,3 +260,23 @@ def test_extension_cmake_metadata():
             local = url.split("/main/", 1)[1]
             assert (ROOT / local).is_file(), f"{key} points at {local}, which is not in the repository"
     assert (ROOT / "LICENSE").read_text().lstrip().startswith("Apache License")
+
+
+def test_engine_imports_with_only_what_slicer_has_plus_engine_requirements(module):
+    """Slicer bundles numpy and SimpleITK; the module installs ENGINE_REQUIREMENTS on first use.
+    The engine path the module runs must import with nothing else (no torch, matplotlib, ...)."""
+    import subprocess
+    import sys
+
+    assert set(module.ENGINE_REQUIREMENTS) == {"scipy", "pywt"}
+    blocked = ["torch", "torchvision", "matplotlib", "nilearn", "pydicom", "PIL", "tqdm", "pandas",
+               "skimage", "requests"]
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        "import MedFusionLib, MedFusionLib.slicer_bridge, MedFusionLib.pipeline, MedFusionLib.metrics\n"
+        "assert 'maximum' in MedFusionLib.list_methods()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
