@@ -179,6 +179,12 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noq
         """Called when the application closes and the module widget is destroyed."""
         self.removeObservers()
 
+    def onReload(self) -> None:
+        """Developer "Reload": forget the imported engine too, so that edits to it take effect."""
+        for name in [n for n in sys.modules if n == "MedFusionLib" or n.startswith("MedFusionLib.")]:
+            del sys.modules[name]
+        ScriptedLoadableModuleWidget.onReload(self)  # noqa: F405
+
     def enter(self) -> None:
         """Called each time the user opens this module."""
         self.initializeParameterNode()

@@ -34,6 +34,7 @@ from .progress import ProgressCallback, report
 __all__ = [
     "NodeFusionResult",
     "ijk_to_ras_matrix",
+    "dicom_modality",
     "image_from_volume",
     "update_volume_from_image",
     "matrix_from_transform",
@@ -175,6 +176,24 @@ def _check_volume(node, what: str) -> None:
         )
 
 
+def dicom_modality(volume_node) -> str | None:
+    """The DICOM Modality (0008,0060) of a volume that Slicer loaded from DICOM, else None.
+
+    Slicer records the SOP instance UIDs of a loaded series in the node attribute
+    ``DICOM.instanceUIDs``; the tag is read from the application's DICOM database
+    (``slicer.dicomDatabase``), which only exists in the Slicer application.
+    """
+    import slicer
+
+    uids = volume_node.GetAttribute("DICOM.instanceUIDs")
+    database = getattr(slicer, "dicomDatabase", None)
+    if not uids or database is None:
+        return None
+    filename = database.fileForInstance(uids.split()[0])
+    value = database.fileValue(filename, "0008,0060") if filename else ""
+    return value.strip().upper() or None
+
+
 def image_from_volume(volume_node, *, world: bool = True) -> sitk.Image:
     """Copy a scalar volume node into a SimpleITK image (LPS geometry, same voxel type).
 
@@ -191,7 +210,9 @@ def image_from_volume(volume_node, *, world: bool = True) -> sitk.Image:
     Returns
     -------
     SimpleITK.Image
-        3D image ``(I, J, K)`` (or 2D ``(I, J)``), voxels deep-copied.
+        3D image ``(I, J, K)`` (or 2D ``(I, J)``), voxels deep-copied. For a volume loaded from
+        DICOM the Modality tag is copied into the image's ``0008|0060`` metadata, so that the
+        engine normalises it by its real modality (PET cannot be told from MR by intensities).
 
     Raises
     ------
@@ -215,11 +236,14 @@ def image_from_volume(volume_node, *, world: bool = True) -> sitk.Image:
         image.SetSpacing(tuple(float(s) for s in spacing[:2]))
         image.SetOrigin(tuple(float(o) for o in origin[:2]))
         image.SetDirection(tuple(float(d) for d in direction[:2, :2].ravel()))
-        return image
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(tuple(float(s) for s in spacing))
-    image.SetOrigin(tuple(float(o) for o in origin))
-    image.SetDirection(tuple(float(d) for d in direction.ravel()))
+    else:
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(tuple(float(s) for s in spacing))
+        image.SetOrigin(tuple(float(o) for o in origin))
+        image.SetDirection(tuple(float(d) for d in direction.ravel()))
+    modality = dicom_modality(volume_node)
+    if modality:
+        image.SetMetaData("0008|0060", modality)
     return image
 
 

@@ -205,3 +205,30 @@ def test_sitk_image_written_to_node_keeps_lps_geometry(mrml_scene):
     sb.update_volume_from_image(node, image)
     np.testing.assert_allclose(node.GetOrigin(), (-10.0, -20.0, -30.0))
     np.testing.assert_allclose(node.GetSpacing(), (0.5, 0.7, 1.1))
+
+
+class _FakeDicomDatabase:
+    """Stands in for ``slicer.dicomDatabase`` (ctkDICOMDatabase): instance UID -> file -> tags."""
+
+    def __init__(self, tags_by_uid):
+        self.tags_by_uid = tags_by_uid
+
+    def fileForInstance(self, uid):
+        return f"/dicom/{uid}.dcm" if uid in self.tags_by_uid else ""
+
+    def fileValue(self, filename, tag):
+        uid = filename.rsplit("/", 1)[1][:-4]
+        return self.tags_by_uid[uid].get(tag, "")
+
+
+def test_dicom_modality_reaches_the_normalisation(mrml_scene, aligned_pair, monkeypatch):
+    """A PET loaded from DICOM is normalised as PET (it cannot be told from MR by its values)."""
+    fixed, moving = aligned_pair
+    monkeypatch.setattr(slicer, "dicomDatabase", _FakeDicomDatabase({"1.2.3": {"0008,0060": "PT "}}),
+                        raising=False)
+    moving.SetAttribute("DICOM.instanceUIDs", "1.2.3 1.2.4")
+    assert sb.dicom_modality(moving) == "PT" and sb.dicom_modality(fixed) is None
+    out = mrml_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "fused")
+    res = sb.fuse_nodes(fixed, moving, out, method="maximum", registration="none")
+    assert (res.fusion.moving_norm.modality, res.fusion.moving_norm.modality_source) == ("PET", "dicom")
+    assert res.fusion.fixed_norm.modality_source == "guess"
