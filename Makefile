@@ -18,6 +18,7 @@ setup: $(STAMP)
 
 data:
 	bash Resources/SampleData/fetch-itk-examples.sh
+	bash Testing/fetch-dicom3tools.sh
 
 demo: setup data
 	$(VENV)/bin/medfusion demo --out out/demo

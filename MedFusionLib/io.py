@@ -18,7 +18,7 @@ import SimpleITK as sitk
 from .errors import InvalidInputError
 
 __all__ = ["read_image", "write_image", "VOLUME_EXTENSIONS", "RASTER_EXTENSIONS", "extension_of",
-           "copy_geometry", "is_2d"]
+           "copy_geometry", "is_2d", "is_colour", "to_luminance", "COLOUR_KEY"]
 
 VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 RASTER_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -53,8 +53,29 @@ def copy_geometry(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return image
 
 
+def is_colour(image: sitk.Image) -> bool:
+    """True for an RGB(A) image whose channels differ (a grey picture stored as RGB is not colour)."""
+    if image.GetNumberOfComponentsPerPixel() not in (3, 4):
+        return False
+    arr = sitk.GetArrayViewFromImage(image)
+    return not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2]))
+
+
+def to_luminance(image: sitk.Image, name: str | os.PathLike = "image") -> sitk.Image:
+    """Reduce a vector (RGB/RGBA) image to luminance (BT.601); scalar images pass unchanged.
+
+    The result is ``float32`` on the input's scale; an 8-bit input is tagged
+    ``MedFusion.BitsStored = 8`` and a real colour input ``MedFusion.Colour = 1``.
+
+    Raises
+    ------
+    InvalidInputError
+        For a vector image with other than 3 or 4 components.
+    """
+    return _to_scalar(image, Path(name))
+
+
 def _to_scalar(image: sitk.Image, path: Path) -> sitk.Image:
-    """Reduce a vector (RGB/RGBA) image to luminance; reject other vector images."""
     n = image.GetNumberOfComponentsPerPixel()
     if n == 1:
         return image
@@ -83,7 +104,8 @@ def _to_scalar(image: sitk.Image, path: Path) -> sitk.Image:
     return out
 
 
-def read_image(path: str | os.PathLike, *, series_uid: str | None = None) -> sitk.Image:
+def read_image(path: str | os.PathLike, *, series_uid: str | None = None,
+               keep_colour: bool = False) -> sitk.Image:
     """Read a 2D image or a 3D volume as a scalar SimpleITK image.
 
     Parameters
@@ -93,11 +115,15 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None) -> sit
         file) or a folder holding a DICOM series.
     series_uid : str, optional
         For a DICOM folder with several series: the SeriesInstanceUID to read.
+    keep_colour : bool, optional
+        Return a colour (RGB) file as an RGB vector image (alpha dropped) instead of its
+        luminance; grey files are scalar either way.
 
     Returns
     -------
     image : SimpleITK.Image
-        2D or 3D, one component per pixel, geometry as stored in the file (LPS).
+        2D or 3D, one component per pixel (or three with ``keep_colour`` for colour files),
+        geometry as stored in the file (LPS).
 
     Raises
     ------
@@ -123,7 +149,11 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None) -> sit
             f"{p}: cannot read this file as an image (supported: "
             f"{', '.join(VOLUME_EXTENSIONS + RASTER_EXTENSIONS)}, DICOM). {detail.strip()}"
         ) from None
-    image = _to_scalar(image, p)
+    if keep_colour and is_colour(image):
+        if image.GetNumberOfComponentsPerPixel() == 4:
+            image = sitk.Compose(*(sitk.VectorIndexSelectionCast(image, c) for c in range(3)))
+    else:
+        image = _to_scalar(image, p)
     if image.GetDimension() == 3 and image.GetSize()[2] == 1 and extension_of(p) in RASTER_EXTENSIONS:
         image = image[:, :, 0]
     if image.GetDimension() not in (2, 3):

@@ -6,9 +6,18 @@ elsewhere they are reported as skipped with the reason, never silently passed.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
+
+# dicom3tools fetched by `make data` (Testing/fetch-dicom3tools.sh) live here, not on the system
+_TOOLS = Path(os.environ.get("MEDFUSION_DATA", Path(__file__).resolve().parent.parent / ".data")) / "tools" / "bin"
+if _TOOLS.is_dir():
+    os.environ["PATH"] = f"{_TOOLS}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 def pytest_collection_modifyitems(config, items):
