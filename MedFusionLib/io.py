@@ -104,6 +104,13 @@ def _to_scalar(image: sitk.Image, path: Path) -> sitk.Image:
     return out
 
 
+def _is_dicom_file(path: Path) -> bool:
+    """True when the file has the DICOM Part 10 preamble ("DICM" at byte 128)."""
+    with path.open("rb") as fh:
+        head = fh.read(132)
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
 def read_image(path: str | os.PathLike, *, series_uid: str | None = None,
                keep_colour: bool = False) -> sitk.Image:
     """Read a 2D image or a 3D volume as a scalar SimpleITK image.
@@ -140,6 +147,11 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None,
         return read_series(p, series_uid=series_uid)
     if p.stat().st_size == 0:
         raise InvalidInputError(f"{p}: the file is empty.")
+    if _is_dicom_file(p):
+        # one engine for DICOM: rescale to real units, enhanced multi-frame, modality metadata
+        from .dicom import read_series
+
+        return read_series(p, series_uid=series_uid)
     try:
         image = sitk.ReadImage(str(p))
     except RuntimeError as exc:

@@ -81,3 +81,16 @@ def test_write_errors_and_no_partial_file(tmp_path, volume_image):
     with pytest.raises(InvalidInputError, match="does not exist"):
         write_image(volume_image, tmp_path / "nope" / "out.nii.gz")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_single_dicom_file_goes_through_the_dicom_reader():
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("CT_small.dcm")
+    img = read_image(path)
+    ds = dcmread(path)
+    assert img.GetMetaData("0008|0060") == "CT"
+    assert img.GetSize() == (ds.Columns, ds.Rows, 1)
+    hu = ds.pixel_array.astype(float) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(img)[0], hu)
