@@ -364,6 +364,19 @@ def _grid_transform_from(transform: sitk.Transform, reference: sitk.Image):
     return grid
 
 
+def _node_transform(transform: sitk.Transform, reference: sitk.Image | None):
+    """``(to_parent_matrix, from_parent_transform)``: exactly one is set, ready for a node."""
+    import slicer
+
+    matrix_lps = matrix_from_transform(transform, reference=reference)
+    if matrix_lps is not None:
+        from_parent_ras = LPS_RAS @ matrix_lps @ LPS_RAS
+        return slicer.util.vtkMatrixFromArray(np.linalg.inv(from_parent_ras)), None
+    if reference is None:
+        raise InvalidInputError("a non-linear transform needs the fixed image as reference.")
+    return None, _grid_transform_from(transform, reference)
+
+
 def set_transform_node(transform_node, transform: sitk.Transform, *,
                        reference: sitk.Image | None = None) -> None:
     """Store an ITK registration transform (fixed -> moving, LPS) in a Slicer transform node.
@@ -381,17 +394,14 @@ def set_transform_node(transform_node, transform: sitk.Transform, *,
     reference : SimpleITK.Image, optional
         The fixed image; needed to sample a non-linear transform on a grid.
     """
-    import slicer
+    _apply_node_transform(transform_node, *_node_transform(transform, reference))
 
-    matrix_lps = matrix_from_transform(transform, reference=reference)
-    if matrix_lps is not None:
-        from_parent_ras = LPS_RAS @ matrix_lps @ LPS_RAS
-        to_parent_ras = np.linalg.inv(from_parent_ras)
-        transform_node.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(to_parent_ras))
-        return
-    if reference is None:
-        raise InvalidInputError("a non-linear transform needs the fixed image as reference.")
-    transform_node.SetAndObserveTransformFromParent(_grid_transform_from(transform, reference))
+
+def _apply_node_transform(transform_node, to_parent, from_parent) -> None:
+    if to_parent is not None:
+        transform_node.SetMatrixTransformToParent(to_parent)
+    else:
+        transform_node.SetAndObserveTransformFromParent(from_parent)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -663,9 +673,13 @@ def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = 
         fixed_modality=fixed_modality, moving_modality=moving_modality, ct_window=ct_window,
         return_weights=contributionVolume is not None, progress=progress, **params)
 
+    if contributionVolume is not None and result.weights is None:
+        raise InvalidInputError(f"method '{info.name}' returned no contribution map.")
     metrics, directions = ({}, {})
     if metricsTable is not None:
         metrics, directions = _compute_metrics(result, metric_keys, max_metric_slices, progress)
+    if transformNode is not None:
+        to_parent, from_parent = _node_transform(result.registration.transform, fixed_image)
 
     # Everything is computed: write the outputs.
     report(progress, None, "writing the results into the scene")
@@ -674,19 +688,15 @@ def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = 
     lower, upper = _display_range(slicer.util.arrayFromVolume(outputVolume))
     _show_volume(outputVolume, lower, upper, "vtkMRMLColorTableNodeGrey")
     for key, value in (("Method", info.name), ("Device", str(result.device)),
-                       ("Registration", result.registration.mode if result.registration else "none"),
+                       ("Registration", result.registration.mode),
                        ("FixedVolume", fixedVolume.GetID() or ""),
                        ("MovingVolume", movingVolume.GetID() or "")):
         outputVolume.SetAttribute(f"MedFusion.{key}", value)
 
     if transformNode is not None:
-        transform = (result.registration.transform if result.registration is not None
-                     else sitk.Transform(fixed_image.GetDimension(), sitk.sitkIdentity))
-        set_transform_node(transformNode, transform, reference=fixed_image)
+        _apply_node_transform(transformNode, to_parent, from_parent)
 
     if contributionVolume is not None:
-        if result.weights is None:
-            raise InvalidInputError(f"method '{info.name}' returned no contribution map.")
         update_volume_from_image(contributionVolume, sitk.Cast(result.weights, sitk.sitkFloat32),
                                  ijk_to_ras=fixed_ijk_to_ras)
         scene = contributionVolume.GetScene() or slicer.mrmlScene
