@@ -174,11 +174,15 @@ def test_fmi_matches_a_direct_port_of_the_window_loop(rng):
     b[:5, :6] = 0  # windows equal in A, B and F
     f = np.floor((a + b) / 2)
     f[:4, :4] = a[:4, :4]
+    from MedFusionLib.metrics._fmi import _feature
     for feature in ("none", "dct", "gradient"):
-        from MedFusionLib.metrics._fmi import _feature
         fa, fb, ff = (_feature(x, feature) for x in (a, b, f))
         expected = _fmi_loop(fa, fb, ff)
         assert M.fmi(a, b, f, data_range=255, feature=feature) == pytest.approx(expected, abs=1e-12)
+    # few grey levels: tied CDF steps, zero pdf entries, negative window correlations
+    a3, b3 = (np.floor(rng.random((9, 10)) * 3) * 100 for _ in range(2))
+    f3 = 200 - a3
+    assert M.fmi(a3, b3, f3, data_range=255) == pytest.approx(_fmi_loop(a3, b3, f3), abs=1e-12)
     assert M.fmi(a, b, f, data_range=255, reduce="sum") == pytest.approx(
         2 * M.fmi_pixel(a, b, f, data_range=255))
 
