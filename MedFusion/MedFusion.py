@@ -437,7 +437,10 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noq
                     contributionVolume=p.contributionVolume if info.provides_weights else None,
                     metricsTable=p.metricsTable, progress=self.onProgress,
                     fixedModality=p.fixedModality, movingModality=p.movingModality, **methodParams)
-            except MedFusionLib.CancelledError:
+            except MedFusionLib.MedFusionError as error:
+                # a cancel inside a SimpleITK callback can surface as another engine error
+                if not (isinstance(error, MedFusionLib.CancelledError) or self._cancelRequested):
+                    raise
                 self.ui.statusLabel.text = _("Cancelled; no output was changed.")
                 return
             finally:
