@@ -13,7 +13,12 @@ import vtk
 import slicer
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.ScriptedLoadableModule import *  # noqa: F403
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
 from slicer.util import VTKObservationMixin
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 
@@ -63,11 +68,11 @@ def cnnOptions(methodInfo, level: str, rule: str, enhance: bool) -> dict:
 #
 
 
-class MedFusion(ScriptedLoadableModule):  # noqa: F405
+class MedFusion(ScriptedLoadableModule):
     """Multi-modal image fusion (CT/PET/SPECT with MRI): registration, CNN and classical fusion."""
 
     def __init__(self, parent):
-        ScriptedLoadableModule.__init__(self, parent)  # noqa: F405
+        ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Image Fusion (MedFusion)")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
         self.parent.dependencies = []
@@ -136,11 +141,11 @@ class MedFusionParameterNode:
 #
 
 
-class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noqa: F405
+class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The module panel: inputs, method, outputs, Apply/Cancel and progress."""
 
     def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)  # noqa: F405
+        ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)  # needed for parameter node observation
         self.logic = None
         self._parameterNode = None
@@ -151,7 +156,7 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noq
 
     def setup(self) -> None:
         """Build the panel from the .ui file and connect it to the parameter node."""
-        ScriptedLoadableModuleWidget.setup(self)  # noqa: F405
+        ScriptedLoadableModuleWidget.setup(self)
 
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedFusion.ui"))
         self.layout.addWidget(uiWidget)
@@ -183,7 +188,7 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noq
         """Developer "Reload": forget the imported engine too, so that edits to it take effect."""
         for name in [n for n in sys.modules if n == "MedFusionLib" or n.startswith("MedFusionLib.")]:
             del sys.modules[name]
-        ScriptedLoadableModuleWidget.onReload(self)  # noqa: F405
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def enter(self) -> None:
         """Called each time the user opens this module."""
@@ -463,7 +468,7 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noq
 #
 
 
-class MedFusionLogic(ScriptedLoadableModuleLogic):  # noqa: F405
+class MedFusionLogic(ScriptedLoadableModuleLogic):
     """Fusion without the GUI: a thin delegate to ``MedFusionLib.slicer_bridge.fuse_nodes``.
 
     Usable from the Python console, Jupyter in Slicer and scripts::
@@ -473,7 +478,7 @@ class MedFusionLogic(ScriptedLoadableModuleLogic):  # noqa: F405
     """
 
     def __init__(self) -> None:
-        ScriptedLoadableModuleLogic.__init__(self)  # noqa: F405
+        ScriptedLoadableModuleLogic.__init__(self)
 
     def getParameterNode(self):
         return MedFusionParameterNode(super().getParameterNode())
@@ -611,7 +616,7 @@ def makeSyntheticPair(shape=(48, 56, 52), spacing=(2.0, 1.8, 1.6), shiftMm=(4.0,
     return mr, ct.astype(np.int16), mrIjkToRas, ctIjkToRas, ctToMr
 
 
-class MedFusionTest(ScriptedLoadableModuleTest):  # noqa: F405
+class MedFusionTest(ScriptedLoadableModuleTest):
     """Self-test on synthetic volumes with a known misalignment; no downloads.
 
     ``runTest()`` runs every ``test_*`` method after a fresh ``setUp()``; ctest discovers the same

@@ -10,7 +10,7 @@ import vtk
 
 from MedFusionLib import slicer_bridge as sb
 from MedFusionLib.errors import InvalidInputError
-from slicer_shim import mrml_scene, new_scene, oblique_ijk_to_ras  # noqa: F401  (fixture)
+from slicer_shim import mrml_scene, oblique_ijk_to_ras  # noqa: F401  (fixture)
 
 RNG = np.random.default_rng(7)
 
