@@ -11,7 +11,7 @@ from MedFusionLib.methods import get_method
 from MedFusionLib.methods._rules import majority_filter, select_maxabs
 from MedFusionLib.methods.msvd import align_basis, msvd_decompose
 
-BASELINES = ["pca", "msvd", "dwt", "swt", "wpd"]
+BASELINES = ["pca", "msvd", "dwt", "swt", "wpd", "nsct", "nsst"]
 MULTISCALE = [m for m in BASELINES if m != "pca"]
 
 
@@ -103,6 +103,15 @@ BAD_PARAMS = [
     ("wpd", {"mode": "per"}, "mode"),
     ("msvd", {"level": 0}, "level"),
     ("msvd", {"consistency": 1}, "consistency"),
+    ("nsst", {"levels": [3, 3, 9]}, "levels"),
+    ("nsst", {"levels": []}, "levels"),
+    ("nsst", {"levels": "3,x"}, "levels"),
+    ("nsst", {"rule": "pcnn"}, "rule"),
+    ("nsst", {"pfilt": "pyrexc"}, "pfilt"),
+    ("nsst", {"consistency": None}, "consistency"),
+    ("nsct", {"levels": 4}, "levels"),
+    ("nsct", {"levels": [2, -1]}, "levels"),
+    ("nsct", {"pfilt": "dmaxflat7"}, "pfilt"),
 ]
 
 
@@ -128,6 +137,13 @@ def test_documented_defaults():
     assert get_method("wpd").params == {"wavelet": "db1", "level": 2, "mode": "symmetric",
                                         "consistency": False}
     assert get_method("msvd").params == {"level": 1, "consistency": False}
+    assert tuple(get_method("nsct").params["levels"]) == (2, 3, 3, 4)
+    assert tuple(get_method("nsst").params["levels"]) == (3, 3, 4, 4)
+    assert get_method("nsst").params["rule"] == "avg_maxabs"
+    for name in ("nsct", "nsst"):
+        info = get_method(name)
+        assert info.needs_torch and info.supports_cuda
+        assert info.params["consistency"] is True
 
 
 def test_dwt_matches_a_direct_pywavelets_fusion():
@@ -149,7 +165,7 @@ def test_consistency_option_changes_the_result():
     rng = np.random.default_rng(4)
     a = rng.random((1, 64, 64), dtype=np.float32)
     b = rng.random((1, 64, 64), dtype=np.float32)
-    for name in ("dwt", "swt", "wpd", "msvd"):
+    for name in ("dwt", "swt", "wpd", "msvd", "nsct", "nsst"):
         on = _fuse(name, a, b, consistency=True)
         off = _fuse(name, a, b, consistency=False)
         assert np.abs(on - off).max() > 1e-3, name
@@ -191,3 +207,35 @@ def test_msvd_sign_alignment_undoes_flipped_singular_vectors():
     np.testing.assert_allclose(t_aligned, t)
     # Without alignment, the average of the two bases would lose two columns entirely.
     assert np.abs(0.5 * (u + u_flipped)[0][:, 1]).max() < 1e-12
+
+
+def test_levels_accept_a_command_line_string():
+    a = _phantom((1, 40, 40))
+    b = _phantom((1, 40, 40), seed=3)
+    np.testing.assert_array_equal(_fuse("nsst", a, b, levels="2,3"), _fuse("nsst", a, b, levels=[2, 3]))
+
+
+def test_nsst_papcnn_rule():
+    shape = (1, 40, 36)
+    a = _phantom(shape)
+    assert np.abs(_fuse("nsst", a, a, rule="papcnn", levels=[2, 3]) - a).max() <= 1e-4
+    b = _phantom(shape, seed=5)
+    a[:, 16:24, 12:20] = 1.0
+    fused = _fuse("nsst", a, b, rule="papcnn", levels=[2, 3])
+    assert fused.shape == shape and fused.dtype == np.float32
+    assert np.all(np.isfinite(fused)) and fused.min() >= 0 and fused.max() <= 1
+    assert fused[0, 16:24, 12:20].mean() >= 0.5 * (a + b)[0, 16:24, 12:20].mean()
+    assert not np.allclose(fused, _fuse("nsst", a, b, levels=[2, 3]))
+
+
+@pytest.mark.requires_gpu
+@pytest.mark.parametrize("name", ["nsct", "nsst"])
+def test_cuda_matches_cpu(name):
+    a = _phantom((3, 64, 48))
+    b = _phantom((3, 64, 48), seed=4)
+    cpu = get_method(name).func(a, b, device="cpu")
+    gpu = get_method(name).func(a, b, device="cuda")
+    assert gpu.dtype == np.float32 and gpu.shape == cpu.shape
+    # Max-abs ties may break differently under different FFT rounding: compare on average.
+    assert np.abs(gpu - cpu).mean() < 1e-4
+    assert np.abs(gpu - cpu).max() < 0.05

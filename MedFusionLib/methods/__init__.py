@@ -9,6 +9,8 @@ from __future__ import annotations
 from ._registry import METHODS, MethodInfo, MethodRegistry, look_up, register
 from . import pixel  # noqa: F401  (registers average, maximum, pca)
 from . import msvd  # noqa: F401  (registers msvd)
+from . import nsct  # noqa: F401  (registers nsct)
+from . import nsst  # noqa: F401  (registers nsst)
 from . import wavelet  # noqa: F401  (registers dwt, swt, wpd)
 
 __all__ = ["METHODS", "MethodInfo", "MethodRegistry", "register", "look_up", "get_method",

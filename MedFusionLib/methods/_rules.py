@@ -137,20 +137,21 @@ def select_maxabs(ca: np.ndarray, cb: np.ndarray, *, consistency: bool = False) 
 # Torch rules
 # ------------------------------------------------------------------------------------------------
 
-def majority_filter_torch(choose_a, size: int = 3):
-    """Torch version of :func:`majority_filter` for a bool tensor of shape ``(..., H, W)``."""
-    import torch
-    import torch.nn.functional as F
+def majority_filter_torch(choose_a):
+    """Torch version of :func:`majority_filter` (3 x 3 window) for a bool tensor ``(..., H, W)``.
 
-    shape = choose_a.shape
-    x = choose_a.reshape(-1, 1, shape[-2], shape[-1]).to(torch.float32)
-    pad = size // 2
-    if min(shape[-2], shape[-1]) > pad:
-        x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    else:
-        x = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-    share = F.avg_pool2d(x, size, stride=1)
-    return (share > 0.5).reshape(shape)
+    The window sum is computed with shifted additions on an edge-extended ``uint8`` map (the same
+    half-sample symmetric border as the numpy version), which is several times faster on the CPU
+    than a pooling layer.
+    """
+    import torch
+
+    x = choose_a.to(torch.uint8)
+    x = torch.cat([x[..., :1, :], x, x[..., -1:, :]], dim=-2)
+    x = torch.cat([x[..., :1], x, x[..., -1:]], dim=-1)
+    rows = x[..., :-2, :] + x[..., 1:-1, :] + x[..., 2:, :]
+    box = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]
+    return box > 4
 
 
 def select_maxabs_torch(ca, cb, *, consistency: bool = False):

@@ -1,0 +1,62 @@
+"""Shared driver of the NSCT and NSST fusion methods: numpy in, torch frame fusion, numpy out."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["fuse_in_frame", "average_maxabs_rules"]
+
+
+def fuse_in_frame(bank_for, a: np.ndarray, b: np.ndarray, *, device: str, fuse_low,
+                  fuse_band) -> np.ndarray:
+    """Fuse two ``float32 (N, H, W)`` batches in a redundant frame on ``device``.
+
+    Parameters
+    ----------
+    bank_for : callable
+        ``bank_for((H, W), device) -> FrameBank``.
+    a, b : ndarray, float32, shape (N, H, W)
+    device : str
+        Torch device.
+    fuse_low, fuse_band : callable
+        Coefficient rules, see :func:`MedFusionLib.transforms._frame.fuse`.
+
+    Returns
+    -------
+    ndarray, float32, shape (N, H, W), clipped to [0, 1]
+    """
+    import torch
+
+    from ..transforms import _frame
+
+    on_cpu = torch.device(device).type == "cpu"
+    threads = torch.get_num_threads()
+    try:
+        if on_cpu:
+            # The CPU path works on cache-sized chunks (a few planes); intra-op threading of such
+            # small operations costs more than it gains, and on a busy machine the spinning
+            # OpenMP workers slow it down by orders of magnitude.
+            torch.set_num_threads(1)
+        with torch.no_grad():
+            ta = torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32).to(device)
+            tb = torch.as_tensor(np.ascontiguousarray(b), dtype=torch.float32).to(device)
+            bank = bank_for(tuple(a.shape[-2:]), str(ta.device))
+            fused = _frame.fuse(bank, ta, tb, fuse_low=fuse_low, fuse_band=fuse_band)
+            return fused.clamp_(0.0, 1.0).cpu().numpy().astype(np.float32, copy=False)
+    finally:
+        if on_cpu:
+            torch.set_num_threads(threads)
+
+
+def average_maxabs_rules(consistency: bool):
+    """``(fuse_low, fuse_band)`` of the standard rules: average the low-pass, max-abs the bands
+    (with the 3 x 3 consistency check when ``consistency`` is True)."""
+    from ._rules import select_maxabs_torch
+
+    def fuse_low(la, lb):
+        return 0.5 * (la + lb)
+
+    def fuse_band(ca, cb, level):
+        return select_maxabs_torch(ca, cb, consistency=consistency)
+
+    return fuse_low, fuse_band
