@@ -196,10 +196,15 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def exit(self) -> None:
         """Called each time the user opens a different module."""
+        self._releaseParameterNode()
+
+    def _releaseParameterNode(self) -> None:
+        """Unbind the widgets from the parameter node and stop observing it."""
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            if self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified):
+                self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
         """Called just before the scene is closed."""
@@ -223,10 +228,7 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setParameterNode(self, inputParameterNode: Optional[MedFusionParameterNode]) -> None:
         """Set and observe the parameter node; the .ui widgets with a SlicerParameterName follow it."""
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._releaseParameterNode()
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             # In the .ui file a Qt dynamic property "SlicerParameterName" names the parameter of
@@ -426,15 +428,18 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.statusLabel.text = _("Cancelled: the required packages were not installed.")
                 return
             info = self._methodInfo()
+            createdOutput = None
             if not p.outputVolume:
-                p.outputVolume = slicer.mrmlScene.AddNewNodeByClass(
+                createdOutput = slicer.mrmlScene.AddNewNodeByClass(
                     "vtkMRMLScalarVolumeNode",
                     slicer.mrmlScene.GenerateUniqueName(f"{p.movingVolume.GetName()} fused"))
+                p.outputVolume = createdOutput
             methodParams = cnnOptions(info, p.fusionLevel, p.fusionRule, p.enhance)
 
             import MedFusionLib
 
             self._setRunning(True)
+            succeeded = False
             try:
                 result = self.logic.process(
                     p.fixedVolume, p.movingVolume, p.outputVolume, method=info.name,
@@ -442,6 +447,7 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     contributionVolume=p.contributionVolume if info.provides_weights else None,
                     metricsTable=p.metricsTable, progress=self.onProgress,
                     fixedModality=p.fixedModality, movingModality=p.movingModality, **methodParams)
+                succeeded = True
             except MedFusionLib.MedFusionError as error:
                 # a cancel inside a SimpleITK callback can surface as another engine error
                 if not (isinstance(error, MedFusionLib.CancelledError) or self._cancelRequested):
@@ -449,6 +455,9 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.statusLabel.text = _("Cancelled; no output was changed.")
                 return
             finally:
+                if not succeeded and createdOutput is not None:
+                    p.outputVolume = None
+                    slicer.mrmlScene.RemoveNode(createdOutput)
                 self._setRunning(False)
 
             slicer.util.setSliceViewerLayers(background=p.outputVolume, foreground=p.fixedVolume,

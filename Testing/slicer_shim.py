@@ -90,12 +90,22 @@ class _ShimModule:
 
 
 class _ShimWidget:
+    """``ScriptedLoadableModuleWidget`` stand-in: a layout that accepts widgets, resource paths."""
+
     def __init__(self, parent=None):
-        self.parent = parent
+        self.parent = parent if parent is not None else types.SimpleNamespace(isEntered=True)
         self.moduleName = self.__class__.__name__[: -len("Widget")]
+        self.layout = types.SimpleNamespace(addWidget=lambda widget: None)
+        self.reloaded = False
+
+    def resourcePath(self, filename):
+        return str(MODULE_DIR / "Resources" / filename)
 
     def setup(self):
         pass
+
+    def onReload(self):
+        self.reloaded = True
 
 
 class _ShimLogic:
@@ -124,12 +134,52 @@ class _ShimTest(unittest.TestCase):
 
 
 class _WrappedParameterNode:
-    """Attribute holder standing in for a ``@parameterNodeWrapper`` instance."""
+    """Stand-in for a ``@parameterNodeWrapper`` instance: typed attributes kept with the node.
+
+    Setting an attribute stores it and fires the node's ModifiedEvent (as the real wrapper does
+    through ``SetParameter``); ``AddObserver``/``RemoveObserver`` go to the node. ``connectGui``
+    records which widgets carry a ``SlicerParameterName`` and checks that each names a parameter.
+    """
 
     def __init__(self, cls, node):
         object.__setattr__(self, "parameterNode", node)
-        for name, value in cls._shim_defaults.items():
-            object.__setattr__(self, name, value)
+        object.__setattr__(self, "_fields", tuple(cls._shim_defaults))
+        if not hasattr(node, "_shimValues"):
+            node._shimValues = dict(cls._shim_defaults)
+            node._shimGuis = {}
+
+    def __getattr__(self, name):
+        values = self.parameterNode._shimValues
+        if name in values:
+            return values[name]
+        raise AttributeError(name)
+
+    def __setattr__(self, name, value):
+        if name not in self._fields:
+            raise AttributeError(f"'{name}' is not a parameter of the parameter node")
+        self.parameterNode._shimValues[name] = value
+        self.parameterNode.Modified()
+
+    def AddObserver(self, event, callback, priority=0.0):
+        return self.parameterNode.AddObserver(event, callback, priority)
+
+    def RemoveObserver(self, tag):
+        self.parameterNode.RemoveObserver(tag)
+
+    def connectGui(self, gui):
+        bound = {}
+        for widget in vars(gui).values():
+            name = widget.property("SlicerParameterName")
+            if name:
+                if name not in self._fields:
+                    raise RuntimeError(f"SlicerParameterName '{name}' is not a parameter")
+                bound[name] = widget
+        tag = object()
+        self.parameterNode._shimGuis[tag] = bound
+        return tag
+
+    def disconnectGui(self, tag):
+        self.parameterNode._shimGuis.pop(tag, None)
 
 
 def _parameter_node_wrapper(cls):
@@ -140,8 +190,113 @@ def _parameter_node_wrapper(cls):
     return lambda node: _WrappedParameterNode(cls, node)
 
 
-def _identity(*args):
-    return args[-1] if args else None
+# -------------------------------------------------------------------------------------------------
+# Fake Qt widgets built from the .ui file, for driving the module panel's Python logic
+# -------------------------------------------------------------------------------------------------
+
+class FakeWidget:
+    """The Qt properties and signals the module uses, on plain Python attributes."""
+
+    def __init__(self, name, class_name, properties):
+        self.objectName = name
+        self.className = class_name
+        self._properties = properties
+        self._slots = {}
+        self.enabled = properties.get("enabled", "true") != "false"
+        self.toolTip = properties.get("toolTip", "")
+        self.text = properties.get("text", "") or ""
+        self.visible = True
+        self.value = 0
+
+    def property(self, name):
+        return self._properties.get(name)
+
+    def connect(self, signal, slot):
+        self._slots.setdefault(signal, []).append(slot)
+
+    def emit(self, signal, *args):
+        """Call the connected slots; like PythonQt, pass only as many arguments as a slot takes."""
+        import inspect
+
+        for slot in self._slots.get(signal, []):
+            params = inspect.signature(slot).parameters.values()
+            if any(p.kind is p.VAR_POSITIONAL for p in params):
+                slot(*args)
+            else:
+                n = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+                slot(*args[:n])
+
+    def setVisible(self, visible):
+        self.visible = bool(visible)
+
+    def setValue(self, value):
+        self.value = value
+
+    def click(self):
+        if self.enabled:
+            self.emit("clicked(bool)", False)
+
+
+class FakeComboBox(FakeWidget):
+    def __init__(self, name, class_name, properties):
+        super().__init__(name, class_name, properties)
+        self.items = []  # [text, data, tooltip]
+        self._index = -1
+
+    def clear(self):
+        self.items = []
+        self.currentIndex = -1
+
+    def addItem(self, text, data=None):
+        self.items.append([text, data, None])
+        if self._index < 0:
+            self.currentIndex = 0
+
+    @property
+    def count(self):
+        return len(self.items)
+
+    def itemData(self, index):
+        return self.items[index][1] if 0 <= index < len(self.items) else None
+
+    def setItemData(self, index, value, role):
+        self.items[index][2] = value
+
+    def findData(self, data):
+        return next((i for i, item in enumerate(self.items) if item[1] == data), -1)
+
+    @property
+    def currentIndex(self):
+        return self._index
+
+    @currentIndex.setter
+    def currentIndex(self, index):
+        if index != self._index:
+            self._index = index
+            self.emit("currentIndexChanged(int)", index)
+
+
+def load_fake_ui(path):
+    """``slicer.util.loadUI`` stand-in: the .ui file's widgets as fake widgets, by name."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(path).getroot().find("widget")
+    children = {}
+    for element in root.iter("widget"):
+        if element is root:
+            continue
+        properties = {}
+        for prop in element.findall("property"):
+            value = list(prop)[0] if len(prop) else None
+            if value is not None and value.tag in ("string", "bool", "number"):
+                properties[prop.get("name")] = value.text
+        cls = FakeComboBox if element.get("class") == "QComboBox" else FakeWidget
+        children[element.get("name")] = cls(element.get("name"), element.get("class"), properties)
+    return types.SimpleNamespace(children=children, setMRMLScene=lambda scene: None)
+
+
+def fake_child_widget_variables(ui_root):
+    return types.SimpleNamespace(**ui_root.children)
 
 
 def import_module_under_shim(name: str = "MedFusion"):
@@ -157,6 +312,7 @@ def import_module_under_shim(name: str = "MedFusion"):
     app.testingEnabled.return_value = True
     app.commandOptions.return_value.noMainWindow = True
     app.processEvents.return_value = None
+    app.layoutManager.return_value = None  # as with --no-main-window
     slicer.app = app
 
     i18n = types.ModuleType("slicer.i18n")
