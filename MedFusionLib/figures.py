@@ -8,34 +8,52 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["orthogonal_planes", "save_planes_figure"]
+__all__ = ["orthogonal_planes", "save_planes_figure", "contribution_overlay"]
 
 
-def orthogonal_planes(volume: np.ndarray, centre=None) -> list[np.ndarray]:
+def contribution_overlay(fused01: np.ndarray, weight_fixed: np.ndarray, *, alpha: float = 0.55) -> np.ndarray:
+    """The fused image tinted by which source each pixel came from: ``(...)`` -> ``(..., 3)`` RGB.
+
+    Blue where the moving source dominates, orange where the fixed source does, grey where they
+    share equally (the ``contribution`` colour table of :mod:`MedFusionLib.colour`); brightness is
+    the fused image, so anatomy stays readable. Background (fused < 0.02) stays untinted.
+    """
+    from .colour import apply_colour_table
+
+    grey = np.clip(np.asarray(fused01, dtype=np.float32), 0.0, 1.0)[..., None]
+    tint = apply_colour_table(weight_fixed, "contribution")
+    a = alpha * (grey > 0.02)
+    return np.clip((1 - a) * grey + a * tint * (0.3 + 0.7 * grey), 0.0, 1.0)
+
+
+def orthogonal_planes(volume: np.ndarray, centre=None, *, rgb: bool = False) -> list[np.ndarray]:
     """Axial, coronal and sagittal slices through ``centre`` of a (z, y, x) volume, display-oriented.
 
-    For a 2D image, returns ``[image]``.
+    For a 2D image, returns ``[image]``. With ``rgb`` the last axis holds colour channels.
     """
-    if volume.ndim == 2:
+    if volume.ndim == (3 if rgb else 2):
         return [volume]
-    z, y, x = (np.array(volume.shape) // 2) if centre is None else centre
+    z, y, x = (np.array(volume.shape[:3]) // 2) if centre is None else centre
     return [volume[z], np.flipud(volume[:, y, :]), np.flipud(volume[:, :, x])]
 
 
 def save_planes_figure(path: str | os.PathLike, panels: dict[str, np.ndarray], *, title: str = "",
-                       overlay: tuple[str, np.ndarray] | None = None, centre=None) -> Path:
-    """Save a grid: one column per panel (name -> (z, y, x) or 2D array in [0, 1]), one row per plane.
+                       overlay: tuple[str, np.ndarray, np.ndarray] | None = None,
+                       centre=None) -> Path:
+    """Save a grid: one column per panel, one row per plane (axial, coronal, sagittal; one row in 2D).
 
     Parameters
     ----------
     path : path-like
         Output PNG.
     panels : dict
-        Column title -> image, all of the same shape, values in [0, 1].
+        Column title -> image in [0, 1], all of the same grid: greyscale ``(z, y, x)`` / ``(y, x)``
+        arrays, or RGB ones with an extra last axis of length 3.
     title : str, optional
         Figure title (say here when data are synthetic).
-    overlay : (str, ndarray), optional
-        A last column showing a contribution map in [0, 1] with a colour bar.
+    overlay : (str, ndarray, ndarray), optional
+        ``(title, fused01, weight_fixed)``: a last column with the fused image tinted by the
+        contribution map (:func:`contribution_overlay`) and a colour bar as its legend.
     centre : (int, int, int), optional
         Voxel (z, y, x) where the planes cross; the volume centre by default.
     """
@@ -43,24 +61,34 @@ def save_planes_figure(path: str | os.PathLike, panels: dict[str, np.ndarray], *
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.cm import ScalarMappable
 
-    cols = list(panels.items()) + ([overlay] if overlay is not None else [])
-    rows = len(orthogonal_planes(next(iter(panels.values())), centre))
+    from .colour import colour_table
+
+    first = next(iter(panels.values()))
+    cols = [(name, vol, vol.ndim == first.ndim + 1 and vol.shape[-1] == 3) for name, vol in panels.items()]
+    if overlay is not None:
+        cols.append((overlay[0], contribution_overlay(overlay[1], overlay[2]), True))
+    rows = len(orthogonal_planes(first, centre))
     fig, axes = plt.subplots(rows, len(cols), figsize=(3.2 * len(cols), 3.2 * rows + 0.6),
                              squeeze=False)
-    for c, (name, vol) in enumerate(cols):
-        is_overlay = overlay is not None and c == len(cols) - 1
-        for r, plane in enumerate(orthogonal_planes(vol, centre)):
+    for c, (name, vol, rgb) in enumerate(cols):
+        for r, plane in enumerate(orthogonal_planes(vol, centre, rgb=rgb)):
             ax = axes[r][c]
-            im = ax.imshow(plane, cmap="coolwarm" if is_overlay else "gray", vmin=0.0, vmax=1.0,
-                           interpolation="nearest")
+            if rgb:
+                ax.imshow(plane, interpolation="nearest")
+            else:
+                ax.imshow(plane, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(name, fontsize=10)
-            if is_overlay and r == rows - 1:
-                fig.colorbar(im, ax=axes[:, c].tolist(), fraction=0.046, pad=0.02,
-                             label="share of fixed source")
+    if overlay is not None:
+        legend = ScalarMappable(cmap=ListedColormap(colour_table("contribution")))
+        legend.set_clim(0.0, 1.0)
+        bar = fig.colorbar(legend, ax=axes[:, -1].tolist(), fraction=0.046, pad=0.02)
+        bar.set_label("source share: 0 = moving, 1 = fixed")
     if title:
         fig.suptitle(title, fontsize=10)
     p = Path(path)

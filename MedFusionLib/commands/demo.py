@@ -19,6 +19,7 @@ from ..datasets import SAMPLE_KINDS, SYNTHETIC_NOTE, sample_pair
 from ..figures import save_planes_figure
 from ..io import write_image
 from ..methods import get_method
+from ..colour import ColourFusionResult, fuse_colour
 from ..pipeline import fuse_images
 from ..progress import TextProgress, scaled
 from ._common import write_json
@@ -64,10 +65,12 @@ def run(args) -> int:
         t0 = time.perf_counter()
         fixed, moving, truth = sample_pair(kind)
         src = kind.split("-")[0]
-        result = fuse_images(fixed, moving, method=method, registration="rigid", device=args.device,
-                             return_weights=get_method(method).provides_weights if method else True,
-                             progress=sub, fixed_name="MR T1 (MNI152)",
-                             moving_name=f"{src.upper()} (synthetic)")
+        # PET is shown the nuclear-medicine way: its heat colours over the MR's detail
+        fuse = fuse_colour if kind == "pet-mr" else fuse_images
+        result = fuse(fixed, moving, method=method, registration="rigid", device=args.device,
+                      return_weights=get_method(method).provides_weights if method else True,
+                      progress=sub, fixed_name="MR T1 (MNI152)",
+                      moving_name=f"{src.upper()} (synthetic)")
         brain = result.fixed01 > 0.05
         tre = target_registration_error(result.registration.transform, truth, fixed, brain)
         metrics = volume_metrics_for(result, DEMO_METRICS)
@@ -80,14 +83,20 @@ def run(args) -> int:
         files["transform"] = out / f"{kind}_transform.tfm"
         overlay = None
         fused = sitk.GetArrayFromImage(result.fused)
+        panels = {"MR T1 (fixed)": result.fixed01,
+                  f"{src.upper()} registered (synthetic)": result.moving01,
+                  f"fused ({result.method})": fused}
+        if isinstance(result, ColourFusionResult):
+            files["colour"] = write_image(result.rgb, out / f"{kind}_fused_colour.nrrd")
+            panels = {"MR T1 (fixed)": result.fixed01,
+                      f"{src.upper()} registered ({result.colour_table}, synthetic)":
+                          result.functional_rgb / 255.0,
+                      f"fused ({result.method}), colour": sitk.GetArrayFromImage(result.rgb) / 255.0}
         if result.weights is not None:
             files["weights"] = write_image(result.weights, out / f"{kind}_weights.nii.gz")
-            overlay = ("contribution (MR=1)", sitk.GetArrayFromImage(result.weights))
+            overlay = ("contribution overlay", fused, sitk.GetArrayFromImage(result.weights))
         files["figure"] = save_planes_figure(
-            out / f"{kind}_demo.png",
-            {"MR T1 (fixed)": result.fixed01, f"{src.upper()} registered (synthetic)": result.moving01,
-             f"fused ({result.method})": fused},
-            overlay=overlay,
+            out / f"{kind}_demo.png", panels, overlay=overlay,
             title=f"MedFusion demo, {kind}: {SYNTHETIC_NOTE}")
         write_json({"note": SYNTHETIC_NOTE, "pair": kind, **result.summary(),
                     "registration_error_vs_truth": tre, "metrics": metrics,

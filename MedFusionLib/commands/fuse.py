@@ -9,7 +9,8 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from ..errors import InvalidInputError
-from ..io import read_image, write_image
+from ..colour import fuse_colour
+from ..io import is_colour, read_image, write_image
 from ..pipeline import fuse_images
 from ..progress import TextProgress
 from ._common import OutputSet, add_fusion_options, method_params, write_json
@@ -36,6 +37,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write the fused volume as a derived DICOM series into the folder -o, in the "
                         "study of FIXED (a CT or MR DICOM series), with the registration as a DICOM "
                         "Spatial Registration object when MOVING is DICOM")
+    colour = p.add_mutually_exclusive_group()
+    colour.add_argument("--color", "--colour", dest="color", nargs="?", const="heat", default=None,
+                        metavar="TABLE",
+                        help="colour fusion: the PET/SPECT (or RGB) source keeps its colours over the "
+                             "anatomical detail; TABLE for a greyscale PET/SPECT: heat (default), "
+                             "rainbow, grey. Default when an input is an RGB image.")
+    colour.add_argument("--grey", "--gray", dest="grey", action="store_true",
+                        help="greyscale result even when an input is an RGB image")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -75,19 +84,25 @@ def run(args) -> int:
     check_outputs_distinct([args.fixed, args.moving],
                            [args.output, args.metrics, args.transform, args.weights_map])
     outputs = OutputSet([args.output, args.metrics, args.transform, args.weights_map])
-    fixed = read_image(args.fixed, series_uid=args.fixed_series)
+    fixed = read_image(args.fixed, series_uid=args.fixed_series, keep_colour=not args.grey)
     if args.dicom:
         from ..dicom import check_derived_reference
 
         check_derived_reference(args.fixed, fixed)
-    moving = read_image(args.moving, series_uid=args.moving_series)
+    moving = read_image(args.moving, series_uid=args.moving_series, keep_colour=not args.grey)
+    colour = args.color is not None or is_colour(fixed) or is_colour(moving)
+    if colour and args.dicom:
+        raise InvalidInputError(f"{args.output}: --dicom writes a greyscale series; add --grey "
+                                "(or leave out --color).")
     progress = None if args.quiet else TextProgress(sys.stderr)
-    result = fuse_images(
+    fuse = fuse_colour if colour else fuse_images
+    extra = {"table": args.color or "heat"} if colour else {}
+    result = fuse(
         fixed, moving, method=args.method, registration=args.registration, device=args.device,
         fixed_modality=args.fixed_modality, moving_modality=args.moving_modality,
         ct_window=args.ct_window, return_weights=bool(args.weights_map), seed=args.seed,
         progress=progress, fixed_name=args.fixed, moving_name=args.moving,
-        **method_params(args.param))
+        **extra, **method_params(args.param))
     report = None
     if args.metrics:
         report = {"fixed": args.fixed, "moving": args.moving, "output": args.output,
@@ -102,7 +117,7 @@ def run(args) -> int:
                     transform=result.registration.transform, method=result.method):
                 outputs.add(path)
         else:
-            outputs.add(write_image(result.fused, args.output))
+            outputs.add(write_image(result.rgb if colour else result.fused, args.output))
         if args.weights_map:
             outputs.add(write_image(result.weights, args.weights_map))
         if args.transform:
