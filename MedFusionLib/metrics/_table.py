@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
-import numpy as np
 
 from ..errors import InvalidInputError, UnknownOptionError
 from . import _fmi, _gradient, _hvs, _information, _statistics, _structural, _vif
