@@ -32,19 +32,27 @@ import numpy as np
 
 __all__ = [
     "FrameBank",
+    "Coefficients",
     "PYRAMID_FILTERS",
+    "MARGIN",
+    "CPU_CHUNK_PIXELS",
     "fft_size",
     "symmetric_indices",
     "frequency_grid",
+    "pyramid_filters_1d",
     "pyramid_responses",
     "pseudo_polar_coordinate",
     "partition_windows",
     "tree_windows",
     "make_bank",
+    "cached_bank",
     "analysis",
     "synthesis",
     "fuse",
-    "CPU_CHUNK_PIXELS",
+    "decompose",
+    "check_levels",
+    "check_pfilt",
+    "as_batch",
 ]
 
 #: Pyramid filter families (see :func:`pyramid_filters_1d`).
