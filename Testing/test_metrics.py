@@ -96,6 +96,19 @@ def test_mutual_information_with_itself_is_its_entropy(pair):
     assert M.normalized_mutual_information(a, a, a, data_range=255) == pytest.approx(2.0)
 
 
+def test_mutual_information_agrees_with_scikit_learn(pair, rng):
+    """I(X;F) in bits equals scikit-learn's mutual_info_score (nats) / ln 2 on the same bins."""
+    from sklearn.metrics import mutual_info_score
+
+    from MedFusionLib.metrics._common import normalize1
+
+    a, b, _ = pair
+    f = np.clip(0.6 * a + 0.4 * b + rng.normal(0, 5, a.shape), 0, 255)
+    qa, qb, qf = (normalize1(x).ravel() for x in (a, b, f))
+    expected = (mutual_info_score(qa, qf) + mutual_info_score(qb, qf)) / np.log(2)
+    assert M.mutual_information(a, b, f, data_range=255) == pytest.approx(expected, rel=1e-10)
+
+
 def test_scd_cc_ssim_on_f_equal_a_and_b(pair):
     a, b, _ = pair
     r_ab = np.corrcoef(a.ravel(), b.ravel())[0, 1]

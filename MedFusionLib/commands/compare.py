@@ -6,6 +6,9 @@ averages over its datasets. The manifest is a CSV with a header naming the colum
 ``moving`` (paths relative to the CSV's folder unless absolute) and optionally ``name``,
 ``fixed_modality`` and ``moving_modality``. Each pair is registered once and every method fuses
 that same aligned pair. See :mod:`MedFusionLib.report` for what ``DIR`` receives.
+
+Exit status: 0 when every method ran on every pair, 3 when some failed (they are named on standard
+error and in the report; the others are still compared), 2 on unusable input.
 """
 
 from __future__ import annotations
