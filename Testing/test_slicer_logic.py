@@ -232,3 +232,29 @@ def test_dicom_modality_reaches_the_normalisation(mrml_scene, aligned_pair, monk
     res = sb.fuse_nodes(fixed, moving, out, method="maximum", registration="none")
     assert (res.fusion.moving_norm.modality, res.fusion.moving_norm.modality_source) == ("PET", "dicom")
     assert res.fusion.fixed_norm.modality_source == "guess"
+
+
+def test_headless_slice_view_shows_the_fused_volume():
+    """headless_scene's slice views blend layers as Slicer displays them (the screenshot path)."""
+    from vtk.util import numpy_support
+
+    scene, logics = sb.headless_scene(views=("Red", "Green"))
+    try:
+        a = slicer.util.addVolumeFromArray(_phantom(), ijkToRAS=np.diag([1.0, 1.0, 2.0, 1.0]), name="a")
+        b = slicer.util.addVolumeFromArray(_phantom(seed=2), ijkToRAS=np.diag([1.0, 1.0, 2.0, 1.0]), name="b")
+        out = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "fused")
+        sb.fuse_nodes(a, b, out, method="maximum", registration="none")
+        logic = logics["Red"]
+        assert logic.GetSliceCompositeNode().GetBackgroundVolumeID() == out.GetID()
+        logic.GetSliceNode().SetDimensions(64, 64, 1)
+        logic.FitSliceToAll()
+        producer = logic.GetImageDataConnection().GetProducer()
+        producer.Update()
+        image = producer.GetOutputDataObject(0)
+        assert image.GetDimensions()[:2] == (64, 64)
+        rgba = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(64, 64, -1)
+        grey = rgba[..., 0].astype(float)
+        assert np.ptp(grey) > 100  # the fused phantom is visible with its window/level
+        assert np.array_equal(rgba[..., 0], rgba[..., 1])  # grey colour table, no foreground tint
+    finally:
+        scene.Clear(1)
