@@ -239,3 +239,12 @@ def test_cuda_matches_cpu(name):
     # Max-abs ties may break differently under different FFT rounding: compare on average.
     assert np.abs(gpu - cpu).mean() < 1e-4
     assert np.abs(gpu - cpu).max() < 0.05
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_batch_result_equals_slice_by_slice(name):
+    a = _phantom((3, 40, 36))
+    b = _phantom((3, 40, 36), seed=9)
+    batch = _fuse(name, a, b)
+    single = np.concatenate([_fuse(name, a[i:i + 1], b[i:i + 1]) for i in range(3)])
+    np.testing.assert_allclose(batch, single, atol=1e-6)

@@ -31,21 +31,39 @@ def fuse_in_frame(bank_for, a: np.ndarray, b: np.ndarray, *, device: str, fuse_l
 
     on_cpu = torch.device(device).type == "cpu"
     threads = torch.get_num_threads()
-    try:
-        if on_cpu:
-            # The CPU path works on cache-sized chunks (a few planes); intra-op threading of such
-            # small operations costs more than it gains, and on a busy machine the spinning
-            # OpenMP workers slow it down by orders of magnitude.
-            torch.set_num_threads(1)
+    n = a.shape[0]
+    with torch.no_grad():
+        ta = torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32).to(device)
+        tb = torch.as_tensor(np.ascontiguousarray(b), dtype=torch.float32).to(device)
+        bank = bank_for(tuple(a.shape[-2:]), str(ta.device))
+
+    def run(lo: int, hi: int):
         with torch.no_grad():
-            ta = torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32).to(device)
-            tb = torch.as_tensor(np.ascontiguousarray(b), dtype=torch.float32).to(device)
-            bank = bank_for(tuple(a.shape[-2:]), str(ta.device))
-            fused = _frame.fuse(bank, ta, tb, fuse_low=fuse_low, fuse_band=fuse_band)
-            return fused.clamp_(0.0, 1.0).cpu().numpy().astype(np.float32, copy=False)
-    finally:
-        if on_cpu:
+            return _frame.fuse(bank, ta[lo:hi], tb[lo:hi], fuse_low=fuse_low, fuse_band=fuse_band)
+
+    if not on_cpu:
+        fused = run(0, n)
+    else:
+        # The CPU path works on cache-sized chunks (a few planes). Intra-op threading of such
+        # small operations costs more than it gains (and on a busy machine the spinning OpenMP
+        # workers slow it down by orders of magnitude), so torch runs single-threaded here and
+        # the slices are shared among as many Python threads as torch had intra-op threads
+        # (torch releases the GIL inside its kernels).
+        workers = min(threads, n)
+        torch.set_num_threads(1)
+        try:
+            if workers <= 1:
+                fused = run(0, n)
+            else:
+                from concurrent.futures import ThreadPoolExecutor
+
+                edges = np.linspace(0, n, workers + 1).round().astype(int)
+                with ThreadPoolExecutor(max_workers=workers) as pool:
+                    parts = list(pool.map(run, edges[:-1], edges[1:]))
+                fused = torch.cat(parts)
+        finally:
             torch.set_num_threads(threads)
+    return fused.clamp_(0.0, 1.0).cpu().numpy().astype(np.float32, copy=False)
 
 
 def average_maxabs_rules(consistency: bool):
