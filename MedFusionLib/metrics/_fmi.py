@@ -64,7 +64,12 @@ def _minmax(x: np.ndarray) -> np.ndarray:
 def _log2_or_0(p: np.ndarray) -> np.ndarray:
     """log2|p| where p != 0, else 0."""
     ap = np.abs(p)
-    return np.log2(ap, out=np.zeros_like(ap), where=ap > 0)
+    return np.log2(ap + (ap == 0))
+
+
+def _gather(a: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``a[rows[q, k], k]`` for a C-contiguous (l, K) array ``a``."""
+    return np.take(a.ravel(), rows * a.shape[1] + cols)
 
 
 def _nfmi_columns(x: np.ndarray, f: np.ndarray) -> np.ndarray:
@@ -73,9 +78,11 @@ def _nfmi_columns(x: np.ndarray, f: np.ndarray) -> np.ndarray:
     Equivalent to ``fmi.m``'s per-window loops, reorganised for speed:
 
     * Nelsen's joint pdf is coef * M + (1 - coef) * p_F p_X^T, where M is the cell mass of the
-      upper Frechet bound (c >= 0) or, for c < 0, of the lower bound, which equals the upper bound
-      of F and the reversed X. M is a "staircase": at most 2l - 1 non-zero cells, found by
-      merging the two CDFs' breakpoints.
+      upper Frechet bound (c >= 0) or, for c < 0, of the lower bound, which is the upper bound of
+      F and the reversed X. M is a "staircase" of at most 2l - 1 non-zero cells: merging the two
+      CDFs' breakpoints, each interval between consecutive breakpoints is one cell. The interval
+      ending at F breakpoint i lies in row i and in the column of the X breakpoints below it; the
+      one ending at X breakpoint j likewise.
     * The bound's covariance sum_ij [H(i, j) - F(i) X(j)] is, by Hoeffding's identity, the
       covariance of the window indices under M.
     * The joint entropy is the closed form of the product part over all cells,
@@ -104,19 +111,24 @@ def _nfmi_columns(x: np.ndarray, f: np.ndarray) -> np.ndarray:
     lxq = np.where(neg, lxp[::-1], lxp)
     exq = np.where(neg, (l - 1) - ex, ex)
 
-    # staircase of the comonotone coupling of F (cell rows i) and X (cell columns j)
-    breaks = np.concatenate([np.cumsum(fp, axis=0), np.cumsum(xq, axis=0)]).T  # (K, 2l)
-    order = np.argsort(breaks, axis=1)
-    tb = np.take_along_axis(breaks, order, axis=1).T
-    from_f = (order < l).T
-    i = np.cumsum(from_f, axis=0) - from_f  # F breakpoints passed before interval q
-    j = np.arange(2 * l)[:, None] - i  # ... and X breakpoints: q - i
-    mass = np.diff(tb, axis=0, prepend=0.0)
-    mass[(i >= l) | (j >= l) | (mass < 0)] = 0.0
-    np.minimum(i, l - 1, out=i)
-    np.minimum(j, l - 1, out=j)
+    # the staircase, F breakpoints first on ties
+    fc = np.cumsum(fp, axis=0)
+    xc = np.cumsum(xq, axis=0)
+    below = xc[None, :, :] < fc[:, None, :]  # [i, j]: X breakpoint j precedes F breakpoint i
+    r = below.sum(axis=1)  # column of the interval ending at F breakpoint i
+    s = l - below.sum(axis=0)  # row of the interval ending at X breakpoint j
+    cols = np.arange(k)
+    zero = np.zeros((1, k))
+    fc0 = np.concatenate([zero, fc])  # fc0[i] = F(i - 1), F(-1) = 0
+    xc0 = np.concatenate([zero, xc])
+    m_f = fc - np.maximum(fc0[:-1], _gather(xc0, r, cols))
+    m_f[(r >= l) | (m_f < 0)] = 0.0
+    m_x = xc - np.maximum(xc0[:-1], _gather(fc0, s, cols))
+    m_x[(s >= l) | (m_x < 0)] = 0.0
+    r = np.minimum(r, l - 1)
+    s = np.minimum(s, l - 1)
 
-    cov = (mass * i * j).sum(axis=0) - ef * exq
+    cov = (m_f * idx * r).sum(axis=0) + (m_x * s * idx).sum(axis=0) - ef * exq
     cov = np.where(neg, -cov, cov)
     sd = fsd * xsd
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -126,11 +138,11 @@ def _nfmi_columns(x: np.ndarray, f: np.ndarray) -> np.ndarray:
     w = 1.0 - coef
     log_w = _log2_or_0(w)
     hj = -w * (log_w - (hx + hf))
-    p = np.take_along_axis(fp, i, axis=0) * np.take_along_axis(xq, j, axis=0)
-    log_p = np.take_along_axis(lfp, i, axis=0) + np.take_along_axis(lxq, j, axis=0)
+    mass = np.concatenate([m_f, m_x])
+    p = np.concatenate([fp * _gather(xq, r, cols), _gather(fp, s, cols) * xq])
+    log_p = np.concatenate([lfp + _gather(lxq, r, cols), _gather(lfp, s, cols) + lxq])
     joint = coef * mass + w * p
-    product_term = -(w * p) * (log_w + log_p)
-    corr = -joint * _log2_or_0(joint) - product_term
+    corr = -joint * _log2_or_0(joint) + (w * p) * (log_w + log_p)
     hj = hj + np.where(mass > 0, corr, 0.0).sum(axis=0)
 
     mi = hx + hf - hj
