@@ -90,10 +90,14 @@ def symmetric_indices(n: int, before: int, after: int) -> np.ndarray:
     return np.where(idx >= n, 2 * n - 1 - idx, idx)
 
 
-def frequency_grid(hp: int, wp: int) -> tuple[np.ndarray, np.ndarray]:
-    """Angular frequencies ``(w_y, w_x)`` in [-pi, pi) of the rfft layout, shapes (hp, 1), (1, wp//2+1)."""
+def frequency_grid(hp: int, wp: int, *, full: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Angular frequencies ``(w_y, w_x)`` of the DFT bins, shapes ``(hp, 1)`` and ``(1, m)``.
+
+    ``m = wp // 2 + 1`` (the rfft layout, ``w_x`` in [0, pi]) or, with ``full=True``, ``m = wp``
+    (the fft layout, ``w_x`` in [-pi, pi)).
+    """
     wy = 2 * np.pi * np.fft.fftfreq(hp)[:, None]
-    wx = 2 * np.pi * np.fft.rfftfreq(wp)[None, :]
+    wx = 2 * np.pi * (np.fft.fftfreq(wp) if full else np.fft.rfftfreq(wp))[None, :]
     return wy, wx
 
 
@@ -270,18 +274,37 @@ class FrameBank:
         FFT grid ``(H_pad, W_pad)``.
     before : (int, int)
         Rows and columns of padding before the image.
-    low_analysis, low_synthesis : Tensor (H_pad, W_pad // 2 + 1)
-    band_analysis, band_synthesis : list of Tensor (n_dir, H_pad, W_pad // 2 + 1)
+    low_analysis_full : Tensor (H_pad, W_pad)
+        Analysis response of the lowpass on the full DFT grid (fft layout).
+    low_synthesis : Tensor (H_pad, W_pad // 2 + 1)
+        Synthesis response of the lowpass (rfft layout).
+    band_analysis_full : list of Tensor (n_dir, H_pad, W_pad)
+    band_synthesis : list of Tensor (n_dir, H_pad, W_pad // 2 + 1)
         One entry per band-pass level, coarse to fine.
+
+    The analysis responses are stored on the full grid because the fusion packs the two sources
+    into one complex image (``a + i b``), whose subbands are then one complex inverse FFT each
+    (real part: ``a``'s coefficients, imaginary part: ``b``'s), twice as fast as two real inverse
+    FFTs. Every response is real and even on the DFT grid (``R(k) = R(-k)``).
     """
 
     shape: tuple
     padded: tuple
     before: tuple
-    low_analysis: object
+    low_analysis_full: object
     low_synthesis: object
-    band_analysis: list
+    band_analysis_full: list
     band_synthesis: list
+
+    @property
+    def low_analysis(self):
+        """Analysis response of the lowpass in the rfft layout (a view)."""
+        return self.low_analysis_full[..., : self.padded[1] // 2 + 1]
+
+    @property
+    def band_analysis(self) -> list:
+        """Analysis responses of the band-pass levels in the rfft layout (views)."""
+        return [a[..., : self.padded[1] // 2 + 1] for a in self.band_analysis_full]
 
     @property
     def directions(self) -> list[int]:
@@ -311,37 +334,36 @@ def make_bank(shape, *, pyramid: str, directions, windows, device: str = "cpu") 
     h, w = (int(s) for s in shape)
     hp, wp = fft_size(h + 2 * MARGIN), fft_size(w + 2 * MARGIN)
     before = (MARGIN + (hp - h - 2 * MARGIN) // 2, MARGIN + (wp - w - 2 * MARGIN) // 2)
-    wy, wx = frequency_grid(hp, wp)
+    wy, wx = frequency_grid(hp, wp, full=True)
     low_a, low_s, bands = pyramid_responses(pyramid, wy, wx, len(directions))
     theta = pseudo_polar_coordinate(wy, wx)
-    # A real transform needs R(k_y, k_x) = R(-k_y, -k_x) on the DFT grid. In the rfft layout this
-    # constrains the columns k_x = 0 and k_x = Nyquist (w_x = pi), where the bins k_y and -k_y
-    # are both stored: on the Nyquist column their slopes differ. Symmetrise there with the
-    # root-mean-square, which keeps sum_k D_k^2 = 1.
-    wy_conj = (-wy + np.pi) % (2 * np.pi) - np.pi
-    cols = np.flatnonzero((wx[0] == 0) | (np.abs(wx[0]) == np.pi))
-    theta_cols = theta[:, cols]
-    theta_conj = pseudo_polar_coordinate(wy_conj, wx[:, cols])
+
+    def negated(r):
+        """``r`` at the DFT bins ``-k`` (indices taken modulo the grid size)."""
+        return np.roll(np.flip(r, axis=(-2, -1)), (1, 1), axis=(-2, -1))
 
     def directional(l):
         if l == 0:
             return np.ones((1,) + theta.shape)
+        # A real transform needs R(k) = R(-k) on the DFT grid. The slope of -k equals that of k
+        # except on the Nyquist row and column (where -pi maps to itself): symmetrise with the
+        # root-mean-square, which keeps sum_k D_k^2 = 1.
         d = windows(theta, l)
-        d_cols, dc_cols = windows(theta_cols, l), windows(theta_conj, l)
-        d[:, :, cols] = np.sqrt(0.5 * (d_cols ** 2 + dc_cols ** 2))
-        return d
+        return np.sqrt(0.5 * (d ** 2 + negated(d) ** 2))
 
     def tensor(x):
         return torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32, device=device)
 
-    band_a, band_s = [], []
+    half = wp // 2 + 1
+    band_full, band_s = [], []
     for (a, s), l in zip(bands, directions):
         d = directional(int(l))
-        band_a.append(tensor(a[None] * d))
-        band_s.append(band_a[-1] if np.array_equal(a, s) else tensor(s[None] * d))
-    low_a_t = tensor(low_a)
-    low_s_t = low_a_t if np.array_equal(low_a, low_s) else tensor(low_s)
-    return FrameBank((h, w), (hp, wp), before, low_a_t, low_s_t, band_a, band_s)
+        band_full.append(tensor(a[None] * d))
+        band_s.append(band_full[-1][..., :half] if np.array_equal(a, s)
+                      else tensor((s[None] * d)[..., :half]))
+    low_full = tensor(low_a)
+    low_s_t = low_full[..., :half] if np.array_equal(low_a, low_s) else tensor(low_s[..., :half])
+    return FrameBank((h, w), (hp, wp), before, low_full, low_s_t, band_full, band_s)
 
 
 def _pad(bank: FrameBank, x):
@@ -418,13 +440,15 @@ def fuse(bank: FrameBank, a, b, *, fuse_low, fuse_band, chunk_pixels: int | None
     if chunk_pixels == -1:
         chunk_pixels = None if a.is_cuda else CPU_CHUNK_PIXELS
     s = bank.padded
-    spec = torch.fft.rfft2(_pad(bank, torch.stack([a, b])))  # (2, N, H_pad, W_pad//2+1)
-    low = torch.fft.irfft2(spec * bank.low_analysis, s=s)
-    out = torch.fft.rfft2(fuse_low(low[0], low[1])) * bank.low_synthesis
+    # (N, H_pad, W_pad): F[a] + i F[b], scaled by 1/(H_pad W_pad) once here so that the many
+    # inverse transforms below need no scaling pass (norm="forward").
+    spec = torch.fft.fft2(_pad(bank, torch.complex(a, b)), norm="forward")
+    low = torch.fft.ifft2(spec * bank.low_analysis_full, norm="forward")
+    out = torch.fft.rfft2(fuse_low(low.real, low.imag)) * bank.low_synthesis
     del low
     n = a.shape[0]
     plane = s[0] * s[1]
-    for level, (an, sy) in enumerate(zip(bank.band_analysis, bank.band_synthesis)):
+    for level, (an, sy) in enumerate(zip(bank.band_analysis_full, bank.band_synthesis)):
         ndir = an.shape[0]
         if chunk_pixels is None:
             step, group = ndir, n
@@ -432,10 +456,11 @@ def fuse(bank: FrameBank, a, b, *, fuse_low, fuse_band, chunk_pixels: int | None
             step = min(ndir, max(1, chunk_pixels // plane))
             group = max(1, chunk_pixels // (step * plane))
         for g in range(0, n, group):
-            spec_g = spec[:, g:g + group, None]  # (2, n, 1, H_pad, W_pad//2+1)
+            spec_g = spec[g:g + group, None]  # (n, 1, H_pad, W_pad)
             for k in range(0, ndir, step):
-                coef = torch.fft.irfft2(spec_g * an[k:k + step], s=s)  # (2, n, c, H_pad, W_pad)
-                fused = fuse_band(coef[0], coef[1], level)
+                coef = torch.fft.ifft2(spec_g * an[k:k + step], norm="forward")  # (n, c, ...)
+                fused = fuse_band(coef.real, coef.imag, level)
+                del coef
                 out[g:g + group] += (torch.fft.rfft2(fused) * sy[k:k + step]).sum(dim=1)
     return _crop(bank, torch.fft.irfft2(out, s=s))
 
