@@ -352,6 +352,10 @@ def test_invalid_input(pair):
         compute_metrics(a[:20, :20], b[:20, :20], f[:20, :20], data_range=255)
     with pytest.raises(UnknownOptionError, match="options"):
         compute_metrics(a, b, f, keys=["FS"], data_range=255, options={"SF": {"variant": "x"}})
+    with pytest.raises(UnknownOptionError, match="must be one of vifb, mean"):
+        compute_metrics(a, b, f, keys=["SF"], data_range=255, options={"SF": {"variant": "x"}})
+    with pytest.raises(UnknownOptionError, match="has no option 'window'"):
+        compute_metrics(a, b, f, keys=["SSIM"], data_range=255, options={"SSIM": {"window": 7}})
     assert compute_metrics(a, b, f, keys="fs,ssim", data_range=255).keys() == {"FS", "SSIM"}
 
 

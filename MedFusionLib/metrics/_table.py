@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
@@ -280,19 +281,37 @@ def compute_metrics(a, b, f, *, keys=None, data_range: float = 1.0,
     ['EN', 'SCD']
     """
     keys = resolve_keys(keys)
-    options = dict(options or {})
-    for k in options:
+    options = _check_options(options, keys)
+    t = prepare(a, b, f, data_range, "compute_metrics")
+    _min_side_check(t.f.shape, keys, "compute_metrics")
+    return {k: float(METRICS[k].core(t, **options.get(k, {}))) for k in keys}
+
+
+#: Allowed string values of the options that select a variant.
+_CHOICES = {("SF", "variant"): ("vifb", "mean"), ("AG", "variant"): ("vifb", "mean"),
+            ("PSNR", "variant"): ("standard", "vifb"), ("Q_TE", "variant"): ("nava", "cvejic")}
+
+
+def _check_options(options, keys) -> dict:
+    """Validate per-key options against the keyword options of each metric's public function."""
+    out = {}
+    for k, opts in dict(options or {}).items():
         if k not in keys:
             raise UnknownOptionError(f"compute_metrics: options given for '{k}', which is not "
                                      f"among the requested keys {', '.join(keys)}.")
-    t = prepare(a, b, f, data_range, "compute_metrics")
-    _min_side_check(t.f.shape, keys, "compute_metrics")
-    out: dict[str, float] = {}
-    for k in keys:
-        try:
-            out[k] = float(METRICS[k].core(t, **options.get(k, {})))
-        except TypeError as exc:
-            raise UnknownOptionError(f"compute_metrics: bad options for '{k}': {exc}") from None
+        params = inspect.signature(METRICS[k].func).parameters
+        allowed = [n for n, p in params.items()
+                   if p.kind is inspect.Parameter.KEYWORD_ONLY and n != "data_range"]
+        for name, value in dict(opts).items():
+            if name not in allowed:
+                raise UnknownOptionError(
+                    f"compute_metrics: '{k}' has no option '{name}'; its options: "
+                    f"{', '.join(allowed) or 'none'}.")
+            choices = _CHOICES.get((k, name))
+            if choices and value not in choices:
+                raise UnknownOptionError(f"compute_metrics: {k} {name} must be one of "
+                                         f"{', '.join(choices)}, got {value!r}.")
+        out[k] = dict(opts)
     return out
 
 
