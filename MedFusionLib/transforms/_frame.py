@@ -14,12 +14,14 @@ here from two ingredients:
    keep perfect reconstruction.
 
 The image is extended by half-sample symmetric padding (as the toolboxes' symmetric extension)
-to an FFT-friendly size, the transform is computed with ``torch.fft.rfft2`` / ``irfft2`` on that
-grid, and the reconstruction is cropped back, so ``reconstruct(decompose(x)) == x`` to float32
-rounding for any ``H x W`` (odd and non-square included).
+to an FFT-friendly size, the transform is computed with torch FFTs on that grid, and the
+reconstruction is cropped back, so ``reconstruct(decompose(x)) == x`` to float32 rounding for any
+``H x W`` (odd and non-square included). Fusion (:func:`fuse`) packs the two sources into one
+complex image ``a + i b``: since every response is real and even, each subband of both sources is
+a single complex inverse FFT (real part: ``a``, imaginary part: ``b``).
 
 All responses are computed once per (size, parameters, device) in float64 numpy and cached as
-float32 torch tensors in the rfft layout ``(H_pad, W_pad // 2 + 1)``.
+float32 torch tensors (analysis on the full DFT grid, synthesis in the rfft layout).
 """
 
 from __future__ import annotations
