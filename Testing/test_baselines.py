@@ -248,3 +248,35 @@ def test_batch_result_equals_slice_by_slice(name):
     batch = _fuse(name, a, b)
     single = np.concatenate([_fuse(name, a[i:i + 1], b[i:i + 1]) for i in range(3)])
     np.testing.assert_allclose(batch, single, atol=1e-6)
+
+
+def test_wpd_matches_pywavelets_wavelet_packet_fusion():
+    rng = np.random.default_rng(6)
+    a = rng.random((1, 37, 50), dtype=np.float32)
+    b = rng.random((1, 37, 50), dtype=np.float32)
+    fused = _fuse("wpd", a, b, wavelet="db2", level=2, mode="symmetric")
+    pa = pywt.WaveletPacket2D(a[0].astype(np.float64), "db2", mode="symmetric", maxlevel=2)
+    pb = pywt.WaveletPacket2D(b[0].astype(np.float64), "db2", mode="symmetric", maxlevel=2)
+    pf = pywt.WaveletPacket2D(None, "db2", mode="symmetric", maxlevel=2)
+    for node in pa.get_level(2, "natural"):
+        ca, cb = node.data, pb[node.path].data
+        if node.path == "aa":
+            pf[node.path] = (ca + cb) / 2
+        else:
+            pf[node.path] = np.where(np.abs(ca) >= np.abs(cb), ca, cb)
+    ref = np.clip(pf.reconstruct(update=False)[:37, :50], 0, 1)
+    np.testing.assert_allclose(fused[0], ref, atol=1e-5)
+
+
+def test_swt_matches_a_direct_pywavelets_fusion():
+    rng = np.random.default_rng(8)
+    a = rng.random((1, 32, 40), dtype=np.float32)
+    b = rng.random((1, 32, 40), dtype=np.float32)
+    fused = _fuse("swt", a, b, wavelet="sym2", level=2)
+    ca = pywt.swt2(a[0].astype(np.float64), "sym2", level=2, trim_approx=True)
+    cb = pywt.swt2(b[0].astype(np.float64), "sym2", level=2, trim_approx=True)
+    cf = [(ca[0] + cb[0]) / 2]
+    for da, db in zip(ca[1:], cb[1:]):
+        cf.append(tuple(np.where(np.abs(x) >= np.abs(y), x, y) for x, y in zip(da, db)))
+    ref = np.clip(pywt.iswt2(cf, "sym2"), 0, 1)
+    np.testing.assert_allclose(fused[0], ref, atol=1e-5)
