@@ -432,3 +432,29 @@ def test_metrics_command_errors_exit_2_with_one_line(tmp_path, pair, capsys):
     assert "Did you mean 'SD'" in capsys.readouterr().err
     assert main(["metrics", pa, pb, pf, "--data-range", "255"]) == 2
     assert "--normalize none" in capsys.readouterr().err
+
+
+def test_matlab_style_helpers_match_direct_2d_filtering(rng):
+    """The separable filters equal MATLAB filter2 (2D correlation) in 'valid' and 'same' modes."""
+    from scipy.signal import correlate2d
+
+    from MedFusionLib.metrics._common import (block_reduce_padded, filter_same_separable,
+                                              filter_valid, freqspace_grid, gaussian_1d,
+                                              normalize1)
+
+    x = rng.random((23, 30)) * 255
+    g = gaussian_1d(11, 1.5)
+    yy, xx = np.mgrid[-5:6, -5:6]
+    w2 = np.exp(-(xx ** 2 + yy ** 2) / (2 * 1.5 ** 2))
+    w2 /= w2.sum()  # fspecial('gaussian', 11, 1.5)
+    np.testing.assert_allclose(filter_valid(x, g), correlate2d(x, w2, mode="valid"), atol=1e-10)
+    g31 = np.exp(-np.arange(-15, 16) ** 2 / 8.0)
+    np.testing.assert_allclose(filter_same_separable(x, g31),
+                               correlate2d(x, np.outer(g31, g31), mode="same"), atol=1e-8)
+    u, v = freqspace_grid((4, 5))
+    np.testing.assert_allclose(u[0], [-0.8, -0.4, 0.0, 0.4, 0.8])
+    np.testing.assert_allclose(v[:, 0], [-1.0, -0.5, 0.0, 0.5])
+    np.testing.assert_allclose(block_reduce_padded(np.ones((3, 5)), 2, "mean"),
+                               [[1.0, 1.0, 0.5], [0.5, 0.5, 0.25]])
+    q = normalize1(np.array([[0.0, 1.0], [0.5, 2.0]]))
+    np.testing.assert_array_equal(q, [[0, 128], [64, 255]])  # 63.75 -> 64, 127.5 -> 128
