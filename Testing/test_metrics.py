@@ -458,3 +458,21 @@ def test_matlab_style_helpers_match_direct_2d_filtering(rng):
                                [[1.0, 1.0, 0.5], [0.5, 0.5, 0.25]])
     q = normalize1(np.array([[0.0, 1.0], [0.5, 2.0]]))
     np.testing.assert_array_equal(q, [[0, 128], [64, 255]])  # 63.75 -> 64, 127.5 -> 128
+
+
+def test_swapping_the_sources(pair, rng):
+    """Metrics are symmetric in A and B, except FI (becomes 1/FI), VIFF (ties pick B), Q_C (its
+    clamps, Q = 0 where mu < 0 and Q = 1 where mu > 1, swap meaning) and the FMI family (fmi.m's
+    B branch sees the already-normalised F window)."""
+    a, b, _ = pair
+    f = np.clip(0.7 * a + 0.3 * b + rng.normal(0, 3, a.shape), 0, 255)
+    ab = compute_metrics(a, b, f, data_range=255)
+    ba = compute_metrics(b, a, f, data_range=255)
+    asymmetric = {"FI", "VIFF", "Q_C", "FMI_pixel", "FMI_dct", "FMI_w"}
+    for k in ALL_KEYS:
+        if k not in asymmetric:
+            assert ba[k] == pytest.approx(ab[k], rel=1e-9, abs=1e-12), k
+    assert ba["FI"] == pytest.approx(1 / ab["FI"])
+    assert ba["VIFF"] == pytest.approx(ab["VIFF"], rel=1e-3)
+    assert ba["FMI_pixel"] == pytest.approx(ab["FMI_pixel"], rel=1e-2)
+    assert ba["Q_C"] != pytest.approx(ab["Q_C"], rel=1e-3)

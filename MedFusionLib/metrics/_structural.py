@@ -266,7 +266,9 @@ def cvejic(source_a, source_b, fused, *, data_range=None, nan_guard: bool = True
     Returns
     -------
     float
-        Direction: higher is better. Range [0, 1].
+        Direction: higher is better. Range [0, 1]. Not symmetric in A and B: where the local
+        covariances have opposite signs the clamps give 0 or 1 depending on which source is A
+        (as in the reference code).
 
     References
     ----------
