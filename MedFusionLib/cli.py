@@ -19,7 +19,7 @@ from .errors import CancelledError, MedFusionError
 __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
 #: Subcommand modules, in the order ``medfusion --help`` lists them.
-COMMAND_MODULES = ["fuse", "batch", "metrics", "compare", "list_methods", "demo", "dicom_ls"]
+COMMAND_MODULES = ["fuse", "batch", "metrics", "compare", "list_methods", "demo", "train", "dicom_ls"]
 
 
 def _available_commands():

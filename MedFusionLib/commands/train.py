@@ -1,0 +1,50 @@
+"""``medfusion train --config CONFIG.json --out models/NAME.pt``: train or fine-tune the CNN."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..devices import DEVICES
+
+NAME = "train"
+HELP = "train the CNN fusion network (or fine-tune it on your own image pairs)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="CONFIG.json", default=None,
+                   help="training settings (JSON; see models/fusionnet-train.json); defaults if omitted")
+    p.add_argument("--out", required=True, metavar="NAME.pt",
+                   help="output weights; its SHA-256 is recorded in models.json in the same folder")
+    p.add_argument("--init", metavar="MODEL", default=None,
+                   help="start from this model (registry name or registered .pt): fine-tuning")
+    p.add_argument("--data", metavar="DIR", default=None,
+                   help="your co-registered pairs: DIR/A/<name> and DIR/B/<name> (default: the "
+                        "bundled MNI152 + synthetic CT/PET training slices)")
+    p.add_argument("--name", default=None, help="registry name (default: the file's stem)")
+    p.add_argument("--steps", type=int, default=None, help="override the config's number of steps")
+    p.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    p.add_argument("--device", default="auto", help=f"compute device: {'|'.join(DEVICES)} (default auto)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+
+
+def run(args) -> int:
+    from ..training import load_config, train
+
+    config = load_config(args.config)
+    if args.steps is not None:
+        config.steps = args.steps
+    if args.seed is not None:
+        config.seed = args.seed
+    config.validate()
+
+    def progress(fraction, message):
+        if not args.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    result = train(config, args.out, init=args.init, data=args.data, device=args.device,
+                   threads=args.threads, name=args.name, progress=progress)
+    print(f"{result.path}\tsha256={result.sha256}\tsteps={result.steps}\t"
+          f"loss {result.first_loss:.4f} -> {result.final_loss:.4f}\t{result.seconds:.0f} s")
+    return 0

@@ -1,0 +1,97 @@
+"""CNN fusion (the review's algorithm, §2.5 and §2.7) with the shipped, SHA-256 verified weights.
+
+The method runs :class:`MedFusionLib.nets.fusionnet.FusionNet` on batches of slices. torch is
+imported only when the method runs, so the engine imports without it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._registry import look_up, register
+
+__all__ = ["cnn_fusion", "LEVELS", "RULES"]
+
+LEVELS = ("feature", "pixel")
+RULES = ("learned", "addition", "average", "maximum", "l1")
+
+
+@register("cnn", title="CNN fusion (Siamese encoder, learned weights)", family="deep",
+          reference="Multi-modal medical image fusion with a Siamese CNN, per-pixel weights and a "
+                    "reconstruction decoder, following the algorithm of the MedFusion review "
+                    "(sections 2.5 and 2.7); MedFusion model card: models/MODEL_CARD.md.",
+          needs_torch=True, supports_cuda=True, provides_weights=True, slices_per_batch=16)
+def cnn_fusion(a: np.ndarray, b: np.ndarray, *, level: str = "feature", rule: str = "learned",
+               model: str = "default", enhance: bool = False, device: str = "cpu",
+               return_weights: bool = False):
+    """Fuse batches of slices with the trained CNN.
+
+    Parameters
+    ----------
+    a, b : ndarray
+        ``float32 (N, H, W)`` co-registered slices in [0, 1].
+    level : {"feature", "pixel"}, optional
+        ``feature`` (default): fuse the encoder's feature maps with the rule's weights and decode
+        them (feature-level fusion). ``pixel``: apply the rule's weight map directly to the source
+        pixels (pixel-level fusion; ``maximum`` and ``addition`` then act on the pixels).
+    rule : {"learned", "addition", "average", "maximum", "l1"}, optional
+        ``learned`` (default): the network's weight head (softmax over the two sources).
+        ``addition``: sum of the feature maps. ``average``: equal weights. ``maximum``: element-wise
+        maximum. ``l1``: weights proportional to the L1 activity of each source's features.
+    model : str, optional
+        Name of a model in ``models/models.json`` (``default``: the registry's default), or the
+        path of a registered ``.pt`` file (e.g. one written by ``medfusion train``).
+    enhance : bool, optional
+        Post-process the fused slice with an unsharp mask (review §2.5.6).
+    device : str
+        ``cpu`` or ``cuda`` (resolved by the driver). On CUDA the network runs in half precision.
+    return_weights : bool
+        Also return the per-pixel share of ``a`` in [0, 1].
+
+    Returns
+    -------
+    fused : ndarray
+        ``float32 (N, H, W)`` in [0, 1].
+    weight_a : ndarray
+        Only with ``return_weights``: ``float32 (N, H, W)`` in [0, 1].
+
+    Raises
+    ------
+    UnknownOptionError
+        For an unknown ``level``, ``rule`` or ``model``.
+    WeightsError
+        If the model's weights file is missing or fails its SHA-256 check.
+    torch.cuda.OutOfMemoryError
+        On CUDA when a batch does not fit; the driver then continues on the CPU.
+    """
+    import torch
+
+    from ..nets.fusionnet import unsharp_mask
+    from ..nets.weights import load_model
+
+    level = look_up(level, LEVELS, what="CNN fusion level")
+    rule = look_up(rule, RULES, what="CNN fusion rule")
+    if not isinstance(enhance, (bool, np.bool_)):
+        raise TypeError(f"enhance must be True or False, got {enhance!r}.")
+    cuda = str(device).startswith("cuda")
+    net = load_model(model, device=device, half=cuda)
+    dtype = torch.float16 if cuda else torch.float32
+    try:
+        with torch.inference_mode():
+            ta = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[:, None]
+            tb = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32))[:, None]
+            ta = ta.to(device=device, dtype=dtype, non_blocking=True)
+            tb = tb.to(device=device, dtype=dtype, non_blocking=True)
+            fused, share = net(ta, tb, rule=rule, level=level)
+            fused = fused.clamp(0.0, 1.0)
+            if enhance:
+                fused = unsharp_mask(fused)
+            out = fused[:, 0].float().cpu().numpy()
+            wa = share[:, 0].float().cpu().numpy() if return_weights else None
+    except torch.cuda.OutOfMemoryError:
+        # release what this batch held; the driver catches the error and continues on the CPU
+        torch.cuda.empty_cache()
+        raise
+    if return_weights:
+        return out, wa
+    return out

@@ -1,0 +1,531 @@
+"""Unsupervised, reproducible training of :class:`~MedFusionLib.nets.fusionnet.FusionNet`.
+
+No ground-truth fused images exist, so the network is trained with a *fusion loss* that scores a
+fused slice ``F`` against its two sources ``A`` and ``B`` (all in [0, 1]):
+
+- **intensity fidelity**: ``|F - max(A, B)|`` (keep the brighter, more informative source: bone
+  from CT, uptake from PET, tissue from MR);
+- **gradient fidelity**: ``| |grad F| - max(|grad A|, |grad B|) |`` (keep the stronger edge of the
+  two sources at every pixel; Sobel gradients);
+- **structural similarity** to both sources: ``2 - SSIM(F, A) - SSIM(F, B)``.
+
+A fraction of the pairs are a slice with itself; for them the same loss asks ``F = A``, which
+keeps the network an identity on identical inputs.
+
+Training data (built in memory, nothing is downloaded): axial slices of the MNI152 T1 template and
+of the synthetic CT-like and PET-like volumes derived from its tissue maps
+(:func:`MedFusionLib.datasets.sample_volumes`), plus *random-contrast* images synthesised from the
+same tissue maps (grey matter, white matter, CSF, bone, scalp, each with a random intensity).
+An axial slab (``holdout_z``) is never used in training; it is part of the validation set.
+Augmentation randomises the contrast of each source independently (gamma, inversion of the head,
+intensity scale, Gaussian blur and noise, random CT windows, source order, flips and 90 degree
+rotations), so the network does not learn one modality pair.
+
+Fine-tuning (transfer learning, review §2.6): ``--init`` a trained model and ``--data DIR`` with a
+user's own co-registered pairs. Layout of ``DIR``::
+
+    DIR/A/<name>.<ext>   first source (e.g. MR)
+    DIR/B/<name>.<ext>   second source (e.g. CT, PET, SPECT), same name, same grid
+
+Any format :func:`MedFusionLib.io.read_image` reads (PNG, NIfTI, NRRD, MHA, DICOM folders); 3D
+volumes contribute every axial slice. Each image is normalised by
+:func:`MedFusionLib.normalize.normalize` with its guessed modality.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InvalidInputError
+from .progress import ProgressCallback, report
+
+__all__ = ["TrainConfig", "load_config", "fusion_loss", "SliceBank", "mni_bank", "folder_bank",
+           "train", "TrainResult"]
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (all fields may be given in the JSON config file).
+
+    Attributes
+    ----------
+    seed : int
+        Seeds numpy and torch; the same config, data and seed give the same weights.
+    steps : int
+        Optimizer steps.
+    batch_size : int
+        Pairs per step.
+    patch : int
+        Side of the square training crops (pixels; a multiple of 4).
+    lr : float
+        Peak Adam learning rate (cosine decay to 5 %, after ``warmup`` steps of linear warm-up).
+    warmup : int
+        Warm-up steps.
+    weight_decay : float
+        Adam weight decay.
+    channels : list of int
+        FusionNet feature channels ``[c1, c2]`` (ignored with ``--init``: the model's own).
+    head_channels : int
+        FusionNet weight-head width (ignored with ``--init``).
+    loss : dict
+        Weights of the loss terms ``intensity``, ``gradient``, ``ssim``.
+    identity_prob : float
+        Fraction of pairs made of a slice with itself.
+    rule_mix : float
+        Fraction of steps that fuse with a random fixed rule (addition/average/maximum/l1) instead
+        of the learned weights, so the decoder serves every rule.
+    holdout_z : list of int
+        ``[z0, z1)``: MNI axial slices never used for training (validation slab).
+    log_every : int
+        Steps between progress messages.
+    """
+
+    seed: int = 0
+    steps: int = 3000
+    batch_size: int = 16
+    patch: int = 96
+    lr: float = 3e-3
+    warmup: int = 100
+    weight_decay: float = 0.0
+    channels: list = field(default_factory=lambda: [16, 32])
+    head_channels: int = 16
+    loss: dict = field(default_factory=lambda: {"intensity": 1.0, "gradient": 2.0, "ssim": 1.0})
+    identity_prob: float = 0.08
+    rule_mix: float = 0.25
+    holdout_z: list = field(default_factory=lambda: [75, 115])
+    log_every: int = 100
+
+    def validate(self) -> "TrainConfig":
+        """Check ranges; raise :class:`InvalidInputError` naming the bad field."""
+        checks = [
+            ("steps", self.steps >= 1), ("batch_size", self.batch_size >= 1),
+            ("patch", self.patch >= 8 and self.patch % 4 == 0), ("lr", self.lr > 0),
+            ("warmup", self.warmup >= 0), ("identity_prob", 0 <= self.identity_prob <= 1),
+            ("rule_mix", 0 <= self.rule_mix <= 1), ("log_every", self.log_every >= 1),
+            ("channels", len(self.channels) == 2 and all(int(c) >= 1 for c in self.channels)),
+            ("holdout_z", len(self.holdout_z) == 2 and self.holdout_z[0] <= self.holdout_z[1]),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise InvalidInputError(f"training config: invalid value for '{name}': "
+                                        f"{getattr(self, name)!r}.")
+        unknown = set(self.loss) - {"intensity", "gradient", "ssim"}
+        if unknown:
+            raise InvalidInputError(f"training config: unknown loss term(s) {sorted(unknown)}; "
+                                    "use intensity, gradient, ssim.")
+        return self
+
+
+def load_config(path: str | os.PathLike | None) -> TrainConfig:
+    """Read a JSON training config (missing keys take the defaults of :class:`TrainConfig`)."""
+    if path is None:
+        return TrainConfig().validate()
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidInputError(f"{path}: training config not found.") from None
+    except ValueError as exc:
+        raise InvalidInputError(f"{path}: not valid JSON ({exc}).") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{path}: a training config is a JSON object.")
+    known = set(TrainConfig.__dataclass_fields__)
+    unknown = sorted(set(data) - known - {"comment"})
+    if unknown:
+        raise InvalidInputError(f"{path}: unknown config key(s) {unknown}; known: {sorted(known)}.")
+    data.pop("comment", None)
+    return TrainConfig(**data).validate()
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss
+# ---------------------------------------------------------------------------------------------
+def _sobel(x):
+    import torch
+    import torch.nn.functional as F
+
+    k = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=x.dtype,
+                     device=x.device)
+    w = torch.stack([k, k.t()])[:, None]
+    g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), w)
+    return torch.sqrt(g[:, :1] ** 2 + g[:, 1:] ** 2 + 1e-8)
+
+
+def _ssim_map(x, y, *, sigma: float = 1.5):
+    import torch
+    import torch.nn.functional as F
+
+    r = 5
+    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    g = torch.exp(-(t * t) / (2 * sigma * sigma))
+    g = g / g.sum()
+    gh, gv = g.view(1, 1, 1, -1), g.view(1, 1, -1, 1)
+
+    def blur(z):
+        return F.conv2d(F.conv2d(z, gh), gv)
+
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    mx, my = blur(x), blur(y)
+    sxx = blur(x * x) - mx * mx
+    syy = blur(y * y) - my * my
+    sxy = blur(x * y) - mx * my
+    return ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+
+
+def fusion_loss(fused, a, b, *, weights: dict | None = None):
+    """Unsupervised fusion loss of a batch (see the module docstring).
+
+    Parameters
+    ----------
+    fused, a, b : Tensor
+        ``(N, 1, H, W)``; sources in [0, 1].
+    weights : dict, optional
+        Weights of ``intensity``, ``gradient`` and ``ssim`` (defaults 1, 2, 1).
+
+    Returns
+    -------
+    total : Tensor
+        Scalar loss.
+    terms : dict
+        Float value of each term.
+    """
+    import torch
+
+    w = {"intensity": 1.0, "gradient": 2.0, "ssim": 1.0}
+    w.update(weights or {})
+    l_int = (fused - torch.maximum(a, b)).abs().mean()
+    ga, gb, gf = _sobel(a), _sobel(b), _sobel(fused)
+    l_grad = (gf - torch.maximum(ga, gb)).abs().mean()
+    l_ssim = 2.0 - _ssim_map(fused, a).mean() - _ssim_map(fused, b).mean()
+    total = w["intensity"] * l_int + w["gradient"] * l_grad + w["ssim"] * l_ssim
+    return total, {"intensity": float(l_int.detach()), "gradient": float(l_grad.detach()),
+                   "ssim": float(l_ssim.detach())}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+class SliceBank:
+    """Co-registered 2D slices of several "modalities", and a sampler of augmented pairs.
+
+    Parameters
+    ----------
+    images : dict of str -> ndarray
+        ``name -> float32 (S, H, W)`` in [0, 1]; every entry has the same shape (slice ``s`` of
+        every entry shows the same anatomy).
+    tissues : ndarray, optional
+        ``float32 (S, K, H, W)`` tissue fractions for random-contrast synthesis.
+    ct_hu : ndarray, optional
+        ``float32 (S, H, W)`` CT in HU, windowed at random when the ``ct`` entry is drawn.
+    pairs : list of (str, str), optional
+        Which entries may be paired (default: every two different entries).
+    """
+
+    CT_WINDOWS = ((40.0, 80.0), (40.0, 400.0), (300.0, 1500.0), (600.0, 2800.0), (50.0, 2000.0))
+
+    def __init__(self, images: dict, *, tissues=None, ct_hu=None, pairs=None):
+        if not images:
+            raise InvalidInputError("the training data set is empty.")
+        shapes = {v.shape for v in images.values()}
+        if len(shapes) != 1:
+            raise InvalidInputError(f"training images differ in shape: {sorted(shapes)}.")
+        self.images = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in images.items()}
+        self.tissues = tissues
+        self.ct_hu = ct_hu
+        names = list(self.images) + (["synth"] if tissues is not None else [])
+        self.names = names
+        self.pairs = pairs or [(p, q) for i, p in enumerate(names) for q in names[i + 1:]]
+        self.n_slices, self.height, self.width = next(iter(self.images.values())).shape
+
+    def _source(self, name: str, s: int, rng) -> np.ndarray:
+        if name == "synth":
+            t = self.tissues[s]
+            c = rng.uniform(0.0, 1.0, size=t.shape[0]).astype(np.float32)
+            img = np.tensordot(c, t, axes=1)
+            return img / max(float(img.max()), 1e-3)
+        if name == "ct" and self.ct_hu is not None:
+            level, width = self.CT_WINDOWS[rng.integers(len(self.CT_WINDOWS))]
+            return np.clip((self.ct_hu[s] - (level - width / 2)) / width, 0.0, 1.0)
+        return self.images[name][s]
+
+    def sample(self, n: int, patch: int, rng, *, identity_prob: float = 0.0):
+        """``n`` pairs of ``patch x patch`` crops: two ``float32 (n, patch, patch)`` arrays."""
+        out_a = np.zeros((n, patch, patch), np.float32)
+        out_b = np.zeros((n, patch, patch), np.float32)
+        for i in range(n):
+            s = int(rng.integers(self.n_slices))
+            p, q = self.pairs[rng.integers(len(self.pairs))]
+            a = self._source(p, s, rng)
+            b = a if rng.random() < identity_prob else self._source(q, s, rng)
+            if rng.random() < 0.5:
+                a, b = b, a
+            a, b = _augment(a, rng), (a if b is a else _augment(b, rng))
+            h, w = a.shape
+            # centre the crop on a random foreground pixel (most of a slice is air)
+            fg = np.flatnonzero((a > 0.05) | (b > 0.05))
+            cy, cx = divmod(int(fg[rng.integers(fg.size)]), w) if fg.size else (h // 2, w // 2)
+            y0 = int(np.clip(cy - patch // 2 + rng.integers(-patch // 4, patch // 4 + 1), 0,
+                             max(0, h - patch)))
+            x0 = int(np.clip(cx - patch // 2 + rng.integers(-patch // 4, patch // 4 + 1), 0,
+                             max(0, w - patch)))
+            ca, cb = a[y0:y0 + patch, x0:x0 + patch], b[y0:y0 + patch, x0:x0 + patch]
+            k = int(rng.integers(4))
+            flip = rng.random() < 0.5
+            for dst, src in ((out_a, ca), (out_b, cb)):
+                src = np.rot90(src, k)
+                if flip:
+                    src = src[:, ::-1]
+                dst[i, :src.shape[0], :src.shape[1]] = src
+        return out_a, out_b
+
+
+def _augment(x: np.ndarray, rng) -> np.ndarray:
+    """Random contrast of one source: gamma, head inversion, scale, blur, noise (stays in [0, 1])."""
+    from scipy import ndimage
+
+    x = np.asarray(x, np.float32)
+    fg = x > 0.02
+    y = x ** np.float32(math.exp(rng.uniform(math.log(0.6), math.log(1.7))))
+    if rng.random() < 0.15:  # polarity swap inside the head (a T2/PD-like contrast)
+        y = np.where(fg, 1.0 - y, 0.0).astype(np.float32)
+    if rng.random() < 0.3:
+        y = y * np.float32(rng.uniform(0.6, 1.0))
+    if rng.random() < 0.25:
+        y = ndimage.gaussian_filter(y, float(rng.uniform(0.5, 1.5)))
+    if rng.random() < 0.3:
+        y = y + rng.normal(0.0, rng.uniform(0.005, 0.03), y.shape).astype(np.float32) * fg
+    return np.clip(y, 0.0, 1.0).astype(np.float32)
+
+
+def _mni_sources():
+    """MNI-grid volumes (z, y, x): T1, CT (HU), PET and tissue fractions."""
+    import SimpleITK as sitk
+    from nilearn import datasets as nds
+
+    from .datasets import sample_volumes
+
+    vols = sample_volumes()
+    t1 = sitk.GetArrayFromImage(vols["mr_t1"]).astype(np.float32)
+    ct = sitk.GetArrayFromImage(vols["ct"]).astype(np.float32)
+    pet = sitk.GetArrayFromImage(vols["pet"]).astype(np.float32)
+
+    def as_zyx(img):  # nilearn (x, y, z) -> the (z, y, x) array order of sample_volumes
+        return np.asarray(img.dataobj, dtype=np.float32).transpose(2, 1, 0)
+
+    gm = as_zyx(nds.load_mni152_gm_template(resolution=1))
+    wm = as_zyx(nds.load_mni152_wm_template(resolution=1))
+    brain = as_zyx(nds.load_mni152_brain_mask(resolution=1)) > 0
+    if gm.shape != t1.shape:
+        raise InvalidInputError(f"MNI tissue maps {gm.shape} do not match the T1 {t1.shape}.")
+    return t1, ct, pet, gm, wm, brain
+
+
+def _mr01(t1: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(t1, [0.5, 99.5])
+    return np.clip((t1 - lo) / (hi - lo), 0, 1).astype(np.float32)
+
+
+def mni_bank(*, z_range=(12, 176), exclude=(75, 115)) -> SliceBank:
+    """The default training bank: MNI axial slices in ``z_range`` outside ``exclude``.
+
+    Entries ``mr`` (T1), ``ct`` (HU, random window at sampling), ``pet`` and ``synth`` (random
+    tissue contrasts). Pairs: mr-ct, mr-pet, ct-pet, and synth with each.
+    """
+    t1, ct, pet, gm, wm, brain = _mni_sources()
+    zs = [z for z in range(*z_range) if not exclude[0] <= z < exclude[1]]
+    mr = _mr01(t1)[zs]
+    pet01 = np.clip(pet / np.percentile(pet, 99.9), 0, 1).astype(np.float32)[zs]
+    ct_hu = ct[zs]
+    gm, wm, brain = gm[zs], wm[zs], brain[zs]
+    csf = np.clip(brain.astype(np.float32) - gm - wm, 0, 1)
+    bone = np.clip((ct_hu - 300.0) / 700.0, 0, 1)
+    head = (mr > 0.05) | (bone > 0)
+    soft = (head & ~brain).astype(np.float32) * (1 - bone) * mr
+    tissues = np.stack([gm, wm, csf, bone, soft], axis=1).astype(np.float32)
+    ct01 = np.clip((ct_hu + 160.0) / 400.0, 0, 1).astype(np.float32)
+    return SliceBank({"mr": mr, "ct": ct01, "pet": pet01}, tissues=tissues, ct_hu=ct_hu,
+                     pairs=[("mr", "ct"), ("mr", "pet"), ("ct", "pet"), ("mr", "synth"),
+                            ("ct", "synth"), ("pet", "synth")])
+
+
+def folder_bank(folder: str | os.PathLike, *, patch: int = 96) -> SliceBank:
+    """A bank of a user's co-registered pairs: ``folder/A/<name>`` with ``folder/B/<name>``.
+
+    Every slice is zero-padded to the largest slice size (at least ``patch``).
+    """
+    from .io import read_image
+    from .normalize import normalize
+
+    folder = Path(folder)
+    da, db = folder / "A", folder / "B"
+    if not da.is_dir() or not db.is_dir():
+        raise InvalidInputError(f"{folder}: a fine-tuning folder needs sub-folders A/ and B/ with "
+                                "co-registered images of the same names.")
+    names = sorted(p.name for p in da.iterdir() if not p.name.startswith("."))
+    pairs = [(da / n, db / n) for n in names if (db / n).exists()]
+    if not pairs:
+        raise InvalidInputError(f"{folder}: no file in A/ has a partner of the same name in B/.")
+    slices_a, slices_b = [], []
+    for pa, pb in pairs:
+        ia, ib = read_image(pa), read_image(pb)
+        if ia.GetSize() != ib.GetSize():
+            raise InvalidInputError(f"{pa.name}: A is {ia.GetSize()} but B is {ib.GetSize()}; the "
+                                    "pairs must be co-registered on one grid.")
+        xa, _ = normalize(ia, name=str(pa))
+        xb, _ = normalize(ib, name=str(pb))
+        if xa.ndim == 2:
+            xa, xb = xa[None], xb[None]
+        slices_a.extend(xa)
+        slices_b.extend(xb)
+    h = max(patch, max(s.shape[0] for s in slices_a))
+    w = max(patch, max(s.shape[1] for s in slices_a))
+    a = np.zeros((len(slices_a), h, w), np.float32)
+    b = np.zeros_like(a)
+    for i, (sa, sb) in enumerate(zip(slices_a, slices_b)):
+        a[i, :sa.shape[0], :sa.shape[1]] = sa
+        b[i, :sb.shape[0], :sb.shape[1]] = sb
+    return SliceBank({"A": a, "B": b})
+
+
+# ---------------------------------------------------------------------------------------------
+# Training loop
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    path: Path
+    sha256: str
+    steps: int
+    seconds: float
+    first_loss: float
+    final_loss: float
+    history: list
+    config: dict
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def train(config: TrainConfig, out: str | os.PathLike, *, init: str | os.PathLike | None = None,
+          data: str | os.PathLike | None = None, bank: SliceBank | None = None,
+          device: str = "cpu", threads: int | None = None, name: str | None = None,
+          description: str = "", progress: ProgressCallback | None = None) -> TrainResult:
+    """Train (or fine-tune) a FusionNet and write it as a registered weights file.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        Settings (see :class:`TrainConfig`).
+    out : path
+        Output ``.pt``; the file's SHA-256 is recorded in ``models.json`` next to it.
+    init : str or path, optional
+        Model to start from (registry name or registered ``.pt``; verified like any load).
+    data : path, optional
+        Fine-tuning folder (layout in the module docstring); default: the MNI training bank.
+    bank : SliceBank, optional
+        A ready bank (tests); overrides ``data``.
+    device : str
+        ``auto``, ``cpu`` or ``cuda``.
+    threads : int, optional
+        CPU threads for torch (default: leave torch's setting).
+    progress : callable, optional
+        ``progress(fraction, message)``.
+
+    Returns
+    -------
+    TrainResult
+    """
+    import random
+
+    import torch
+
+    from .devices import resolve_device
+    from .nets.fusionnet import FEATURE_RULES, FusionNet
+    from .nets.weights import build_model, load_checkpoint, model_entry, register_model, save_checkpoint
+
+    config.validate()
+    out = Path(out)
+    if out.suffix != ".pt":
+        raise InvalidInputError(f"{out}: the output weights file must end in .pt.")
+    dev = resolve_device(device)
+    if threads:
+        torch.set_num_threads(int(threads))
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+
+    if init is not None:
+        path, entry = model_entry(init)
+        net = build_model(load_checkpoint(path, sha256=entry["sha256"]))
+        init_desc = f"{entry['name']} ({entry['sha256'][:12]})"
+    else:
+        net = FusionNet(channels=tuple(config.channels), head_channels=config.head_channels)
+        init_desc = None
+    net = net.to(dev).train()
+    if bank is None:
+        report(progress, 0.0, "building the training slices" + (f" from {data}" if data else
+                                                                   " (MNI152 + synthetic CT/PET)"))
+        bank = folder_bank(data, patch=config.patch) if data is not None else mni_bank(
+            exclude=tuple(config.holdout_z))
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    fixed_rules = [r for r in FEATURE_RULES if r != "learned"]
+
+    history = []
+    t0 = time.perf_counter()
+    running = None
+    first = None
+    for step in range(config.steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, config)
+        xa, xb = bank.sample(config.batch_size, config.patch, rng,
+                             identity_prob=config.identity_prob)
+        a = torch.from_numpy(xa)[:, None].to(dev)
+        b = torch.from_numpy(xb)[:, None].to(dev)
+        rule = "learned"
+        if config.rule_mix > 0 and rng.random() < config.rule_mix:
+            rule = fixed_rules[int(rng.integers(len(fixed_rules)))]
+        fused, _ = net(a, b, rule=rule)
+        loss, terms = fusion_loss(fused, a, b, weights=config.loss)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise InvalidInputError(f"training diverged at step {step} (loss {value}); lower lr.")
+        first = value if first is None else first
+        running = value if running is None else 0.95 * running + 0.05 * value
+        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+            history.append({"step": step + 1, "loss": round(running, 6),
+                            **{k: round(v, 6) for k, v in terms.items()}})
+            elapsed = time.perf_counter() - t0
+            report(progress, (step + 1) / config.steps,
+                   f"step {step + 1}/{config.steps}: loss {running:.4f} "
+                   f"(int {terms['intensity']:.4f}, grad {terms['gradient']:.4f}, "
+                   f"ssim {terms['ssim']:.4f}), {elapsed:.0f} s")
+    seconds = time.perf_counter() - t0
+    net = net.eval().to("cpu")
+    meta = {"config": asdict(config), "init": init_desc, "data": str(data) if data else "mni",
+            "steps": config.steps, "seconds": round(seconds, 1), "final_loss": round(running, 6),
+            "torch": str(torch.__version__)}
+    digest = save_checkpoint(net, out, meta=meta)
+    register_model(out, name=name, sha256=digest, net=net, description=description,
+                   extra={"training": {"steps": config.steps, "seed": config.seed,
+                                       "data": meta["data"], "init": init_desc,
+                                       "final_loss": meta["final_loss"]}})
+    report(progress, 1.0, f"wrote {out} (sha256 {digest[:12]}) after {seconds:.0f} s")
+    return TrainResult(path=out, sha256=digest, steps=config.steps, seconds=seconds,
+                       first_loss=first, final_loss=running, history=history,
+                       config=asdict(config))
