@@ -61,7 +61,9 @@ def _mi_pair(t: Triplet, x: str, y: str) -> float:
 # ---- cores ----------------------------------------------------------------------------------
 
 def _en(t: Triplet) -> float:
-    idx = np.clip(np.floor(t.f), 0, 255).astype(np.int64)
+    # floor(F); the 1e-4 nudge puts 8-bit levels stored as float32 fractions of 1 (k/255 * 255 =
+    # k - 2e-5) back into their own bin
+    idx = np.clip(np.floor(t.f + 1e-4), 0, 255).astype(np.int64)
     p = np.bincount(idx.ravel(), minlength=_NBINS) / idx.size
     return _plogp(p)
 
@@ -152,7 +154,8 @@ def _ncie(t: Triplet) -> float:
 def entropy(fused, *, data_range=None) -> float:
     """Shannon entropy EN of the fused image in bits (the review's "E").
 
-    The 256-bin histogram uses ``floor(F)`` on the 0..255 scale as the bin index (VIFB).
+    The 256-bin histogram uses ``floor(F)`` on the 0..255 scale as the bin index (VIFB), after
+    a 1e-4 grey-level nudge so that 8-bit levels stored as float32 fractions keep their bin.
     Direction: higher is better. Range [0, 8].
 
     Parameters
