@@ -417,6 +417,9 @@ def test_metrics_command_table_and_volume(tmp_path, rng, capsys):
     assert main(["metrics", *paths, "--only", "review", "--normalize", "none", "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "SCD" in text and "lower is better" in text and "3 of 4 slices" in text
+    assert main(["metrics", *paths, "--only", "EN", "--normalize", "none", "--quiet",
+                 "--max-slices", "2"]) == 0
+    assert "1 of 2 slices" in capsys.readouterr().out  # slices 0 (black) and 2
 
 
 def test_metrics_command_errors_exit_2_with_one_line(tmp_path, pair, capsys):
