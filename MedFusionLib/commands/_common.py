@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import tempfile
@@ -13,7 +14,47 @@ from ..errors import InvalidInputError
 from ..normalize import CT_WINDOWS, MODALITIES
 from ..registration import REGISTRATION_MODES
 
-__all__ = ["add_fusion_options", "method_params", "OutputSet", "write_json"]
+__all__ = ["add_fusion_options", "method_params", "OutputSet", "write_json", "read_manifest"]
+
+#: Manifest columns that hold paths (resolved against the manifest's folder).
+PATH_COLUMNS = ("fixed", "moving", "output")
+
+
+def read_manifest(path: str | os.PathLike, required: tuple[str, ...]) -> list[dict]:
+    """Rows of a CSV manifest (``batch``, ``compare``), header names lower-cased.
+
+    Path columns (fixed, moving, output) are resolved against the manifest's folder unless
+    absolute; an empty cell stays empty (the caller decides whether that skips the row or
+    fails). Each row gets ``_line``, its line number in the file.
+
+    Raises
+    ------
+    InvalidInputError
+        If the file is missing, its header lacks a ``required`` column, or it has no rows.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidInputError(f"{p}: manifest not found.")
+    with p.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        header = [(h or "").strip().lower() for h in (reader.fieldnames or [])]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise InvalidInputError(f"{p}: the header must name the columns {','.join(required)}; "
+                                    f"missing: {', '.join(missing)}.")
+        rows = []
+        for line, raw in enumerate(reader, start=2):
+            row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
+            if not any(row.values()):
+                continue
+            for c in PATH_COLUMNS:
+                if row.get(c) and not Path(row[c]).is_absolute():
+                    row[c] = str(p.parent / row[c])
+            row["_line"] = line
+            rows.append(row)
+    if not rows:
+        raise InvalidInputError(f"{p}: the manifest has no rows.")
+    return rows
 
 
 def add_fusion_options(p: argparse.ArgumentParser) -> None:

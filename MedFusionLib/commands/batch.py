@@ -10,7 +10,6 @@ itself is unusable.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from ..io import read_image, write_image
 from ..methods import get_method
 from ..pipeline import fuse_images
 from ..progress import TextProgress
-from ._common import add_fusion_options, method_params
+from ._common import add_fusion_options, method_params, read_manifest
 from .fuse import check_outputs_distinct
 
 NAME = "batch"
@@ -35,41 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def read_manifest(path: str | Path) -> list[dict]:
-    """Rows of a manifest with paths resolved against its folder.
-
-    Raises
-    ------
-    InvalidInputError
-        If the file is missing, has no header with fixed,moving,output, or has no rows.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise InvalidInputError(f"{p}: manifest not found.")
-    with p.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = [h.strip().lower() for h in (reader.fieldnames or [])]
-        missing = [c for c in REQUIRED if c not in header]
-        if missing:
-            raise InvalidInputError(f"{p}: the header must name the columns fixed,moving,output; "
-                                    f"missing: {', '.join(missing)}.")
-        rows = []
-        for i, raw in enumerate(reader, start=2):
-            row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
-            if not any(row.values()):
-                continue
-            for c in REQUIRED:
-                if row.get(c):
-                    row[c] = str((p.parent / row[c]) if not Path(row[c]).is_absolute() else Path(row[c]))
-            row["_line"] = i
-            rows.append(row)
-    if not rows:
-        raise InvalidInputError(f"{p}: the manifest has no rows.")
-    return rows
-
-
 def run(args) -> int:
-    rows = read_manifest(args.manifest)
+    rows = read_manifest(args.manifest, REQUIRED)
     params = method_params(args.param)
     if args.method:
         get_method(args.method).validate_params(params)  # fail once, before any row

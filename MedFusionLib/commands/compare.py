@@ -14,7 +14,6 @@ error and in the report; the others are still compared), 2 on unusable input.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from ..io import read_image
 from ..progress import TextProgress
 from ..registration import REGISTRATION_MODES
 from ..report import PairInput, resolve_methods, run_comparison, write_report
+from ._common import read_manifest
 
 NAME = "compare"
 HELP = "run every fusion method on the same pair(s) and write tables, charts and an HTML report"
@@ -59,30 +59,12 @@ def read_pairs_manifest(path: str | Path) -> list[dict]:
     InvalidInputError
         If the file is missing, lacks the fixed/moving columns, has no rows, or a row lacks a path.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise InvalidInputError(f"{p}: manifest not found.")
-    with p.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = [(h or "").strip().lower() for h in (reader.fieldnames or [])]
-        missing = [c for c in ("fixed", "moving") if c not in header]
-        if missing:
-            raise InvalidInputError(f"{p}: the header must name the columns fixed,moving; missing: "
-                                    f"{', '.join(missing)}.")
-        rows = []
-        for line, raw in enumerate(reader, start=2):
-            row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
-            if not any(row.values()):
-                continue
-            for c in ("fixed", "moving"):
-                if not row.get(c):
-                    raise InvalidInputError(f"{p}, line {line}: the {c} path is empty.")
-                q = Path(row[c])
-                row[c] = str(q if q.is_absolute() else p.parent / q)
-            row["name"] = row.get("name") or f"pair{len(rows) + 1}"
-            rows.append(row)
-    if not rows:
-        raise InvalidInputError(f"{p}: the manifest has no rows.")
+    rows = read_manifest(path, ("fixed", "moving"))
+    for i, row in enumerate(rows):
+        for c in ("fixed", "moving"):
+            if not row.get(c):
+                raise InvalidInputError(f"{path}, line {row['_line']}: the {c} path is empty.")
+        row["name"] = row.get("name") or f"pair{i + 1}"
     return rows
 
 
