@@ -280,3 +280,60 @@ def test_swt_matches_a_direct_pywavelets_fusion():
         cf.append(tuple(np.where(np.abs(x) >= np.abs(y), x, y) for x, y in zip(da, db)))
     ref = np.clip(pywt.iswt2(cf, "sym2"), 0, 1)
     np.testing.assert_allclose(fused[0], ref, atol=1e-5)
+
+
+def _papcnn_reference(s, iterations):
+    """Plain numpy PA-PCNN of one plane (Yin et al. 2019 updates, Otsu on S / S_max)."""
+    from scipy.signal import convolve2d
+
+    s = s.astype(np.float64)
+    s_max = s.max()
+    q = np.round(np.clip(s / s_max, 0, 1) * 255).astype(int)
+    p = np.bincount(q.ravel(), minlength=256) / q.size
+    omega, mu = np.cumsum(p), np.cumsum(p * np.arange(256))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mu[-1] * omega - mu) ** 2 / (omega * (1 - omega))
+    between = np.nan_to_num(between, posinf=0.0)
+    s_otsu = np.flatnonzero(between == between.max()).mean() / 255 * s_max
+    alpha_f = np.log10(1 / s.std())
+    lam = (s_max / s_otsu - 1) / 6
+    v_e = np.exp(-alpha_f) + s_max / s_otsu
+    alpha_e = np.log(v_e / (s_otsu * (1 - np.exp(-3 * alpha_f)) / (1 - np.exp(-alpha_f))
+                            + (s_max - s_otsu) * np.exp(-alpha_f)))
+    link = np.array([[0.5, 1, 0.5], [1, 0, 1], [0.5, 1, 0.5]])
+    u = np.zeros_like(s)
+    e = np.zeros_like(s)
+    y = np.zeros_like(s)
+    fired = np.zeros_like(s)
+    for _ in range(iterations):
+        u = np.exp(-alpha_f) * u + s * (1 + lam * convolve2d(y, link, mode="same"))
+        y = (u > e).astype(float)
+        e = np.exp(-alpha_e) * e + v_e * y
+        fired += y
+    return fired
+
+
+def test_papcnn_firing_matches_a_plain_implementation():
+    import torch
+
+    from MedFusionLib.methods._pcnn import papcnn_firing
+
+    rng = np.random.default_rng(11)
+    s = np.abs(rng.standard_normal((2, 21, 17)) * 0.05).astype(np.float32)
+    s[1, 5:9, 5:9] += 0.3  # a strong feature
+    ours = papcnn_firing(torch.from_numpy(s), 40).numpy()
+    for i in range(2):
+        np.testing.assert_array_equal(ours[i], _papcnn_reference(s[i], 40))
+    # Stronger stimuli fire at least as often.
+    assert ours[1, 5:9, 5:9].mean() > ours[1].mean()
+
+
+def test_otsu_threshold_splits_a_bimodal_plane():
+    import torch
+
+    from MedFusionLib.methods._pcnn import otsu_threshold
+
+    rng = np.random.default_rng(12)
+    plane = np.concatenate([rng.normal(0.2, 0.03, 500), rng.normal(0.7, 0.03, 500)])
+    t = float(otsu_threshold(torch.from_numpy(plane.reshape(1, 25, 40).astype(np.float32)))[0])
+    assert 0.3 < t < 0.6

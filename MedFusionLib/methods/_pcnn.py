@@ -13,7 +13,8 @@ neural network in nonsubsampled shearlet transform domain", IEEE Trans. Instrum.
   ``alpha_f = log10(1 / std(S))``, ``lambda = (S_max / S' - 1) / 6``,
   ``V_E = exp(-alpha_f) + S_max / S'`` and
   ``alpha_e = ln(V_E / (S' (1 - exp(-3 alpha_f)) / (1 - exp(-alpha_f)) + (S_max - S') exp(-alpha_f)))``
-  with ``S'`` the Otsu threshold of ``S`` (256 bins over [0, 1]).
+  with ``S'`` the Otsu threshold of ``S`` (256 bins over ``[0, S_max]``; see
+  :func:`papcnn_firing`). Equal firing counts are resolved by max-abs (see :func:`papcnn_select`).
 
 All functions take torch tensors whose last two axes are the image plane.
 """
@@ -84,8 +85,9 @@ def activity_select(la, lb):
 def otsu_threshold(s):
     """Otsu threshold of each plane of ``s`` (``(P, H, W)``, values clipped to [0, 1]).
 
-    The planes are quantised to 256 levels as MATLAB's ``graythresh`` does (``im2uint8``), and the
-    threshold is returned on the [0, 1] scale, shape ``(P,)``.
+    The planes are quantised to 256 levels as MATLAB's ``graythresh`` does (``im2uint8``); where
+    the between-class variance is maximal over several levels their mean is taken. The threshold
+    is returned on the [0, 1] scale, shape ``(P,)``.
     """
     import torch
 
@@ -102,7 +104,11 @@ def otsu_threshold(s):
     denom = omega * (1.0 - omega)
     between = torch.where(denom > 0, (mu_t * omega - mu) ** 2 / denom.clamp_min(1e-300),
                           torch.zeros_like(denom))
-    return (between.argmax(dim=1).to(torch.float32) / 255.0).to(s.dtype)
+    # Like MATLAB's otsuthresh: the mean position of the maxima (the criterion is flat over empty
+    # bins between two modes).
+    at_max = (between == between.max(dim=1, keepdim=True).values).to(torch.float64)
+    level = (at_max * levels).sum(dim=1) / at_max.sum(dim=1)
+    return (level / 255.0).to(s.dtype)
 
 
 def papcnn_firing(s, iterations: int = ITERATIONS):
@@ -120,7 +126,9 @@ def papcnn_firing(s, iterations: int = ITERATIONS):
     eps = 1e-6
     sigma = flat.std(dim=1, unbiased=False).clamp_min(eps)
     s_max = flat.max(dim=1).values.clamp_min(eps)
-    s_otsu = otsu_threshold(s).clamp_min(eps)
+    # Otsu on S / S_max: band-pass magnitudes of a [0, 1] image are mostly far below 1, and 256
+    # bins over [0, 1] (MATLAB graythresh on the raw values) would leave S' at 0 or 1/255.
+    s_otsu = (otsu_threshold(s / s_max.reshape(-1, 1, 1)) * s_max).clamp_min(eps)
     s_otsu = torch.minimum(s_otsu, s_max)
     alpha_f = torch.log10(1.0 / sigma)
     decay_f = torch.exp(-alpha_f)
@@ -159,12 +167,21 @@ def papcnn_select(ca, cb, iterations: int = ITERATIONS):
     ----------
     ca, cb : Tensor (..., H, W)
         Coefficients of one or more subbands of the two sources (each plane gets its own PCNN
-        parameters). Ties go to ``ca``.
+        parameters).
+
+    Notes
+    -----
+    With these adaptive parameters the threshold decays by orders of magnitude per iteration,
+    so firing counts take only a few distinct values (neurons fire every 2nd or 3rd iteration)
+    and ties are frequent; a tie is broken by the larger magnitude (max-abs), not in favour of
+    either source.
     """
     import torch
 
     planes = ca.reshape(-1, ca.shape[-2], ca.shape[-1])
     other = cb.reshape(-1, cb.shape[-2], cb.shape[-1])
-    fired = papcnn_firing(torch.cat([planes.abs(), other.abs()]), iterations)
+    mag_a, mag_b = planes.abs(), other.abs()
+    fired = papcnn_firing(torch.cat([mag_a, mag_b]), iterations)
     fa, fb = fired[: planes.shape[0]], fired[planes.shape[0]:]
-    return torch.where(fa >= fb, planes, other).reshape(ca.shape)
+    choose_a = (fa > fb) | ((fa == fb) & (mag_a >= mag_b))
+    return torch.where(choose_a, planes, other).reshape(ca.shape)
