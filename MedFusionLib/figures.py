@@ -8,7 +8,38 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["orthogonal_planes", "save_planes_figure", "contribution_overlay"]
+__all__ = ["orthogonal_planes", "save_planes_figure", "contribution_overlay", "save_figure",
+           "add_contribution_legend"]
+
+
+def save_figure(fig, path: str | os.PathLike, *, dpi: int = 90) -> Path:
+    """Save a matplotlib figure as PNG atomically (temporary name, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=".medfusion-", suffix=".png", dir=p.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, p)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return p
+
+
+def add_contribution_legend(fig, axes) -> None:
+    """A colour bar explaining :func:`contribution_overlay`'s tint, beside ``axes``."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import ListedColormap
+
+    from .colour import colour_table
+
+    legend = ScalarMappable(cmap=ListedColormap(colour_table("contribution")))
+    legend.set_clim(0.0, 1.0)
+    bar = fig.colorbar(legend, ax=axes, fraction=0.046, pad=0.02)
+    bar.set_label("source share: 0 = moving, 1 = fixed")
 
 
 def contribution_overlay(fused01: np.ndarray, weight_fixed: np.ndarray, *, alpha: float = 0.55) -> np.ndarray:
@@ -61,10 +92,6 @@ def save_planes_figure(path: str | os.PathLike, panels: dict[str, np.ndarray], *
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-    from matplotlib.cm import ScalarMappable
-
-    from .colour import colour_table
 
     first = next(iter(panels.values()))
     cols = [(name, vol, vol.ndim == first.ndim + 1 and vol.shape[-1] == 3) for name, vol in panels.items()]
@@ -85,20 +112,7 @@ def save_planes_figure(path: str | os.PathLike, panels: dict[str, np.ndarray], *
             if r == 0:
                 ax.set_title(name, fontsize=10)
     if overlay is not None:
-        legend = ScalarMappable(cmap=ListedColormap(colour_table("contribution")))
-        legend.set_clim(0.0, 1.0)
-        bar = fig.colorbar(legend, ax=axes[:, -1].tolist(), fraction=0.046, pad=0.02)
-        bar.set_label("source share: 0 = moving, 1 = fixed")
+        add_contribution_legend(fig, axes[:, -1].tolist())
     if title:
         fig.suptitle(title, fontsize=10)
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".medfusion-", suffix=".png", dir=p.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=90)
-        os.replace(tmp, p)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return p
+    return save_figure(fig, path, dpi=90)

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .driver import fuse_arrays
+from .figures import add_contribution_legend, contribution_overlay, save_figure
 from .errors import InvalidInputError, MedFusionError
 from .methods import get_method, list_methods
 from .metrics import METRICS, MI_SETTINGS, STANDARD_KEYS, best_index, resolve_keys, volume_metrics
@@ -97,6 +98,7 @@ class PairOutcome:
     seconds: dict[str, float] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+    contributions: dict[str, np.ndarray] = field(default_factory=dict)  # method -> RGB overlay
 
 
 @dataclass
@@ -229,14 +231,20 @@ def run_comparison(pairs: list[PairInput], *, methods=None, keys=None, registrat
         for m in names:
             report(progress, done / steps, f"{p.name}: fusing with {m}")
             t0 = time.perf_counter()
+            with_weights = get_method(m).provides_weights
             try:
-                fused = fuse_arrays(a, b, method=m, axis=axis, device=device)
+                fused = fuse_arrays(a, b, method=m, axis=axis, device=device,
+                                    return_weights=with_weights)
             except MedFusionError as exc:
                 out.errors[m] = str(exc)
                 done += 1
                 continue
             out.seconds[m] = time.perf_counter() - t0
+            if with_weights:
+                fused, weights = fused
             out.display[m] = _slice(fused, axis, index)
+            if with_weights:
+                out.contributions[m] = contribution_overlay(out.display[m], _slice(weights, axis, index))
             report(progress, done / steps, f"{p.name}: scoring {m}")
             vals = volume_metrics(a, b, np.clip(fused, 0.0, 1.0), axis=axis, keys=keys,
                                   slice_step=step)
@@ -331,17 +339,7 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    plt = _plt()
-    fd, tmp = tempfile.mkstemp(prefix=".medfusion-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def _spider(result: ComparisonResult, keys, path: Path, title: str) -> Path:
@@ -368,7 +366,8 @@ def _spider(result: ComparisonResult, keys, path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
-def _panel_grid(images: dict[str, np.ndarray], title: str, path: Path, *, box=None) -> Path:
+def _panel_grid(images: dict[str, np.ndarray], title: str, path: Path, *, box=None,
+                contribution_legend: bool = False) -> Path:
     plt = _plt()
     n = len(images)
     cols = min(5, n)
@@ -388,6 +387,8 @@ def _panel_grid(images: dict[str, np.ndarray], title: str, path: Path, *, box=No
             r0, r1, c0, c1 = box
             ax.add_patch(plt.Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False,
                                        edgecolor="yellow", linewidth=1.2))
+    if contribution_legend:
+        add_contribution_legend(fig, axes.ravel().tolist())
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
@@ -517,7 +518,14 @@ def write_report(result: ComparisonResult, out_dir: str | os.PathLike, *,
         zpath = _panel_grid(crops, f"{p.name}: zoomed region (rows {r0}-{r1}, columns {c0}-{c1})",
                             out / f"zoom_{tag}.png")
         files[zpath.name] = zpath
-        montages.append((p, path.name, zpath.name))
+        shown_names = [path.name, zpath.name]
+        if p.contributions:
+            cpath = _panel_grid(p.contributions,
+                                f"{p.name}: where each fused pixel came from (tint over the fused slice)",
+                                out / f"contribution_{tag}.png", contribution_legend=True)
+            files[cpath.name] = cpath
+            shown_names.append(cpath.name)
+        montages.append((p, shown_names))
 
     boxes = []
     for k in result.keys:
@@ -575,11 +583,11 @@ def _html(result: ComparisonResult, title: str, spiders, montages, boxes) -> str
         parts.append("<h2>Spider charts</h2><div class='grid'>"
                      + "".join(f"<img src='{esc(s)}' alt='{esc(s)}'>" for s in spiders) + "</div>")
     parts.append("<h2>Images</h2>")
-    for p, mont, zoom in montages:
+    for p, images in montages:
         parts.append(f"<h3>{esc(p.name)}</h3><p class='note'>fixed: {esc(p.fixed_name)}; moving: "
                      f"{esc(p.moving_name)}; slice {p.settings.get('display_slice')} along axis "
                      f"{p.settings.get('slice_axis')}</p>")
-        parts.append(f"<img src='{esc(mont)}' alt='montage'><img src='{esc(zoom)}' alt='zoom'>")
+        parts.append("".join(f"<img src='{esc(name)}' alt='{esc(name.split('_')[0])}'>" for name in images))
         if p.errors:
             parts.append("<p>Failed: " + "; ".join(f"{esc(m)}: {esc(e)}" for m, e in p.errors.items())
                          + "</p>")

@@ -11,6 +11,7 @@ import SimpleITK as sitk
 
 from MedFusionLib.cli import main
 from MedFusionLib.errors import InvalidInputError, UnknownOptionError
+from MedFusionLib.methods import get_method
 from MedFusionLib.metrics import ALL_KEYS, REVIEW_KEYS
 from MedFusionLib.report import PairInput, resolve_methods, run_comparison, write_report
 
@@ -66,6 +67,18 @@ def test_report_files_exist_and_images_decode(report_dir):
         _decode(png)
     assert sorted(p.stem for p in (out / "boxplots").glob("*.png")) == sorted(ALL_KEYS)
     assert not list(out.glob(".medfusion-*"))  # no temporary files left behind
+
+
+def test_contribution_overlay_for_methods_with_a_weight_map(report_dir):
+    out, files, result = report_dir
+    with_weights = [m for m in result.methods if get_method(m).provides_weights]
+    assert with_weights, "the report fixture should include a method with a contribution map"
+    for i, pair in enumerate(result.pairs):
+        assert sorted(pair.contributions) == sorted(with_weights)
+        assert all(v.shape[-1] == 3 for v in pair.contributions.values())
+        assert files[f"contribution_case_{i}.png"].is_file()
+        _decode(files[f"contribution_case_{i}.png"])
+    assert "contribution_case_0.png" in (out / "report.html").read_text()
 
 
 def test_tables_hold_every_method_and_metric(report_dir):
