@@ -48,6 +48,26 @@ def test_runtest_runs_every_test_method_and_they_pass(module):
     assert called == names
 
 
+def test_cnn_part_of_the_self_test_runs_where_torch_is_installed(module, caplog):
+    """The CNN part is skipped only where torch or the CNN is missing; here both are present
+    (torch is a dependency of the package), so it must really run."""
+    import logging
+
+    import slicer
+
+    import MedFusionLib
+
+    assert "cnn" in MedFusionLib.list_methods() and module.MedFusionLogic.torchInstalled()
+    slicer_shim.new_scene()
+    case = module.MedFusionTest()
+    case.setUp()
+    with caplog.at_level(logging.WARNING):
+        case.test_MedFusionCNN()
+    assert "not run" not in caplog.text
+    contribution = slicer.util.getNode("contribution")
+    assert contribution.GetImageData() is not None
+
+
 def test_logic_process_signature(module):
     import inspect
 

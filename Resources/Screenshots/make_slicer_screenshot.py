@@ -7,7 +7,9 @@ headless ``slicer-core`` scene, then takes three axial slice views from Slicer's
 
 1. the fixed MR;
 2. the MR with the moving PET on top (PET-Heat, 50 %) through the registration transform;
-3. the fused volume.
+3. the fused volume;
+4. the contribution map (blue: from the PET, white: equal, orange: from the MR) when the method
+   provides one.
 
 Usage::
 
@@ -55,7 +57,7 @@ def main(out: Path) -> None:
     from MedFusionLib.slicer_bridge import fuse_nodes, headless_scene, update_volume_from_image
 
     t0 = time.perf_counter()
-    scene, logics = headless_scene(views=("Red", "Yellow", "Green"))
+    scene, logics = headless_scene(views=("Red", "Yellow", "Green", "Contribution"))
     fixed_image, moving_image, _truth = datasets.sample_pair("pet-mr")
     fixed = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "MR T1 (MNI152)")
     moving = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "PET (synthetic, moved)")
@@ -67,9 +69,11 @@ def main(out: Path) -> None:
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "PET to MR")
     method = "cnn" if "cnn" in MedFusionLib.list_methods() and \
         MedFusionLib.get_method("cnn").available else "maximum"
+    contribution = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "contribution")
     t_load = time.perf_counter() - t0
     result = fuse_nodes(fixed, moving, output, method=method, registration="rigid",
-                        transformNode=transform, moving_modality="PET", fixed_modality="MR")
+                        transformNode=transform, contributionVolume=contribution,
+                        moving_modality="PET", fixed_modality="MR")
     print(f"sample data {t_load:.1f} s; fuse_nodes ({method}) {result.seconds:.1f} s: "
           f"{ {k: round(v, 2) for k, v in result.fusion.timings.items()} }")
 
@@ -80,10 +84,11 @@ def main(out: Path) -> None:
     pet_display = moving.GetDisplayNode()
     pet_display.SetAndObserveColorNodeID("vtkMRMLPETProceduralColorNodePET-Heat")
     pet_display.AutoWindowLevelOff()
-    pet_display.SetWindowLevelMinMax(0.0, 1.3 * float(np.percentile(slicer.util.arrayFromVolume(moving), 99.9)))
+    pet_display.SetWindowLevelMinMax(0.0, 1.6 * float(np.percentile(slicer.util.arrayFromVolume(moving), 99.9)))
     moving.SetAndObserveTransformNodeID(transform.GetID())  # a display-only copy of the scene
 
-    layers = {"Red": (fixed, None, 0.0), "Yellow": (fixed, moving, 0.5), "Green": (output, None, 0.0)}
+    layers = {"Red": (fixed, None, 0.0), "Yellow": (fixed, moving, 0.5), "Green": (output, None, 0.0),
+              "Contribution": (output, contribution, 0.6)}
     # an axial plane through the hot lesions: 18 mm above the MNI origin
     for name, logic in logics.items():
         background, foreground, opacity = layers[name]
@@ -98,8 +103,8 @@ def main(out: Path) -> None:
         logic.SetSliceOffset(18.0)
 
     titles = ["Fixed: MR T1", "Moving PET on MR\n(through the registration transform)",
-              f"Fused ({method})"]
-    fig, axes = plt.subplots(1, 3, figsize=(10.5, 4.0), dpi=110, facecolor="black")
+              f"Fused ({method})", "Contribution map on the fused volume\n(blue: PET, orange: MR)"]
+    fig, axes = plt.subplots(1, 4, figsize=(14.0, 4.0), dpi=100, facecolor="black")
     for ax, (name, logic), title in zip(axes, logics.items(), titles):
         ax.imshow(_slice_rgba(logic, SIZE)[..., :3])
         ax.set_title(title, color="white", fontsize=10)
