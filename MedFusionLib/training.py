@@ -46,8 +46,8 @@ import numpy as np
 from .errors import InvalidInputError
 from .progress import ProgressCallback, report
 
-__all__ = ["TrainConfig", "load_config", "fusion_loss", "SliceBank", "mni_bank", "folder_bank",
-           "train", "TrainResult"]
+__all__ = ["TrainConfig", "load_config", "fusion_loss", "LOSS_TERMS", "DEFAULT_LOSS", "SliceBank",
+           "mni_bank", "folder_bank", "train", "TrainResult"]
 
 
 @dataclass
@@ -70,12 +70,14 @@ class TrainConfig:
         Warm-up steps.
     weight_decay : float
         Adam weight decay.
+    grad_clip : float
+        Maximum gradient norm (0: no clipping).
     channels : list of int
         FusionNet feature channels ``[c1, c2]`` (ignored with ``--init``: the model's own).
     head_channels : int
         FusionNet weight-head width (ignored with ``--init``).
     loss : dict
-        Weights of the loss terms ``intensity``, ``gradient``, ``ssim``.
+        Weights of the loss terms (:data:`LOSS_TERMS`).
     identity_prob : float
         Fraction of pairs made of a slice with itself.
     rule_mix : float
@@ -94,9 +96,10 @@ class TrainConfig:
     lr: float = 3e-3
     warmup: int = 100
     weight_decay: float = 0.0
+    grad_clip: float = 1.0
     channels: list = field(default_factory=lambda: [16, 32])
     head_channels: int = 16
-    loss: dict = field(default_factory=lambda: {"intensity": 1.0, "gradient": 2.0, "ssim": 1.0})
+    loss: dict = field(default_factory=lambda: dict(DEFAULT_LOSS))
     identity_prob: float = 0.08
     rule_mix: float = 0.25
     holdout_z: list = field(default_factory=lambda: [75, 115])
@@ -116,10 +119,10 @@ class TrainConfig:
             if not ok:
                 raise InvalidInputError(f"training config: invalid value for '{name}': "
                                         f"{getattr(self, name)!r}.")
-        unknown = set(self.loss) - {"intensity", "gradient", "ssim"}
+        unknown = set(self.loss) - set(LOSS_TERMS)
         if unknown:
             raise InvalidInputError(f"training config: unknown loss term(s) {sorted(unknown)}; "
-                                    "use intensity, gradient, ssim.")
+                                    f"known: {', '.join(LOSS_TERMS)}.")
         return self
 
 
@@ -147,66 +150,77 @@ def load_config(path: str | os.PathLike | None) -> TrainConfig:
 # ---------------------------------------------------------------------------------------------
 # Loss
 # ---------------------------------------------------------------------------------------------
-def _sobel(x):
-    import torch
-    import torch.nn.functional as F
-
-    k = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=x.dtype,
-                     device=x.device)
-    w = torch.stack([k, k.t()])[:, None]
-    g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), w)
-    return torch.sqrt(g[:, :1] ** 2 + g[:, 1:] ** 2 + 1e-8)
-
-
-def _ssim_map(x, y, *, sigma: float = 1.5):
-    import torch
-    import torch.nn.functional as F
-
-    r = 5
-    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-    g = torch.exp(-(t * t) / (2 * sigma * sigma))
-    g = g / g.sum()
-    gh, gv = g.view(1, 1, 1, -1), g.view(1, 1, -1, 1)
-
-    def blur(z):
-        return F.conv2d(F.conv2d(z, gh), gv)
-
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    mx, my = blur(x), blur(y)
-    sxx = blur(x * x) - mx * mx
-    syy = blur(y * y) - my * my
-    sxy = blur(x * y) - mx * my
-    return ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+#: Loss terms and what each one asks of the fused image F (sources A, B; per image, then averaged).
+LOSS_TERMS = {
+    "intensity": "|F - max(A, B)|: keep the brighter source",
+    "gradient": "| |grad F| - max(|grad A|, |grad B|) |: keep the stronger edge",
+    "ssim": "2 - SSIM(F, A) - SSIM(F, B): structure of both sources",
+    "qabf": "1 - Q^AB/F: edge transfer (Xydeas-Petrovic)",
+    "vif": "(2 - VIF(A, B, F)) / 2: visual information fidelity to both sources",
+    "scd": "(2 - SCD) / 2: each source's contribution (sum of correlations of differences)",
+    "sd": "1 - SD / 127.5: contrast",
+    "sf": "1 - SF / 50: sharpness (spatial frequency)",
+    "en": "1 - EN / 8: information content (soft-histogram entropy)",
+    "identity": "|F - A| on pairs of a slice with itself: fusion of identical inputs is the input",
+}
+DEFAULT_LOSS = {"intensity": 1.0, "gradient": 2.0, "ssim": 1.0}
 
 
 def fusion_loss(fused, a, b, *, weights: dict | None = None):
-    """Unsupervised fusion loss of a batch (see the module docstring).
+    """Unsupervised fusion loss of a batch: a weighted sum of the terms of :data:`LOSS_TERMS`.
 
     Parameters
     ----------
     fused, a, b : Tensor
-        ``(N, 1, H, W)``; sources in [0, 1].
+        ``(N, 1, H, W)``; sources in [0, 1]. Terms ``qabf`` and ``vif`` need ``H, W >= 48``.
     weights : dict, optional
-        Weights of ``intensity``, ``gradient`` and ``ssim`` (defaults 1, 2, 1).
+        ``term -> weight``; default :data:`DEFAULT_LOSS` (``identity`` defaults to 1).
 
     Returns
     -------
     total : Tensor
-        Scalar loss.
+        Scalar loss. Pairs with ``a == b`` (a slice with itself) are scored by the ``identity``
+        term only; the other pairs by every other term.
     terms : dict
-        Float value of each term.
+        Float value of each weighted term (over the pairs it applies to).
     """
     import torch
 
-    w = {"intensity": 1.0, "gradient": 2.0, "ssim": 1.0}
-    w.update(weights or {})
-    l_int = (fused - torch.maximum(a, b)).abs().mean()
-    ga, gb, gf = _sobel(a), _sobel(b), _sobel(fused)
-    l_grad = (gf - torch.maximum(ga, gb)).abs().mean()
-    l_ssim = 2.0 - _ssim_map(fused, a).mean() - _ssim_map(fused, b).mean()
-    total = w["intensity"] * l_int + w["gradient"] * l_grad + w["ssim"] * l_ssim
-    return total, {"intensity": float(l_int.detach()), "gradient": float(l_grad.detach()),
-                   "ssim": float(l_ssim.detach())}
+    from .nets import losses as L
+
+    w = dict(DEFAULT_LOSS if weights is None else weights)
+    unknown = set(w) - set(LOSS_TERMS)
+    if unknown:
+        raise InvalidInputError(f"unknown loss term(s) {sorted(unknown)}; known: {sorted(LOSS_TERMS)}.")
+    w.setdefault("identity", 1.0)
+    same = (a == b).flatten(1).all(1)
+    per = {}
+    if w.get("intensity"):
+        per["intensity"] = (fused - torch.maximum(a, b)).abs().mean(dim=(1, 2, 3))
+    if w.get("gradient"):
+        ga, gb, gf = L.gradient_magnitude(a), L.gradient_magnitude(b), L.gradient_magnitude(fused)
+        per["gradient"] = (gf - torch.maximum(ga, gb)).abs().mean(dim=(1, 2, 3))
+    if w.get("ssim"):
+        per["ssim"] = 2.0 - L.ssim(fused, a) - L.ssim(fused, b)
+    if w.get("qabf"):
+        per["qabf"] = 1.0 - L.qabf(a, b, fused)
+    if w.get("vif"):
+        per["vif"] = (2.0 - L.vif(a, b, fused)) / 2.0
+    if w.get("scd"):
+        per["scd"] = (2.0 - L.scd(a, b, fused)) / 2.0
+    if w.get("sd"):
+        per["sd"] = 1.0 - L.std(fused) / 127.5
+    if w.get("sf"):
+        per["sf"] = 1.0 - L.spatial_frequency(fused) / 50.0
+    if w.get("en"):
+        per["en"] = 1.0 - L.soft_entropy(fused) / 8.0
+    per_pair = sum(w[k] * v for k, v in per.items()) if per else fused.new_zeros(fused.shape[0])
+    ident = (fused - a).abs().mean(dim=(1, 2, 3))
+    total_each = torch.where(same, w["identity"] * ident, per_pair)
+    terms = {k: float(v[~same].mean().detach()) if bool((~same).any()) else 0.0
+             for k, v in per.items()}
+    terms["identity"] = float(ident[same].mean().detach()) if bool(same.any()) else 0.0
+    return total_each.mean(), terms
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +280,10 @@ class SliceBank:
             b = a if rng.random() < identity_prob else self._source(q, s, rng)
             if rng.random() < 0.5:
                 a, b = b, a
-            a, b = _augment(a, rng), (a if b is a else _augment(b, rng))
+            if b is a:
+                a = b = _augment(a, rng)
+            else:
+                a, b = _augment(a, rng), _augment(b, rng)
             h, w = a.shape
             # centre the crop on a random foreground pixel (most of a slice is air)
             fg = np.flatnonzero((a > 0.05) | (b > 0.05))
@@ -501,6 +518,8 @@ def train(config: TrainConfig, out: str | os.PathLike, *, init: str | os.PathLik
         loss, terms = fusion_loss(fused, a, b, weights=config.loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
         opt.step()
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -512,9 +531,8 @@ def train(config: TrainConfig, out: str | os.PathLike, *, init: str | os.PathLik
                             **{k: round(v, 6) for k, v in terms.items()}})
             elapsed = time.perf_counter() - t0
             report(progress, (step + 1) / config.steps,
-                   f"step {step + 1}/{config.steps}: loss {running:.4f} "
-                   f"(int {terms['intensity']:.4f}, grad {terms['gradient']:.4f}, "
-                   f"ssim {terms['ssim']:.4f}), {elapsed:.0f} s")
+                   f"step {step + 1}/{config.steps}: loss {running:.4f} ("
+                   + ", ".join(f"{k} {v:.4f}" for k, v in terms.items()) + f"), {elapsed:.0f} s")
     seconds = time.perf_counter() - t0
     net = net.eval().to("cpu")
     meta = {"config": asdict(config), "init": init_desc, "data": str(data) if data else "mni",

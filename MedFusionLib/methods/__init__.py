@@ -12,6 +12,7 @@ from . import msvd  # noqa: F401  (registers msvd)
 from . import nsct  # noqa: F401  (registers nsct)
 from . import nsst  # noqa: F401  (registers nsst)
 from . import wavelet  # noqa: F401  (registers dwt, swt, wpd)
+from . import cnn  # noqa: F401  (registers cnn, the default; torch is imported only when it runs)
 
 __all__ = ["METHODS", "MethodInfo", "MethodRegistry", "register", "look_up", "get_method",
            "list_methods", "default_method"]

@@ -36,7 +36,7 @@ def cnn_fusion(a: np.ndarray, b: np.ndarray, *, level: str = "feature", rule: st
         pixels (pixel-level fusion; ``maximum`` and ``addition`` then act on the pixels).
     rule : {"learned", "addition", "average", "maximum", "l1"}, optional
         ``learned`` (default): the network's weight head (softmax over the two sources).
-        ``addition``: sum of the feature maps. ``average``: equal weights. ``maximum``: element-wise
+        ``addition``: sum of the feature maps (pixel level: ``A + B - AB``), saturating softly. ``average``: equal weights. ``maximum``: element-wise
         maximum. ``l1``: weights proportional to the L1 activity of each source's features.
     model : str, optional
         Name of a model in ``models/models.json`` (``default``: the registry's default), or the

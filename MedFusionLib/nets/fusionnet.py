@@ -173,6 +173,9 @@ class FusionNet(nn.Module):
             ``(N, 1, H, W)`` in [0, 1], same shape.
         rule : {"learned", "addition", "average", "maximum", "l1"}
             How the two feature maps (or, at pixel level, the two slices) are combined.
+            ``addition`` sums them and saturates softly (pixel level: ``A + B - AB``; feature
+            level: the decoded sum ``y`` mapped by ``y - y^2 / 4``), so overlapping bright
+            regions do not clip to white.
         level : {"feature", "pixel"}
             ``feature``: fuse the encoder features and decode (the default). ``pixel``: apply the
             rule's weight map to the source pixels.
@@ -216,13 +219,18 @@ class FusionNet(nn.Module):
         if level == "feature":
             g2, _ = self._fuse_level(fa2, fb2, rule, w2)
             fused = self.decode(g1, g2)
+            if rule == "addition":
+                # the decoded feature sum is ~A + B in [0, 2]: saturate softly, y - y^2 / 4, which
+                # equals the pixel rule's A + B - AB where A = B, instead of clipping to white
+                y = fused.clamp(0.0, 2.0)
+                fused = y - 0.25 * y * y
             share = F.interpolate(share1, scale_factor=2, mode="bilinear", align_corners=False)
         else:
             if rule == "maximum":
                 share = (a >= b).to(a.dtype)
                 fused = torch.maximum(a, b)
             elif rule == "addition":
-                fused = a + b
+                fused = a + b - a * b  # probabilistic sum: addition that saturates softly at 1
                 share = (a + _EPS) / (a + b + 2 * _EPS)
             else:
                 share = F.interpolate(share1, scale_factor=2, mode="bilinear",
