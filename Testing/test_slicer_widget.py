@@ -113,7 +113,7 @@ def test_method_choice_drives_parameters_and_options(make_widget, monkeypatch):
 
 
 def test_apply_fuses_creates_the_output_and_reports(make_widget):
-    a, b = _volume("MR"), _volume("PET", seed=1)
+    a, _ = _volume("MR"), _volume("PET", seed=1)
     w = make_widget()
     p = w.logic.getParameterNode()
     p.method, p.registration = "maximum", "none"
