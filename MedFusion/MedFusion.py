@@ -318,6 +318,10 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
                 self._parameterNode.method = MedFusionLib.default_method()
                 return  # the parameter node's Modified event brings us back here
+            if self.ui.deviceComboBox.findData(self._parameterNode.device) < 0:
+                # e.g. "cuda" stored in a scene opened on a machine without a GPU
+                self._parameterNode.device = "auto"
+                return
             info = self._methodInfo()
             accepted = cnnOptions(info, "feature", "learned", False)
             self.ui.fusionLevelComboBox.enabled = "level" in accepted

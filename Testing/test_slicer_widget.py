@@ -110,6 +110,8 @@ def test_method_choice_drives_parameters_and_options(make_widget, monkeypatch):
     assert w.ui.enhanceCheckBox.enabled and w.ui.contributionVolumeSelector.enabled
     w.ui.deviceComboBox.currentIndex = w.ui.deviceComboBox.findData("cpu")
     assert p.device == "cpu"
+    p.device = "cuda:7"  # a scene saved on another machine: falls back to what is here
+    assert p.device == "auto" and w.ui.deviceComboBox.itemData(w.ui.deviceComboBox.currentIndex) == "auto"
 
 
 def test_apply_fuses_creates_the_output_and_reports(make_widget):
@@ -149,8 +151,9 @@ def test_engine_errors_propagate_after_cleanup(make_widget):
     _volume("MR"), _volume("PET", seed=1)
     w = make_widget()
     p = w.logic.getParameterNode()
-    p.method, p.registration, p.device = "maximum", "none", "nonsense"
-    with pytest.raises(MedFusionLib.UnknownOptionError, match="device"):
+    p.method, p.registration = "maximum", "none"
+    p.contributionVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    with pytest.raises(MedFusionLib.InvalidInputError, match="'labels' is a labelmap"):
         w.ui.applyButton.click()  # tryWithErrorDisplay re-raises in testing mode
     assert p.outputVolume is None and w.ui.applyButton.enabled
 
