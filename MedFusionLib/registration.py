@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InvalidInputError, RegistrationError
+from .errors import CancelledError, InvalidInputError, RegistrationError
 from .methods import look_up
 from .progress import ProgressCallback, report
 
@@ -158,14 +158,21 @@ def _run(R: sitk.ImageRegistrationMethod, fixed, moving, stage: str, progress) -
         it = R.GetOptimizerIteration()
         if it != state["last"] and it % 10 == 0:
             state["last"] = it
-            report(progress, None, f"{stage}: level {state['level']}/{nlev}, iteration {it}, "
-                                   f"MI={R.GetMetricValue():.4f}")
+            try:
+                report(progress, None, f"{stage}: level {state['level']}/{nlev}, iteration {it}, "
+                                       f"MI={R.GetMetricValue():.4f}")
+            except CancelledError as exc:
+                # an exception cannot cross ITK's C++ callback: stop the optimiser, re-raise after
+                state["cancelled"] = exc
+                R.StopRegistration()
 
     R.AddCommand(sitk.sitkMultiResolutionIterationEvent, _level)
     R.AddCommand(sitk.sitkIterationEvent, _iteration)
     try:
-        return R.Execute(fixed, moving)
+        tx = R.Execute(fixed, moving)
     except RuntimeError as exc:
+        if "cancelled" in state:
+            raise state["cancelled"] from None
         msg = str(exc)
         if "outside" in msg or "samples" in msg.lower():
             raise RegistrationError(
@@ -174,6 +181,9 @@ def _run(R: sitk.ImageRegistrationMethod, fixed, moving, stage: str, progress) -
                 "sensible)."
             ) from None
         raise RegistrationError(f"{stage} registration failed: {msg.strip().splitlines()[-1]}") from None
+    if "cancelled" in state:
+        raise state["cancelled"]
+    return tx
 
 
 def register(fixed: sitk.Image, moving: sitk.Image, *, mode: str | None = None, seed: int = 0,

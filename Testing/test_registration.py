@@ -93,3 +93,19 @@ def test_bad_inputs():
     tiny = sitk.GetImageFromArray(np.random.default_rng(1).random((4, 4)).astype(np.float32))
     with pytest.raises(RegistrationError, match="do not overlap after centring"):
         register(a2, tiny, mode="rigid")
+
+
+def test_cancel_during_registration_raises_cancelled(itk_data):
+    from MedFusionLib.errors import CancelledError
+
+    fixed = read_image(itk_data / "BrainT1Slice.png")
+    moving = read_image(itk_data / "BrainProtonDensitySliceRotated10.png")
+    calls = []
+
+    def stop_at_first_iteration(fraction, message):
+        calls.append(message)
+        return "iteration" not in message
+
+    with pytest.raises(CancelledError, match="cancelled by the user"):
+        register(fixed, moving, mode="rigid", progress=stop_at_first_iteration)
+    assert any("iteration" in m for m in calls)
