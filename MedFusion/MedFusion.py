@@ -452,10 +452,7 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     metricsTable=p.metricsTable, progress=self.onProgress,
                     fixedModality=p.fixedModality, movingModality=p.movingModality, **methodParams)
                 succeeded = True
-            except MedFusionLib.MedFusionError as error:
-                # a cancel inside a SimpleITK callback can surface as another engine error
-                if not (isinstance(error, MedFusionLib.CancelledError) or self._cancelRequested):
-                    raise
+            except MedFusionLib.CancelledError:
                 self.ui.statusLabel.text = _("Cancelled; no output was changed.")
                 return
             finally:
