@@ -22,7 +22,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTableNode, vtkMRMLTransformNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTableNode, vtkMRMLTransformNode, vtkMRMLVectorVolumeNode
 
 # In an installed extension MedFusionLib sits next to this file (qt-scripted-modules); in a source
 # checkout it sits one folder up. The engine itself is imported lazily: it needs packages
@@ -118,6 +118,7 @@ class MedFusionParameterNode:
     transformNode - optional output: the registration result.
     contributionVolume - optional output: share of the fixed source per voxel.
     metricsTable - optional output: fusion quality metrics.
+    colourVolume - optional output: colour fusion (PET/SPECT colours over the anatomy), RGB.
     """
 
     fixedVolume: vtkMRMLScalarVolumeNode
@@ -134,6 +135,7 @@ class MedFusionParameterNode:
     transformNode: vtkMRMLTransformNode
     contributionVolume: vtkMRMLScalarVolumeNode
     metricsTable: vtkMRMLTableNode
+    colourVolume: vtkMRMLVectorVolumeNode
 
 
 #
@@ -450,7 +452,8 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     registration=p.registration, device=p.device, transformNode=p.transformNode,
                     contributionVolume=p.contributionVolume if info.provides_weights else None,
                     metricsTable=p.metricsTable, progress=self.onProgress,
-                    fixedModality=p.fixedModality, movingModality=p.movingModality, **methodParams)
+                    fixedModality=p.fixedModality, movingModality=p.movingModality,
+                    colourVolume=p.colourVolume, **methodParams)
                 succeeded = True
             except MedFusionLib.CancelledError:
                 self.ui.statusLabel.text = _("Cancelled; no output was changed.")
@@ -513,7 +516,8 @@ class MedFusionLogic(ScriptedLoadableModuleLogic):
 
     def process(self, fixedVolume, movingVolume, outputVolume, *, method="cnn", registration="rigid",
                 device="auto", transformNode=None, contributionVolume=None, metricsTable=None,
-                progress=None, fixedModality="auto", movingModality="auto", **methodParams):
+                progress=None, fixedModality="auto", movingModality="auto", colourVolume=None,
+                **methodParams):
         """Register ``movingVolume`` onto ``fixedVolume``, fuse them and write the result nodes.
 
         Can be used without the GUI. See ``MedFusionLib.slicer_bridge.fuse_nodes`` for every
@@ -531,6 +535,8 @@ class MedFusionLogic(ScriptedLoadableModuleLogic):
         :param progress: optional ``progress(fraction, message)``; returning False cancels.
         :param fixedModality: ``auto`` or CT, MR, PET, SPECT, 8BIT.
         :param movingModality: ``auto`` or CT, MR, PET, SPECT, 8BIT.
+        :param colourVolume: optional vector volume for the colour fusion (the PET/SPECT source
+            keeps the colour table it is displayed with); metrics are then on luminance.
         :return: ``MedFusionLib.slicer_bridge.NodeFusionResult``.
         """
         from MedFusionLib.slicer_bridge import fuse_nodes
@@ -540,7 +546,7 @@ class MedFusionLogic(ScriptedLoadableModuleLogic):
         result = fuse_nodes(
             fixedVolume, movingVolume, outputVolume, method=method, registration=registration,
             device=device, transformNode=transformNode, contributionVolume=contributionVolume,
-            metricsTable=metricsTable, progress=progress,
+            metricsTable=metricsTable, progress=progress, colourVolume=colourVolume,
             fixed_modality=None if fixedModality in (None, "", "auto") else fixedModality,
             moving_modality=None if movingModality in (None, "", "auto") else movingModality,
             **methodParams)
@@ -714,6 +720,22 @@ class MedFusionTest(ScriptedLoadableModuleTest):
         fixed, moving, _ctToMr = self._addPair()
         with self.assertRaises(MedFusionLib.InvalidInputError):
             MedFusionLogic().process(fixed, moving, moving, method="maximum", registration="none")
+
+    def test_MedFusionColour(self):
+        """Colour fusion: an RGB vector volume on the fixed grid, the moving source's colours kept."""
+        fixed, moving, _ctToMr = self._addPair()
+        moving.CreateDefaultDisplayNodes()
+        moving.GetDisplayNode().SetAndObserveColorNodeID("vtkMRMLColorTableNodeRainbow")
+        output = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "fused luminance")
+        colour = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "fused colour")
+        MedFusionLogic().process(fixed, moving, output, method="maximum", registration="none",
+                                 movingModality="SPECT", colourVolume=colour)
+        rgb = slicer.util.arrayFromVolume(colour)
+        self.assertEqual(rgb.shape, slicer.util.arrayFromVolume(fixed).shape + (3,))
+        self.assertEqual(rgb.dtype, np.uint8)
+        # some voxels are coloured (channels differ), as the rainbow table makes them
+        self.assertGreater(int((np.ptp(rgb.astype(int), axis=-1) > 30).sum()), 100)
+        self.delayDisplay("Colour fusion test passed")
 
     def test_MedFusionCNN(self):
         """CNN fusion with the shipped weights and its contribution map (only where torch exists)."""

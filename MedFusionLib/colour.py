@@ -34,7 +34,7 @@ from .progress import ProgressCallback, scaled
 from .registration import resample_to
 
 __all__ = ["COLOUR_TABLES", "colour_table", "apply_colour_table", "rgb_to_ycbcr", "ycbcr_to_rgb",
-           "ColourFusionResult", "fuse_colour", "rgb_image"]
+           "ColourFusionResult", "fuse_colour", "functional_source", "rgb_image"]
 
 # Control points (position, R, G, B) of the built-in tables, all components in [0, 1].
 _CONTROL_POINTS = {
@@ -136,7 +136,19 @@ class ColourFusionResult(FusionResult):
         return out
 
 
-def _pick_functional(fixed, moving, fixed_modality, moving_modality, functional, names) -> str:
+def functional_source(fixed: sitk.Image, moving: sitk.Image, *, fixed_modality: str | None = None,
+                      moving_modality: str | None = None, functional: str | None = None,
+                      names=("fixed image", "moving image")) -> str:
+    """Which source carries the colour: ``"fixed"`` or ``"moving"``.
+
+    ``functional`` if given; else the RGB image; else the one whose modality (given, DICOM
+    header or guess) is PET or SPECT.
+
+    Raises
+    ------
+    InvalidInputError
+        Both sources are colour, or neither is RGB, PET or SPECT.
+    """
     if functional is not None:
         return look_up(functional, ("fixed", "moving"), what="functional source")
     colour = [is_colour(fixed), is_colour(moving)]
@@ -194,7 +206,8 @@ def fuse_colour(fixed: sitk.Image, moving: sitk.Image, *, method: str | None = N
         raise InvalidInputError(f"method '{info.name}' does not produce a contribution map.")
     dev = resolve_device(device)
     names = (fixed_name, moving_name)
-    which = _pick_functional(fixed, moving, fixed_modality, moving_modality, functional, names)
+    which = functional_source(fixed, moving, fixed_modality=fixed_modality,
+                              moving_modality=moving_modality, functional=functional, names=names)
     lum = [to_luminance(fixed, fixed_name), to_luminance(moving, moving_name)]
     pair = align_pair(lum[0], lum[1], registration=registration, fixed_modality=fixed_modality,
                       moving_modality=moving_modality, ct_window=ct_window, seed=seed,

@@ -41,6 +41,8 @@ __all__ = [
     "set_transform_node",
     "write_metrics_table",
     "contribution_color_node",
+    "node_colour_table",
+    "add_colour_legend",
     "fuse_nodes",
     "headless_scene",
 ]
@@ -92,6 +94,8 @@ def headless_scene(views=("Red",)):
     color_logic = app_logic.GetColorLogic()
     color_logic.SetMRMLScene(scene)
     color_logic.AddDefaultColorNodes()
+    # the Colors module registers this class in the application; a bare scene needs it for legends
+    scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
     slicer.mrmlScene = scene
     slicer.appLogic = app_logic
     slice_logics = {}
@@ -262,10 +266,10 @@ def update_volume_from_image(volume_node, image: sitk.Image, *, ijk_to_ras=None)
 
     Parameters
     ----------
-    volume_node : vtkMRMLScalarVolumeNode
+    volume_node : vtkMRMLScalarVolumeNode or vtkMRMLVectorVolumeNode
         Destination; its voxels and IJK->RAS matrix are replaced, its parent transform removed.
     image : SimpleITK.Image
-        Scalar 2D or 3D image (2D becomes a one-slice volume).
+        2D or 3D image, scalar (or RGB for a vector volume node); 2D becomes a one-slice volume.
     ijk_to_ras : array_like or None, optional
         ``(4, 4)`` matrix to use instead of the image's own geometry, e.g. the fixed volume's
         exact matrix when ``image`` lies on its grid.
@@ -273,7 +277,7 @@ def update_volume_from_image(volume_node, image: sitk.Image, *, ijk_to_ras=None)
     import slicer
 
     array = sitk.GetArrayFromImage(image)
-    if array.ndim == 2:
+    if array.ndim == 2 + (image.GetNumberOfComponentsPerPixel() > 1):
         array = array[np.newaxis]
     matrix = _ijk_to_ras_from_image(image) if ijk_to_ras is None else np.asarray(ijk_to_ras, float)
     volume_node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(matrix))
@@ -431,6 +435,47 @@ def _display_range(array: np.ndarray) -> tuple[float, float]:
     return float(lower), float(upper)
 
 
+def node_colour_table(volume_node, n: int = 256) -> np.ndarray | None:
+    """The colour table a volume node is displayed with, as ``(n, 3)`` RGB in [0, 1].
+
+    None when the node has no display node or is shown in greyscale (then the caller picks a
+    default, e.g. ``heat`` for PET). Works for table and procedural colour nodes alike: the
+    table is sampled through the colour node's ``GetScalarsToColors()`` over its range.
+    """
+    display = volume_node.GetDisplayNode() if volume_node is not None else None
+    color = display.GetColorNode() if display is not None else None
+    if color is None or (color.GetID() or "").endswith("Grey") or color.GetName() in ("Grey", "Gray"):
+        return None
+    lut = color.GetScalarsToColors()
+    if lut is None:
+        return None
+    lo, hi = lut.GetRange()
+    values = np.linspace(lo, hi, n)
+    table = np.zeros((n, 3))
+    for row, v in zip(table, values):
+        rgb = [0.0, 0.0, 0.0]
+        lut.GetColor(float(v), rgb)  # the two-argument form is wrapped for every subclass
+        row[:] = rgb
+    return None if np.allclose(table, table[:, :1]) else table
+
+
+def add_colour_legend(volume_node):
+    """Show a colour legend for a volume node in the views (Slicer's Colors module logic).
+
+    Returns the ``vtkMRMLColorLegendDisplayNode``, or None where the scene cannot create one
+    (a bare headless scene without the Colors module's node classes).
+    """
+    import slicer
+
+    logic_class = getattr(slicer, "vtkSlicerColorLogic", None)
+    if logic_class is None:
+        return None
+    legend = logic_class.AddDefaultColorLegendDisplayNode(volume_node)
+    if legend is not None:
+        legend.SetTitleText(volume_node.GetAttribute("MedFusion.Meaning") or volume_node.GetName())
+    return legend
+
+
 def contribution_color_node(scene):
     """The diverging colour table for contribution maps: blue (moving source) to orange (fixed).
 
@@ -448,11 +493,10 @@ def contribution_color_node(scene):
     color.SetTypeToUser()
     color.SetNumberOfColors(256)
     color.SetHideFromEditors(False)
-    blue, white, orange = np.array([0.13, 0.40, 0.85]), np.ones(3), np.array([0.95, 0.50, 0.08])
-    for i in range(256):
-        t = i / 255.0
-        rgb = blue + (white - blue) * (t / 0.5) if t < 0.5 else white + (orange - white) * ((t - 0.5) / 0.5)
-        color.SetColor(i, f"{t:.3f}", float(rgb[0]), float(rgb[1]), float(rgb[2]), 1.0)
+    from .colour import colour_table
+
+    for i, rgb in enumerate(colour_table("contribution", 256)):
+        color.SetColor(i, f"{i / 255.0:.3f}", float(rgb[0]), float(rgb[1]), float(rgb[2]), 1.0)
     color.SetAttribute("Category", "MedFusion")
     scene.AddNode(color)
     return color
@@ -573,7 +617,8 @@ def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = 
                contributionVolume=None, metricsTable=None, progress: ProgressCallback | None = None,
                fixed_modality: str | None = None, moving_modality: str | None = None,
                ct_window=None, metric_keys=DEFAULT_METRIC_KEYS, max_metric_slices: int = 24,
-               show: bool = True, **params) -> NodeFusionResult:
+               show: bool = True, colourVolume=None, colour_table=None,
+               **params) -> NodeFusionResult:
     """Register and fuse two volume nodes; write the fused volume and optional outputs as nodes.
 
     The input nodes are never modified. Nothing is written until the engine has finished, so a
@@ -617,8 +662,16 @@ def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = 
     max_metric_slices : int, optional
         Score at most this many evenly spaced slices (default 24).
     show : bool, optional
-        Show the fused volume in the slice views (background) with the fixed volume as foreground
-        at opacity 0, ready for the fader (default True).
+        Show the fused volume in the slice views (background; the colour one when computed) with,
+        as foreground, the contribution map at 40 % opacity with a colour legend when computed,
+        else the fixed volume at opacity 0, ready for the fader (default True).
+    colourVolume : vtkMRMLVectorVolumeNode, optional
+        Receives the colour fusion (RGB, see :mod:`MedFusionLib.colour`): the PET/SPECT source
+        keeps its colours over the anatomical detail. ``outputVolume`` then holds the fused
+        luminance, and the metrics are computed on luminance.
+    colour_table : str or array_like, optional
+        Colour table for the functional source: a name (``heat``, ``rainbow``) or ``(N, 3)`` RGB
+        rows. Default: the colour table its display node uses in Slicer, else ``heat``.
     **params
         Parameters of the fusion method (e.g. the CNN's fusion level and rule).
 
@@ -645,11 +698,13 @@ def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = 
     _check_node_class(contributionVolume, "vtkMRMLScalarVolumeNode", "contribution volume")
     _check_node_class(transformNode, "vtkMRMLTransformNode", "transform node")
     _check_node_class(metricsTable, "vtkMRMLTableNode", "metrics table")
+    _check_node_class(colourVolume, "vtkMRMLVectorVolumeNode", "colour volume")
     for node, role in ((outputVolume, "output volume"), (contributionVolume, "contribution volume")):
         if node is not None and node.IsA("vtkMRMLLabelMapVolumeNode"):
             raise InvalidInputError(f"the {role} '{node.GetName()}' is a labelmap; choose a scalar volume.")
     _check_distinct(fixed_volume=fixedVolume, moving_volume=movingVolume,
-                    output_volume=outputVolume, contribution_volume=contributionVolume)
+                    output_volume=outputVolume, contribution_volume=contributionVolume,
+                    colour_volume=colourVolume)
 
     from .methods import default_method, get_method
     from .pipeline import fuse_images
@@ -668,10 +723,23 @@ def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = 
     fixed_image = image_from_volume(fixedVolume)
     moving_image = image_from_volume(movingVolume)
     fixed_ijk_to_ras = ijk_to_ras_matrix(fixedVolume)
-    result = fuse_images(
-        fixed_image, moving_image, method=info.name, registration=registration, device=device,
-        fixed_modality=fixed_modality, moving_modality=moving_modality, ct_window=ct_window,
-        return_weights=contributionVolume is not None, progress=progress, **params)
+    common = dict(method=info.name, registration=registration, device=device,
+                  fixed_modality=fixed_modality, moving_modality=moving_modality,
+                  ct_window=ct_window, return_weights=contributionVolume is not None,
+                  progress=progress)
+    if colourVolume is not None:
+        from .colour import functional_source, fuse_colour
+
+        which = functional_source(fixed_image, moving_image, fixed_modality=fixed_modality,
+                                  moving_modality=moving_modality,
+                                  names=(fixedVolume.GetName(), movingVolume.GetName()))
+        table = colour_table
+        if table is None:
+            table = node_colour_table(fixedVolume if which == "fixed" else movingVolume)
+        result = fuse_colour(fixed_image, moving_image, table="heat" if table is None else table,
+                             functional=which, **common, **params)
+    else:
+        result = fuse_images(fixed_image, moving_image, **common, **params)
 
     if contributionVolume is not None and result.weights is None:
         raise InvalidInputError(f"method '{info.name}' returned no contribution map.")
@@ -704,12 +772,25 @@ def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = 
         _show_volume(contributionVolume, 0.0, 1.0, color.GetID())
         contributionVolume.SetAttribute("MedFusion.Meaning", "share of the fixed source in [0, 1]")
 
+    if colourVolume is not None:
+        update_volume_from_image(colourVolume, result.rgb, ijk_to_ras=fixed_ijk_to_ras)
+        colourVolume.CreateDefaultDisplayNodes()
+        colourVolume.SetAttribute("MedFusion.Meaning",
+                                  f"colour fusion: {result.functional} source in "
+                                  f"{result.colour_table} over the other's detail")
+
     if metricsTable is not None:
         write_metrics_table(metricsTable, metrics, directions)
 
     if show:
-        slicer.util.setSliceViewerLayers(background=outputVolume, foreground=fixedVolume,
-                                         foregroundOpacity=0.0, fit=False)
+        background = colourVolume if colourVolume is not None else outputVolume
+        if contributionVolume is not None:
+            add_colour_legend(contributionVolume)
+            slicer.util.setSliceViewerLayers(background=background, foreground=contributionVolume,
+                                             foregroundOpacity=0.4, fit=False)
+        else:
+            slicer.util.setSliceViewerLayers(background=background, foreground=fixedVolume,
+                                             foregroundOpacity=0.0, fit=False)
 
     seconds = time.perf_counter() - t0
     report(progress, 1.0, f"Fusion completed in {seconds:.2f} seconds")
