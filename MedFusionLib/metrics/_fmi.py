@@ -19,7 +19,7 @@ __all__ = ["fmi", "fmi_pixel", "fmi_dct", "fmi_wavelet", "FMI_FEATURES"]
 #: Feature extractors available to :func:`fmi` (MATLAB's ``edge`` is not ported).
 FMI_FEATURES = ("none", "gradient", "dct", "wavelet")
 
-_CHUNK = 4096  # windows per vectorised block (keeps the (2l, chunk) arrays in cache)
+_CHUNK = 2048  # windows per vectorised block: the (l, l, chunk) staircase test stays in L2 cache (2048: 0.18 s vs 0.25 s at 4096 per 256x256 slice)
 
 
 def _rerange(x: np.ndarray) -> np.ndarray:
