@@ -1,16 +1,16 @@
 """Unsupervised, reproducible training of :class:`~MedFusionLib.nets.fusionnet.FusionNet`.
 
 No ground-truth fused images exist, so the network is trained with a *fusion loss* that scores a
-fused slice ``F`` against its two sources ``A`` and ``B`` (all in [0, 1]):
+fused slice ``F`` against its two sources ``A`` and ``B`` (all in [0, 1]): a weighted sum of the
+terms of :data:`LOSS_TERMS`, chosen per run in the config. They are the classic unsupervised
+fusion terms (intensity fidelity to the brighter source, gradient fidelity to the stronger
+source edge, SSIM to both sources) and differentiable forms of the fusion-quality metrics
+(:mod:`MedFusionLib.nets.losses`: Q^AB/F edge transfer, VIF, SCD, and contrast, sharpness and
+entropy rewards capped relative to the sources so that noise cannot win them). The terms score
+the clipped output; a penalty keeps the raw output in [0, 1].
 
-- **intensity fidelity**: ``|F - max(A, B)|`` (keep the brighter, more informative source: bone
-  from CT, uptake from PET, tissue from MR);
-- **gradient fidelity**: ``| |grad F| - max(|grad A|, |grad B|) |`` (keep the stronger edge of the
-  two sources at every pixel; Sobel gradients);
-- **structural similarity** to both sources: ``2 - SSIM(F, A) - SSIM(F, B)``.
-
-A fraction of the pairs are a slice with itself; for them the same loss asks ``F = A``, which
-keeps the network an identity on identical inputs.
+A fraction of the pairs are a slice with itself; for them the loss asks ``F = A``
+(``identity`` term), which keeps the network an identity on identical inputs.
 
 Training data (built in memory, nothing is downloaded): axial slices of the MNI152 T1 template and
 of the synthetic CT-like and PET-like volumes derived from its tissue maps
@@ -76,8 +76,12 @@ class TrainConfig:
         FusionNet feature channels ``[c1, c2]`` (ignored with ``--init``: the model's own).
     head_channels : int
         FusionNet weight-head width (ignored with ``--init``).
+    residual : bool
+        FusionNet long skip from the weighted source pixels (ignored with ``--init``).
     loss : dict
         Weights of the loss terms (:data:`LOSS_TERMS`).
+    caps : dict
+        Caps of the ``sd``, ``sf`` and ``en`` rewards (see :func:`fusion_loss`).
     identity_prob : float
         Fraction of pairs made of a slice with itself.
     rule_mix : float
@@ -99,7 +103,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     channels: list = field(default_factory=lambda: [16, 32])
     head_channels: int = 16
+    residual: bool = False
     loss: dict = field(default_factory=lambda: dict(DEFAULT_LOSS))
+    caps: dict = field(default_factory=dict)
     identity_prob: float = 0.08
     rule_mix: float = 0.25
     holdout_z: list = field(default_factory=lambda: [75, 115])
@@ -119,6 +125,10 @@ class TrainConfig:
             if not ok:
                 raise InvalidInputError(f"training config: invalid value for '{name}': "
                                         f"{getattr(self, name)!r}.")
+        bad_caps = set(self.caps) - {"sd", "sf", "en"}
+        if bad_caps:
+            raise InvalidInputError(f"training config: unknown cap(s) {sorted(bad_caps)}; "
+                                    "known: sd, sf, en.")
         unknown = set(self.loss) - set(LOSS_TERMS)
         if unknown:
             raise InvalidInputError(f"training config: unknown loss term(s) {sorted(unknown)}; "
@@ -158,15 +168,16 @@ LOSS_TERMS = {
     "qabf": "1 - Q^AB/F: edge transfer (Xydeas-Petrovic)",
     "vif": "(2 - VIF(A, B, F)) / 2: visual information fidelity to both sources",
     "scd": "(2 - SCD) / 2: each source's contribution (sum of correlations of differences)",
-    "sd": "1 - SD / 127.5: contrast",
-    "sf": "1 - SF / 50: sharpness (spatial frequency)",
-    "en": "1 - EN / 8: information content (soft-histogram entropy)",
+    "sd": "relu(cap - SD(F) / SD(max(A, B))): contrast, up to cap x the pixel maximum's",
+    "sf": "relu(cap - SF(F) / max(SF(A), SF(B))): sharpness, up to cap x the sharper source's",
+    "en": "relu(max(EN(A), EN(B)) + cap - EN(F)) / 8: information (soft-histogram entropy)",
     "identity": "|F - A| on pairs of a slice with itself: fusion of identical inputs is the input",
 }
 DEFAULT_LOSS = {"intensity": 1.0, "gradient": 2.0, "ssim": 1.0}
+SD_CAP, SF_CAP, EN_MARGIN = 1.05, 1.4, 0.3
 
 
-def fusion_loss(fused, a, b, *, weights: dict | None = None):
+def fusion_loss(fused, a, b, *, weights: dict | None = None, caps: dict | None = None):
     """Unsupervised fusion loss of a batch: a weighted sum of the terms of :data:`LOSS_TERMS`.
 
     Parameters
@@ -175,16 +186,21 @@ def fusion_loss(fused, a, b, *, weights: dict | None = None):
         ``(N, 1, H, W)``; sources in [0, 1]. Terms ``qabf`` and ``vif`` need ``H, W >= 48``.
     weights : dict, optional
         ``term -> weight``; default :data:`DEFAULT_LOSS` (``identity`` defaults to 1).
+    caps : dict, optional
+        Caps of the rewards: ``sd`` (ratio to SD(max(A, B)), default 1.05), ``sf`` (ratio to
+        the sharper source's SF, default 1.4), ``en`` (bits above the richer source, default 0.3).
 
     Returns
     -------
     total : Tensor
-        Scalar loss. Pairs with ``a == b`` (a slice with itself) are scored by the ``identity``
-        term only; the other pairs by every other term.
+        Scalar loss. The terms score ``clip(F, 0, 1)`` (the image the user gets), plus a penalty
+        ``mean(relu(F - 1) + relu(-F))`` on the raw output. Pairs with ``a == b`` (a slice with
+        itself) are scored by the ``identity`` term only; the other pairs by every other term.
     terms : dict
         Float value of each weighted term (over the pairs it applies to).
     """
     import torch
+    import torch.nn.functional as F
 
     from .nets import losses as L
 
@@ -193,7 +209,13 @@ def fusion_loss(fused, a, b, *, weights: dict | None = None):
     if unknown:
         raise InvalidInputError(f"unknown loss term(s) {sorted(unknown)}; known: {sorted(LOSS_TERMS)}.")
     w.setdefault("identity", 1.0)
+    cap = {"sd": SD_CAP, "sf": SF_CAP, "en": EN_MARGIN}
+    cap.update(caps or {})
     same = (a == b).flatten(1).all(1)
+    # the terms score the image the user gets (clipped to [0, 1], as at inference); a range
+    # penalty keeps the raw output inside, so unbounded terms (SD, SF) cannot be won by blowing up
+    out_of_range = (F.relu(fused - 1.0) + F.relu(-fused)).mean(dim=(1, 2, 3))
+    fused = fused.clamp(0.0, 1.0)
     per = {}
     if w.get("intensity"):
         per["intensity"] = (fused - torch.maximum(a, b)).abs().mean(dim=(1, 2, 3))
@@ -208,15 +230,20 @@ def fusion_loss(fused, a, b, *, weights: dict | None = None):
         per["vif"] = (2.0 - L.vif(a, b, fused)) / 2.0
     if w.get("scd"):
         per["scd"] = (2.0 - L.scd(a, b, fused)) / 2.0
+    # contrast, sharpness and entropy are rewarded only up to a cap set by the sources, so that
+    # they cannot be won by noise (a checkerboard has the largest SF and SD of all)
     if w.get("sd"):
-        per["sd"] = 1.0 - L.std(fused) / 127.5
+        ref = L.std(torch.maximum(a, b)).clamp_min(1.0)
+        per["sd"] = F.relu(cap["sd"] - L.std(fused) / ref)
     if w.get("sf"):
-        per["sf"] = 1.0 - L.spatial_frequency(fused) / 50.0
+        ref = torch.maximum(L.spatial_frequency(a), L.spatial_frequency(b)).clamp_min(1.0)
+        per["sf"] = F.relu(cap["sf"] - L.spatial_frequency(fused) / ref)
     if w.get("en"):
-        per["en"] = 1.0 - L.soft_entropy(fused) / 8.0
+        ref = torch.maximum(L.soft_entropy(a), L.soft_entropy(b))
+        per["en"] = F.relu(ref + cap["en"] - L.soft_entropy(fused)) / 8.0
     per_pair = sum(w[k] * v for k, v in per.items()) if per else fused.new_zeros(fused.shape[0])
     ident = (fused - a).abs().mean(dim=(1, 2, 3))
-    total_each = torch.where(same, w["identity"] * ident, per_pair)
+    total_each = torch.where(same, w["identity"] * ident, per_pair) + out_of_range
     terms = {k: float(v[~same].mean().detach()) if bool((~same).any()) else 0.0
              for k, v in per.items()}
     terms["identity"] = float(ident[same].mean().detach()) if bool(same.any()) else 0.0
@@ -489,7 +516,8 @@ def train(config: TrainConfig, out: str | os.PathLike, *, init: str | os.PathLik
         net = build_model(load_checkpoint(path, sha256=entry["sha256"]))
         init_desc = f"{entry['name']} ({entry['sha256'][:12]})"
     else:
-        net = FusionNet(channels=tuple(config.channels), head_channels=config.head_channels)
+        net = FusionNet(channels=tuple(config.channels), head_channels=config.head_channels,
+                        residual=config.residual)
         init_desc = None
     net = net.to(dev).train()
     if bank is None:
@@ -515,7 +543,7 @@ def train(config: TrainConfig, out: str | os.PathLike, *, init: str | os.PathLik
         if config.rule_mix > 0 and rng.random() < config.rule_mix:
             rule = fixed_rules[int(rng.integers(len(fixed_rules)))]
         fused, _ = net(a, b, rule=rule)
-        loss, terms = fusion_loss(fused, a, b, weights=config.loss)
+        loss, terms = fusion_loss(fused, a, b, weights=config.loss, caps=config.caps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:

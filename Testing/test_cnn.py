@@ -18,10 +18,10 @@ from MedFusionLib.nets.fusionnet import FEATURE_RULES, LEVELS, FusionNet  # noqa
 LEVEL_RULES = [(lv, r) for lv in LEVELS for r in FEATURE_RULES]
 
 
-@pytest.fixture(scope="module")
-def tiny_net():
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "residual"])
+def tiny_net(request):
     torch.manual_seed(0)
-    return FusionNet(channels=(4, 8), head_channels=4).eval()
+    return FusionNet(channels=(4, 8), head_channels=4, residual=request.param).eval()
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +100,21 @@ def test_pixel_level_applies_the_weight_map_to_the_pixels(tiny_net):
         fused, share = tiny_net(a, b, level="pixel", rule="maximum")
     torch.testing.assert_close(fused, torch.maximum(a, b))
     assert torch.equal(share, (a >= b).float())
+
+
+def test_residual_net_adds_the_decoder_to_the_pixel_fusion():
+    torch.manual_seed(0)
+    net = FusionNet(channels=(4, 8), head_channels=4, residual=True).eval()
+    with torch.no_grad():
+        net.dec4.weight.zero_()
+        net.dec4.bias.zero_()
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.rand(2, 1, 20, 28, generator=g), torch.rand(2, 1, 20, 28, generator=g)
+    with torch.inference_mode():
+        for rule in ("learned", "average", "maximum", "addition"):
+            feat, _ = net(a, b, rule=rule)
+            pix, _ = net(a, b, rule=rule, level="pixel")
+            torch.testing.assert_close(feat, pix)
 
 
 # --- weights registry ---------------------------------------------------------------------------

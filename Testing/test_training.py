@@ -51,7 +51,7 @@ def _loss_of(net, batch):
         return float(fusion_loss(fused, a, b)[0])
 
 
-METRIC_MIX = {"qabf": 1.0, "vif": 2.0, "ssim": 1.0, "scd": 1.0, "sd": 0.4, "sf": 0.6, "en": 3.2,
+METRIC_MIX = {"qabf": 1.0, "vif": 2.0, "ssim": 1.0, "scd": 1.0, "sd": 1.0, "sf": 1.0, "en": 2.0,
               "intensity": 0.2}
 
 
@@ -71,8 +71,19 @@ def test_fusion_loss_prefers_a_good_fusion(weights):
     only_a, _ = fusion_loss(a, a, b, weights=weights)
     blurred, _ = fusion_loss(torch.nn.functional.avg_pool2d(best, 5, 1, 2), a, b, weights=weights)
     assert float(good) < float(only_a) and float(good) < float(blurred)
-    if weights is METRIC_MIX:  # the shipped loss also refuses to pass the second source through
-        assert float(good) < float(fusion_loss(b, a, b, weights=weights)[0])
+
+
+def test_capped_rewards_cannot_be_won_by_noise():
+    a, b = _two_sources()
+    noise = torch.from_numpy((np.indices((64, 64)).sum(0) % 2).astype(np.float32))[None, None]
+    best = torch.maximum(a, b)
+    assert float(fusion_loss(best, a, b, weights=METRIC_MIX)[0]) < float(
+        fusion_loss(noise, a, b, weights=METRIC_MIX)[0])
+    _, terms = fusion_loss(noise, a, b, weights={"sd": 1.0, "sf": 1.0})
+    assert terms["sd"] == 0.0 and terms["sf"] == 0.0  # capped: no reward beyond the cap
+    _, terms = fusion_loss(2.0 * best, a, b, weights={"ssim": 1.0})
+    _, clipped = fusion_loss((2.0 * best).clamp(0, 1), a, b, weights={"ssim": 1.0})
+    assert terms["ssim"] == pytest.approx(clipped["ssim"])  # terms see the clipped output
 
 
 def test_fusion_loss_asks_identity_for_identical_inputs():

@@ -3,7 +3,8 @@
 Prints, per validation group and overall, the mean of the review's quality metrics (EN, SD, SF, MI,
 SCD, VIF, Q^AB/F, SSIM) for each method, the fusion symmetry FS = |I_AF / (I_AF + I_BF) - 0.5|
 (0 = both sources equally represented in the fused image; a method that passes one source
-through scores near 0.5), and whether the default CNN meets the quality bar: better than all three
+through scores near 0.5), the share of the Colin27 PET-like lesions' contrast kept in the fused
+image LC (1 = as in the PET; 0 = the lesion is lost), and whether the default CNN meets the quality bar: better than all three
 baselines on at least 6 of the 8 metrics, and within 2 % of pixel-maximum on Q^AB/F, VIF and SSIM.
 
 Validation set (none of it is used in training, see models/MODEL_CARD.md):
@@ -39,8 +40,12 @@ from MedFusionLib.driver import fuse_arrays  # noqa: E402
 from MedFusionLib.metrics import compute_metrics  # noqa: E402
 
 KEYS = ["EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM"]
+#: printed columns: the eight, fusion symmetry FS (lower = balanced), lesion contrast kept LC
+COLUMNS = KEYS + ["FS", "LC"]
 BASELINES = ["average", "maximum", "dwt"]
 MNI_SLICES = list(range(80, 110, 3))
+#: (group, slice) -> boolean mask of the hot lesions of the PET-like image (Colin27 cases)
+LESIONS: dict = {}
 
 
 def _load_itk():
@@ -51,7 +56,7 @@ def _load_itk():
     a = sitk.GetArrayFromImage(read_image(itk_example("BrainT1Slice.png"))).astype(np.float32)
     b = sitk.GetArrayFromImage(read_image(itk_example("BrainProtonDensitySlice.png"))).astype(
         np.float32)
-    return [("itk-t1-pd", a / 255.0, b / 255.0)]
+    return [("itk-t1-pd", a / 255.0, b / 255.0, 0)]
 
 
 def _load_mni():
@@ -64,8 +69,8 @@ def _load_mni():
     pet, _ = normalize(vols["pet"], "PET")
     cases = []
     for z in MNI_SLICES:
-        cases.append(("mni-mr-ct", mr[z], ct[z]))
-        cases.append(("mni-mr-pet", mr[z], pet[z]))
+        cases.append(("mni-mr-ct", mr[z], ct[z], z))
+        cases.append(("mni-mr-pet", mr[z], pet[z], z))
     return cases
 
 
@@ -95,20 +100,24 @@ def _load_colin():
     uptake = uptake.astype(np.float32)
     rng = np.random.default_rng(7)
     zz, yy, xx = np.ogrid[tuple(slice(0, s) for s in t1.shape)]
+    lesions = np.zeros(t1.shape, bool)
     for centre, radius, value in (((90, 120, 60), 6, 20.0), ((95, 80, 110), 5, 16.0)):
         sphere = (zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2
         uptake[(sphere <= radius ** 2) & brain] = value
+        lesions |= (sphere <= (radius - 1) ** 2) & brain
     pet = ndimage.gaussian_filter(uptake, 6.0 / 2.355)
     pet = np.clip(pet + rng.normal(0, 0.15, pet.shape).astype(np.float32) * np.sqrt(pet), 0, None)
     lo, hi = np.percentile(t1, [0.5, 99.5])
     mr = np.clip((t1 - lo) / (hi - lo), 0, 1)
     pet = np.clip(pet / np.percentile(pet, 99.9), 0, 1)
-    return [("colin-mr-pet", mr[z].astype(np.float32), pet[z].astype(np.float32))
+    for z in range(70, 111, 5):
+        LESIONS[("colin-mr-pet", z)] = lesions[z]
+    return [("colin-mr-pet", mr[z].astype(np.float32), pet[z].astype(np.float32), z)
             for z in range(70, 111, 5)]
 
 
 def validation_cases():
-    """List of ``(group, a, b)`` slice pairs in [0, 1]."""
+    """List of ``(group, a, b, slice_index)`` slice pairs in [0, 1]."""
     cases = []
     for loader in (_load_itk, _load_mni, _load_colin):
         try:
@@ -123,14 +132,27 @@ def evaluate(cases, methods: dict) -> dict:
     results: dict = {}
     for label, (method, params) in methods.items():
         per_group: dict = {}
-        for group, a, b in cases:
+        for group, a, b, z in cases:
             f = fuse_arrays(a, b, method=method, device="cpu", **params)
             m = compute_metrics(a, b, f, keys=KEYS + ["FS"], data_range=1.0)
+            m["LC"] = lesion_contrast(f, b, LESIONS.get((group, z)))
             for g in (group, "all"):
                 per_group.setdefault(g, []).append(m)
-        results[label] = {g: {k: float(np.nanmean([m[k] for m in ms])) for k in KEYS + ["FS"]}
-                          for g, ms in per_group.items()}
+        results[label] = {g: {k: float(np.nanmean([m[k] for m in ms])) if any(
+            np.isfinite(m[k]) for m in ms) else float("nan") for k in COLUMNS}
+            for g, ms in per_group.items()}
     return results
+
+
+def lesion_contrast(f: np.ndarray, b: np.ndarray, mask) -> float:
+    """Share of the PET lesions' contrast kept in F: (F_lesion - F_around) / (B_lesion -
+    B_around), "around" being a 4-pixel ring; NaN without a lesion in the slice."""
+    from scipy import ndimage
+
+    if mask is None or mask.sum() < 5:
+        return float("nan")
+    ring = ndimage.binary_dilation(mask, iterations=4) & ~ndimage.binary_dilation(mask)
+    return float((f[mask].mean() - f[ring].mean()) / (b[mask].mean() - b[ring].mean()))
 
 
 def verdict(results: dict, cnn: str = "cnn", group: str = "all") -> tuple[int, list, dict]:
@@ -145,10 +167,10 @@ def verdict(results: dict, cnn: str = "cnn", group: str = "all") -> tuple[int, l
 def print_table(results: dict, groups) -> None:
     for g in groups:
         print(f"\n[{g}]")
-        print(f"{'method':22s}" + "".join(f"{k:>8s}" for k in KEYS + ["FS"]))
+        print(f"{'method':22s}" + "".join(f"{k:>8s}" for k in COLUMNS))
         for label, res in results.items():
             if g in res:
-                print(f"{label:22s}" + "".join(f"{res[g][k]:8.3f}" for k in KEYS + ["FS"]))
+                print(f"{label:22s}" + "".join(f"{res[g][k]:8.3f}" for k in COLUMNS))
 
 
 def save_pngs(cases, methods, out: Path) -> None:
@@ -159,7 +181,7 @@ def save_pngs(cases, methods, out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     seen = set()
-    for group, a, b in cases:
+    for group, a, b, _ in cases:
         if group in seen:
             continue
         seen.add(group)
@@ -185,7 +207,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     cases = validation_cases()
-    groups = sorted({g for g, _, _ in cases}) + ["all"]
+    groups = sorted({c[0] for c in cases}) + ["all"]
     print(f"{len(cases)} validation pairs: " + ", ".join(
         f"{g} ({sum(1 for c in cases if c[0] == g)})" for g in groups[:-1]))
     methods = {m: (m, {}) for m in BASELINES}

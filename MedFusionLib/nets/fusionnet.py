@@ -83,6 +83,9 @@ class FusionNet(nn.Module):
         Feature channels at half and quarter resolution, ``(c1, c2)``.
     head_channels : int, optional
         Width of the weight head.
+    residual : bool, optional
+        Add the rule's pixel-level fusion of the sources to the decoder's output (a long skip
+        connection: the decoder reconstructs what the weighted pixels miss).
 
     Shape
     -----
@@ -94,13 +97,15 @@ class FusionNet(nn.Module):
     #: Input sizes are padded to a multiple of this (two stride-2 stages).
     stride = 4
 
-    def __init__(self, *, channels: tuple[int, int] = (16, 32), head_channels: int = 16):
+    def __init__(self, *, channels: tuple[int, int] = (16, 32), head_channels: int = 16,
+                 residual: bool = False):
         super().__init__()
         c1, c2 = (int(c) for c in channels)
         if c1 < 1 or c2 < 1 or head_channels < 1:
             raise ValueError(f"channel counts must be positive, got {channels}, {head_channels}.")
         self.channels = (c1, c2)
         self.head_channels = int(head_channels)
+        self.residual = bool(residual)
         # Siamese encoder (shared by both sources).
         self.enc1 = _conv(4, c1)                 # on the 2x2 space-to-depth view: H/2
         self.enc2 = _conv(c1, c2, stride=2)      # H/4
@@ -162,6 +167,15 @@ class FusionNet(nn.Module):
         w = (act_a + _EPS) / (act_a + act_b + 2 * _EPS)
         return w * fa + (1.0 - w) * fb, w
 
+    @staticmethod
+    def _pixel_fusion(a, b, rule, share):
+        """Pixel-level fusion of the sources with a rule's full-resolution share of ``a``."""
+        if rule == "maximum":
+            return torch.maximum(a, b), (a >= b).to(a.dtype)
+        if rule == "addition":  # probabilistic sum: addition that saturates softly at 1
+            return a + b - a * b, (a + _EPS) / (a + b + 2 * _EPS)
+        return share * a + (1.0 - share) * b, share
+
     # -- forward ---------------------------------------------------------------------------
     def forward(self, a: torch.Tensor, b: torch.Tensor, *, rule: str = "learned",
                 level: str = "feature") -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,22 +233,17 @@ class FusionNet(nn.Module):
         if level == "feature":
             g2, _ = self._fuse_level(fa2, fb2, rule, w2)
             fused = self.decode(g1, g2)
-            if rule == "addition":
+            share = F.interpolate(share1, scale_factor=2, mode="bilinear", align_corners=False)
+            if self.residual:
+                # long skip: the decoder adds its reconstruction to the rule's pixel-level fusion
+                fused = fused + self._pixel_fusion(a, b, rule, share)[0]
+            elif rule == "addition":
                 # the decoded feature sum is ~A + B in [0, 2]: saturate softly, y - y^2 / 4, which
                 # equals the pixel rule's A + B - AB where A = B, instead of clipping to white
                 y = fused.clamp(0.0, 2.0)
                 fused = y - 0.25 * y * y
-            share = F.interpolate(share1, scale_factor=2, mode="bilinear", align_corners=False)
         else:
-            if rule == "maximum":
-                share = (a >= b).to(a.dtype)
-                fused = torch.maximum(a, b)
-            elif rule == "addition":
-                fused = a + b - a * b  # probabilistic sum: addition that saturates softly at 1
-                share = (a + _EPS) / (a + b + 2 * _EPS)
-            else:
-                share = F.interpolate(share1, scale_factor=2, mode="bilinear",
-                                      align_corners=False)
-                fused = share * a + (1.0 - share) * b
+            share = F.interpolate(share1, scale_factor=2, mode="bilinear", align_corners=False)
+            fused, share = self._pixel_fusion(a, b, rule, share)
         share = share.clamp(0.0, 1.0)
         return fused[..., :h, :w], share[..., :h, :w]

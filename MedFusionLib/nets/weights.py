@@ -293,7 +293,8 @@ def save_checkpoint(net, path: str | os.PathLike, *, meta: dict | None = None) -
     ckpt = {
         "format": FORMAT_VERSION,
         "arch": type(net).__name__,
-        "config": {"channels": list(net.channels), "head_channels": net.head_channels},
+        "config": {"channels": list(net.channels), "head_channels": net.head_channels,
+                   "residual": net.residual},
         "state_dict": {k: v.detach().to("cpu", torch.float32).contiguous()
                        for k, v in net.state_dict().items()},
         "meta": dict(meta or {}),
@@ -320,7 +321,8 @@ def register_model(path: str | os.PathLike, *, name: str | None = None, sha256: 
     key = name or path.stem
     entry = {"file": path.name, "sha256": sha256, "arch": "FusionNet"}
     if net is not None:
-        entry["config"] = {"channels": list(net.channels), "head_channels": net.head_channels}
+        entry["config"] = {"channels": list(net.channels), "head_channels": net.head_channels,
+                           "residual": net.residual}
         entry["num_params"] = int(sum(p.numel() for p in net.parameters()))
     entry["size_bytes"] = path.stat().st_size
     if description:
