@@ -32,6 +32,9 @@ REGISTRATION_MODES = ("none", "rigid", "affine", "bspline")
 #: Minimum fraction of the fixed image that the moving image must cover.
 MIN_OVERLAP = 0.05
 
+#: First step (mm) of the affine refinement, which starts from the rigid result.
+AFFINE_STEP = 0.5
+
 
 @dataclass
 class RegistrationResult:
@@ -124,7 +127,8 @@ def _initial_transform(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
         fixed, moving, base, sitk.CenteredTransformInitializerFilter.GEOMETRY)
 
 
-def _method(fixed: sitk.Image, seed: int, shrink, sigmas, iterations: int) -> sitk.ImageRegistrationMethod:
+def _method(fixed: sitk.Image, seed: int, shrink, sigmas, iterations: int,
+            step: float = 2.0) -> sitk.ImageRegistrationMethod:
     R = sitk.ImageRegistrationMethod()
     R.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
     # about 50,000 random samples per level (all voxels where there are fewer): a stable MI
@@ -135,7 +139,7 @@ def _method(fixed: sitk.Image, seed: int, shrink, sigmas, iterations: int) -> si
     R.SetMetricSamplingStrategy(R.RANDOM)
     R.SetMetricSamplingPercentagePerLevel(pct, seed)
     R.SetInterpolator(sitk.sitkLinear)
-    R.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-4,
+    R.SetOptimizerAsRegularStepGradientDescent(learningRate=step, minStep=1e-4,
                                                numberOfIterations=iterations,
                                                relaxationFactor=0.5,
                                                gradientMagnitudeTolerance=1e-8)
@@ -256,7 +260,9 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, mode: str | None = None, 
         affine.SetMatrix(rigid_inner.GetMatrix())
         affine.SetTranslation(rigid_inner.GetTranslation())
         affine.SetCenter(rigid_inner.GetCenter())
-        R = _method(f, seed, shrink, sigmas, iterations=100)
+        # refine from the rigid result: finer levels only and a smaller first step, so the extra
+        # degrees of freedom (scale, shear) cannot throw away the rigid alignment
+        R = _method(f, seed, shrink[-2:], sigmas[-2:], iterations=100, step=AFFINE_STEP)
         R.SetInitialTransform(affine, inPlace=False)
         tx = _run(R, f, m, "affine", progress)
         last = R
