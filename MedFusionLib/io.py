@@ -93,10 +93,9 @@ def _to_scalar(image: sitk.Image, path: Path) -> sitk.Image:
     else:
         lum = arr @ _LUMA
         colour = True
-    pixel_max = 255.0 if image.GetPixelID() in (sitk.sitkVectorUInt8,) else None
     out = sitk.GetImageFromArray(lum.astype(np.float32))
     out.CopyInformation(image)
-    if pixel_max is not None:
+    if image.GetPixelID() == sitk.sitkVectorUInt8:
         # keep the 8-bit scale known, so normalisation divides by 255 as for grey 8-bit images
         out.SetMetaData("MedFusion.BitsStored", "8")
     if colour:

@@ -161,9 +161,9 @@ def _method(fixed: sitk.Image, seed: int, shrink, sigmas, iterations: int,
     return R
 
 
-def _run(R: sitk.ImageRegistrationMethod, fixed, moving, stage: str, progress) -> sitk.Transform:
+def _run(R: sitk.ImageRegistrationMethod, fixed, moving, stage: str, progress,
+         nlev: int) -> sitk.Transform:
     state = {"level": 0, "last": -1}
-    nlev = len(R.GetShrinkFactorsPerLevel()) if hasattr(R, "GetShrinkFactorsPerLevel") else 3
 
     def _level():
         state["level"] += 1
@@ -261,7 +261,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, mode: str | None = None, 
 
     R = _method(f, seed, shrink, sigmas, iterations=200)
     R.SetInitialTransform(init, inPlace=False)
-    rigid = _run(R, f, m, "rigid", progress)
+    rigid = _run(R, f, m, "rigid", progress, len(shrink))
     last = R
     tx = rigid
     if mode in ("affine", "bspline"):
@@ -275,7 +275,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, mode: str | None = None, 
         # degrees of freedom (scale, shear) cannot throw away the rigid alignment
         R = _method(f, seed, shrink[-2:], sigmas[-2:], iterations=100, step=AFFINE_STEP)
         R.SetInitialTransform(affine, inPlace=False)
-        tx = _run(R, f, m, "affine", progress)
+        tx = _run(R, f, m, "affine", progress, len(shrink[-2:]))
         last = R
     if mode == "bspline":
         mesh = [max(2, int(round(sz * sp / 50.0))) for sz, sp in zip(f.GetSize(), f.GetSpacing())]
@@ -295,7 +295,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, mode: str | None = None, 
         R.SetSmoothingSigmasPerLevel([1, 0])
         R.SetMovingInitialTransform(tx)
         R.SetInitialTransform(bspline, inPlace=True)
-        _run(R, f, m, "bspline", progress)
+        _run(R, f, m, "bspline", progress, 2)
         composite = sitk.CompositeTransform(dim)
         composite.AddTransform(tx)
         composite.AddTransform(bspline)
@@ -320,11 +320,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, mode: str | None = None, 
 
 def _flatten(tx: sitk.Transform) -> sitk.Transform:
     """Unwrap a one-element composite (what ``Execute`` returns with ``inPlace=False``)."""
-    if isinstance(tx, sitk.CompositeTransform) and tx.GetNumberOfTransforms() == 1:
-        return tx.GetNthTransform(0).Downcast()
     if tx.GetName() == "CompositeTransform":
         c = sitk.CompositeTransform(tx)
-        if c.GetNumberOfTransforms() == 1:
-            return c.GetNthTransform(0).Downcast()
-        return c
-    return tx.Downcast() if hasattr(tx, "Downcast") else tx
+        return c.GetNthTransform(0).Downcast() if c.GetNumberOfTransforms() == 1 else c
+    return tx.Downcast()
