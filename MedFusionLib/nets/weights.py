@@ -34,6 +34,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -63,16 +64,25 @@ class WeightsIntegrityError(WeightsError):
     """A weights file does not match its registered SHA-256 (truncated, altered) or is malformed."""
 
 
+#: ``models/`` next to the ``MedFusionLib`` package: the repository root (source checkout,
+#: editable install) or Slicer's ``qt-scripted-modules`` folder (installed extension).
+_BESIDE_PACKAGE = Path(__file__).resolve().parents[2] / "models"
+
+
 def models_dir() -> Path:
     """Folder holding ``models.json`` and the weights files.
 
-    ``$MEDFUSION_MODELS_DIR`` if set, else ``models/`` at the repository root (next to the
-    ``MedFusionLib`` package).
+    ``$MEDFUSION_MODELS_DIR`` if set; else ``models/`` next to the ``MedFusionLib`` package if it
+    holds a registry; else ``<sys.prefix>/share/medfusion/models`` (where a wheel installs the
+    shipped models) if it does; else ``models/`` next to the package (for the error message).
     """
     env = os.environ.get("MEDFUSION_MODELS_DIR")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[2] / "models"
+    for folder in (_BESIDE_PACKAGE, Path(sys.prefix) / "share" / "medfusion" / "models"):
+        if (folder / REGISTRY_NAME).is_file():
+            return folder
+    return _BESIDE_PACKAGE
 
 
 def read_registry(folder: str | os.PathLike | None = None) -> dict:
