@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,11 +105,11 @@ def test_pixel_level_applies_the_weight_map_to_the_pixels(tiny_net):
 
 
 def test_residual_net_adds_the_decoder_to_the_pixel_fusion():
+    """A new residual net starts with a zero decoder output: it returns the rule's pixel fusion
+    (so fusing a slice with itself returns the slice before any training)."""
     torch.manual_seed(0)
     net = FusionNet(channels=(4, 8), head_channels=4, residual=True).eval()
-    with torch.no_grad():
-        net.dec4.weight.zero_()
-        net.dec4.bias.zero_()
+    assert not net.dec4.weight.any() and not net.dec4.bias.any()
     g = torch.Generator().manual_seed(4)
     a, b = torch.rand(2, 1, 20, 28, generator=g), torch.rand(2, 1, 20, 28, generator=g)
     with torch.inference_mode():
@@ -126,6 +128,38 @@ def test_shipped_registry_lists_verified_weights():
         assert path.is_file(), name
         assert W.sha256_of(path) == entry["sha256"], name
         assert path.stat().st_size < 4 * 2 ** 20  # "a few MB at most"
+
+
+def test_wheel_installs_every_registered_model():
+    """pyproject's data-files put the models where models_dir() looks after `pip install .`."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    data_files = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "data-files"]["share/medfusion/models"]
+    reg = W.read_registry(root / "models")
+    wanted = {"models/" + W.REGISTRY_NAME} | {"models/" + e["file"] for e in reg["models"].values()}
+    assert wanted <= set(data_files)
+    assert all((root / f).is_file() for f in data_files)
+
+
+def test_models_dir_falls_back_to_the_installed_data_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("MEDFUSION_MODELS_DIR", raising=False)
+    assert W.models_dir() == W._BESIDE_PACKAGE  # source checkout: the repository's models/
+    installed = tmp_path / "prefix" / "share" / "medfusion" / "models"
+    shutil.copytree(W._BESIDE_PACKAGE, installed)
+    monkeypatch.setattr(W, "_BESIDE_PACKAGE", tmp_path / "site-packages" / "models")
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "prefix"))
+    assert W.models_dir() == installed
+    W.clear_cache()
+    try:
+        assert W.model_entry("default")[0].parent == installed
+    finally:
+        W.clear_cache()
+    shutil.rmtree(installed)  # nothing anywhere: the error names the package's own models/
+    assert W.models_dir() == tmp_path / "site-packages" / "models"
+    with pytest.raises(W.WeightsNotFoundError, match="models.json"):
+        W.read_registry()
 
 
 @pytest.fixture
@@ -210,6 +244,21 @@ def test_default_fusion_keeps_both_sources(mr_pd_pair):
     assert 0.05 < float(wa[head].mean()) < 0.95
     again = fuse_arrays(a, b, method="cnn", device="cpu")
     assert np.array_equal(fused, again)
+
+
+def test_empty_background_and_image_borders_stay_empty(mr_pd_pair):
+    """Where both sources are black the fused slice is black, up to the image border: the
+    decoder adds no pattern of its own (a model that drew stripes along the padded border, and
+    scored a higher SF for it, was rejected)."""
+    from scipy import ndimage
+
+    a, b = (np.pad(x, ((20, 23), (20, 21))) for x in mr_pd_pair)  # odd sizes, black margins
+    fused = fuse_arrays(a, b, method="cnn", device="cpu")
+    far = ~ndimage.binary_dilation((a > 0.02) | (b > 0.02), iterations=6)
+    assert far.sum() > 5000
+    assert float(fused[far].max()) < 0.03, float(fused[far].max())
+    for edge in (fused[:, :3], fused[:, -3:], fused[:3], fused[-3:]):
+        assert float(edge.max()) < 0.03
 
 
 @pytest.mark.parametrize("level, rule", LEVEL_RULES)

@@ -96,6 +96,9 @@ class FusionNet(nn.Module):
 
     #: Input sizes are padded to a multiple of this (two stride-2 stages).
     stride = 4
+    #: Pixels mirrored around each slice before the network runs, cropped off after (a multiple
+    #: of ``stride``).
+    margin = 8
 
     def __init__(self, *, channels: tuple[int, int] = (16, 32), head_channels: int = 16,
                  residual: bool = False):
@@ -119,6 +122,20 @@ class FusionNet(nn.Module):
         self.dec2 = _conv(c2, 4 * c1, k=1)       # -> pixel shuffle -> H/2
         self.dec3 = _conv(2 * c1, c1)            # [up, fused skip] at H/2
         self.dec4 = _conv(c1, 4)                 # -> pixel shuffle -> H
+        if self.residual:
+            # the decoder adds a correction to the rule's pixel-level fusion: start from none, so
+            # an untrained network already returns the weighted sources (and A for A = B)
+            nn.init.zeros_(self.dec4.weight)
+            nn.init.zeros_(self.dec4.bias)
+
+    def as_residual(self) -> "FusionNet":
+        """A residual copy of this network: same encoder, weight head and decoder, with the
+        decoder's last layer restarted from zero, so the copy begins as the weighted source
+        pixels (fine-tuning then learns what the decoder should add to them)."""
+        net = FusionNet(channels=self.channels, head_channels=self.head_channels, residual=True)
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("dec4.")}
+        net.load_state_dict(state, strict=False)
+        return net.to(next(self.parameters()).device)
 
     # -- building blocks -------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,12 +226,15 @@ class FusionNet(nn.Module):
             raise ValueError(f"expected two (N, 1, H, W) tensors of the same shape, got "
                              f"{tuple(a.shape)} and {tuple(b.shape)}.")
         n, _, h, w = a.shape
-        s = self.stride
-        ph, pw = (-h) % s, (-w) % s
-        if ph or pw:
-            mode = "reflect" if (h > ph and w > pw) else "replicate"
-            a = F.pad(a, (0, pw, 0, ph), mode=mode)
-            b = F.pad(b, (0, pw, 0, ph), mode=mode)
+        # mirror a margin around the slice (and up to a multiple of the stride): the convolutions'
+        # zero padding then falls outside the slice, so its border is fused like its interior
+        # (training crops come from inside the anatomy; a decoder that learnt to compensate
+        # their zero-padded edges would otherwise draw on the black border of a whole slice)
+        m, s = self.margin, self.stride
+        ph, pw = m + (-h) % s, m + (-w) % s
+        mode = "reflect" if (h > max(m, ph) and w > max(m, pw)) else "replicate"
+        a = F.pad(a, (m, pw, m, ph), mode=mode)
+        b = F.pad(b, (m, pw, m, ph), mode=mode)
         f1, f2 = self.encode(torch.cat([a, b], 0))
         fa1, fb1, fa2, fb2 = f1[:n], f1[n:], f2[:n], f2[n:]
 
@@ -246,4 +266,4 @@ class FusionNet(nn.Module):
             share = F.interpolate(share1, scale_factor=2, mode="bilinear", align_corners=False)
             fused, share = self._pixel_fusion(a, b, rule, share)
         share = share.clamp(0.0, 1.0)
-        return fused[..., :h, :w], share[..., :h, :w]
+        return fused[..., m:m + h, m:m + w], share[..., m:m + h, m:m + w]
