@@ -77,7 +77,9 @@ class TrainConfig:
     head_channels : int
         FusionNet weight-head width (ignored with ``--init``).
     residual : bool
-        FusionNet long skip from the weighted source pixels (ignored with ``--init``).
+        FusionNet long skip from the weighted source pixels. With ``--init``, ``true`` turns a
+        plain model into a residual one (:meth:`FusionNet.as_residual`); ``false`` keeps the
+        model's own structure.
     loss : dict
         Weights of the loss terms (:data:`LOSS_TERMS`).
     caps : dict
@@ -165,6 +167,8 @@ LOSS_TERMS = {
     "intensity": "|F - max(A, B)|: keep the brighter source",
     "gradient": "| |grad F| - max(|grad A|, |grad B|) |: keep the stronger edge",
     "ssim": "2 - SSIM(F, A) - SSIM(F, B): structure of both sources",
+    "contrast": "|L(F) - maxabs(L(A), L(B))| for band-pass L at 2 and 4 px: the more salient "
+                "local contrast (a PET lesion against its surroundings)",
     "qabf": "1 - Q^AB/F: edge transfer (Xydeas-Petrovic)",
     "vif": "(2 - VIF(A, B, F)) / 2: visual information fidelity to both sources",
     "scd": "(2 - SCD) / 2: each source's contribution (sum of correlations of differences)",
@@ -224,6 +228,8 @@ def fusion_loss(fused, a, b, *, weights: dict | None = None, caps: dict | None =
         per["gradient"] = (gf - torch.maximum(ga, gb)).abs().mean(dim=(1, 2, 3))
     if w.get("ssim"):
         per["ssim"] = 2.0 - L.ssim(fused, a) - L.ssim(fused, b)
+    if w.get("contrast"):
+        per["contrast"] = L.contrast_fidelity(a, b, fused)
     if w.get("qabf"):
         per["qabf"] = 1.0 - L.qabf(a, b, fused)
     if w.get("vif"):
@@ -515,6 +521,9 @@ def train(config: TrainConfig, out: str | os.PathLike, *, init: str | os.PathLik
         path, entry = model_entry(init)
         net = build_model(load_checkpoint(path, sha256=entry["sha256"]))
         init_desc = f"{entry['name']} ({entry['sha256'][:12]})"
+        if config.residual and not net.residual:
+            net = net.as_residual()
+            init_desc += ", made residual"
     else:
         net = FusionNet(channels=tuple(config.channels), head_channels=config.head_channels,
                         residual=config.residual)

@@ -86,6 +86,28 @@ def test_capped_rewards_cannot_be_won_by_noise():
     assert terms["ssim"] == pytest.approx(clipped["ssim"])  # terms see the clipped output
 
 
+def test_contrast_term_keeps_a_lesion_against_a_brighter_background():
+    """A hot spot in B on a region where A is brighter: max(A, B) and the average flatten it;
+    the contrast term prefers the fusion that keeps the spot standing out."""
+    from MedFusionLib.nets.losses import contrast_fidelity
+
+    yy, xx = np.mgrid[:64, :64]
+    a = np.where(np.hypot(yy - 32, xx - 32) < 28, 0.6, 0.0).astype(np.float32)
+    spot = (np.hypot(yy - 30, xx - 36) < 5).astype(np.float32)
+    b = (0.3 * (a > 0) + 0.4 * spot).astype(np.float32)
+    ta, tb = (torch.from_numpy(x)[None, None] for x in (a, b))
+    # A's edges and B's spot, with the spot's full contrast (max(A, B) keeps 0.1 of its 0.4)
+    kept = torch.from_numpy(a + 0.4 * spot)[None, None]
+    flat = torch.maximum(ta, tb)
+    average = 0.5 * (ta + tb)
+    assert float(contrast_fidelity(ta, tb, kept)) < float(contrast_fidelity(ta, tb, flat))
+    assert float(contrast_fidelity(ta, tb, kept)) < float(contrast_fidelity(ta, tb, average))
+    # identical inputs: the input itself scores zero
+    assert float(contrast_fidelity(ta, ta, ta)) == 0.0
+    _, terms = fusion_loss(kept, ta, tb, weights={"contrast": 1.0})
+    assert terms["contrast"] == pytest.approx(float(contrast_fidelity(ta, tb, kept)))
+
+
 def test_fusion_loss_asks_identity_for_identical_inputs():
     a = torch.from_numpy(make_phantom_2d((64, 64)))[None, None]
     zero, terms = fusion_loss(a, a, a)
@@ -162,6 +184,32 @@ def test_fine_tune_on_a_folder_through_the_command_line(tmp_path, capsys):
     a = make_phantom_2d((40, 44))
     f = fuse_arrays(a, a[::-1].copy(), method="cnn", device="cpu", model=str(out))
     assert f.shape == a.shape and 0.0 <= f.min() and f.max() <= 1.0
+
+
+def test_fine_tuning_a_plain_model_into_a_residual_one(tiny_bank, tmp_path):
+    """The shipped model's second stage: ``residual: true`` with ``--init`` of a plain model keeps
+    its encoder and weight head and starts from its pixel-level fusion."""
+    from MedFusionLib.nets.fusionnet import FusionNet
+
+    torch.manual_seed(0)
+    plain = FusionNet(channels=(4, 8), head_channels=4).eval()
+    res = plain.as_residual().eval()
+    assert res.residual and not plain.residual
+    for name, value in plain.state_dict().items():
+        if not name.startswith("dec4."):
+            assert torch.equal(res.state_dict()[name], value), name
+    a, b = _fixed_batch(tiny_bank)
+    with torch.no_grad():
+        torch.testing.assert_close(res(a, b)[0], plain(a, b, level="pixel")[0])
+        torch.testing.assert_close(res(a, b)[1], plain(a, b)[1])
+
+    base = train(TrainConfig(**dict(TINY, steps=3)), tmp_path / "base.pt", bank=tiny_bank)
+    result = train(TrainConfig(**dict(TINY, steps=3, residual=True)), tmp_path / "res.pt",
+                   init=base.path, bank=tiny_bank)
+    tuned = W.load_model(str(result.path))
+    assert tuned.residual and tuned.channels == (4, 8)
+    entry = json.loads((tmp_path / "models.json").read_text())["models"]["res"]
+    assert entry["training"]["init"].endswith(", made residual")
 
 
 def test_folder_bank_layout_errors(tmp_path):
