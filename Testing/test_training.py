@@ -236,6 +236,13 @@ def test_config_validation(tmp_path):
         train(TrainConfig(**TINY), tmp_path / "model.bin", bank=None)
 
 
-def test_shipped_training_config_is_valid():
-    cfg = load_config(W.models_dir() / "fusionnet-train.json")
-    assert cfg.steps >= 1000 and cfg.holdout_z[0] < cfg.holdout_z[1]
+def test_shipped_training_configs_are_valid():
+    """The default model's two stages: a plain base model, then a residual fine-tune of it."""
+    base = load_config(W.models_dir() / "fusionnet-base-train.json")
+    stage2 = load_config(W.models_dir() / "fusionnet-train.json")
+    assert base.steps >= 1000 and not base.residual
+    assert stage2.residual and "contrast" in stage2.loss and "sf" not in stage2.loss
+    for cfg in (base, stage2):
+        assert cfg.holdout_z[0] < cfg.holdout_z[1] and cfg.holdout_z == base.holdout_z
+    reg = W.read_registry()
+    assert reg["models"][reg["default"]]["training"]["init"].startswith("fusionnet-base")
