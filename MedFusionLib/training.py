@@ -173,7 +173,8 @@ LOSS_TERMS = {
     "vif": "(2 - VIF(A, B, F)) / 2: visual information fidelity to both sources",
     "scd": "(2 - SCD) / 2: each source's contribution (sum of correlations of differences)",
     "sd": "relu(cap - SD(F) / SD(max(A, B))): contrast, up to cap x the pixel maximum's",
-    "sf": "relu(cap - SF(F) / max(SF(A), SF(B))): sharpness, up to cap x the sharper source's",
+    "sf": "relu(cap - SF(F) / max(SF(A), SF(B))): sharpness, up to cap x the sharper source's "
+          "(a decoder can win it with a pixel-shuffle checkerboard: not used by the shipped model)",
     "en": "relu(max(EN(A), EN(B)) + cap - EN(F)) / 8: information (soft-histogram entropy)",
     "identity": "|F - A| on pairs of a slice with itself: fusion of identical inputs is the input",
 }
