@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import eval_cnn as E  # noqa: E402
 
 from MedFusionLib.methods.cnn import cnn_fusion  # noqa: E402
+from MedFusionLib.metrics import compute_metrics  # noqa: E402
 
 GRID = {"t": (1.0, 2.0, 4.0), "c": (0.0, 0.5), "s": (0.0, 0.15, 0.3), "k": (0.0, 0.3, 0.5)}
 
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
         rows = []
         for (group, a, b, z), w in zip(cases, weights):
             f = frontier_fusion(a, b, w, t=t, c=c, s=s, k=k)
-            m = E.compute_metrics(a, b, f, keys=E.KEYS + ["FS"], data_range=1.0)
+            m = compute_metrics(a, b, f, keys=E.KEYS + ["FS"], data_range=1.0)
             m["LC"] = E.lesion_contrast(f, b, E.LESIONS.get((group, z)))
             rows.append(m)
         r = {key: float(np.nanmean([m[key] for m in rows])) for key in E.COLUMNS}

@@ -39,6 +39,16 @@ def _effective_level(level: int, shape: tuple[int, int], wavelet: pywt.Wavelet) 
     return max(1, min(level, deepest))
 
 
+def _fuse_levels(coeffs: list, consistency: bool) -> list:
+    """Fuse a two-source ``wavedec2``/``swt2`` coefficient list (source on axis 0): average the
+    approximation, choose the larger-magnitude detail coefficient (optionally with the 3 x 3
+    consistency check)."""
+    fused = [coeffs[0].mean(axis=0)]
+    for details in coeffs[1:]:
+        fused.append(tuple(select_maxabs(d[0], d[1], consistency=consistency) for d in details))
+    return fused
+
+
 def _finish(fused: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Crop to ``shape`` (the inverse may return one extra row/column for odd sizes), clip to
     [0, 1] and return C-contiguous float32."""
@@ -86,10 +96,8 @@ def dwt(a: np.ndarray, b: np.ndarray, *, wavelet: str = "db1", level: int = 4,
         # Slices smaller than the filter still get one level (with boundary effects).
         warnings.filterwarnings("ignore", message="Level value of", category=UserWarning)
         coeffs = pywt.wavedec2(np.stack([a, b]), w, mode=mode, level=level, axes=(-2, -1))
-    fused = [coeffs[0].mean(axis=0)]
-    for details in coeffs[1:]:
-        fused.append(tuple(select_maxabs(d[0], d[1], consistency=consistency) for d in details))
-    return _finish(pywt.waverec2(fused, w, mode=mode, axes=(-2, -1)), shape)
+    return _finish(pywt.waverec2(_fuse_levels(coeffs, consistency), w, mode=mode,
+                                 axes=(-2, -1)), shape)
 
 
 @register("swt", title="Stationary wavelet transform (SWT)", family="multiscale",
@@ -129,10 +137,8 @@ def swt(a: np.ndarray, b: np.ndarray, *, wavelet: str = "sym2", level: int = 2,
     x = np.pad(np.stack([a, b]), pad, mode="symmetric")
 
     coeffs = pywt.swt2(x, w, level=level, axes=(-2, -1), trim_approx=True, norm=False)
-    fused = [coeffs[0].mean(axis=0)]
-    for details in coeffs[1:]:
-        fused.append(tuple(select_maxabs(d[0], d[1], consistency=consistency) for d in details))
-    return _finish(pywt.iswt2(fused, w, axes=(-2, -1), norm=False), shape)
+    return _finish(pywt.iswt2(_fuse_levels(coeffs, consistency), w, axes=(-2, -1), norm=False),
+                   shape)
 
 
 @register("wpd", title="Wavelet packet decomposition (WPD)", family="multiscale",

@@ -62,15 +62,9 @@ def unsharp_mask(x: torch.Tensor, *, sigma: float = 1.0, amount: float = 0.6) ->
     Tensor
         Same shape and dtype as ``x``, in [0, 1].
     """
-    radius = max(1, int(round(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=x.device)
-    g = torch.exp(-(t * t) / (2 * sigma * sigma))
-    g = (g / g.sum()).to(x.dtype)
-    pad = (radius, radius, radius, radius)
-    blurred = F.pad(x, pad, mode="replicate")
-    blurred = F.conv2d(blurred, g.view(1, 1, 1, -1))
-    blurred = F.conv2d(blurred, g.view(1, 1, -1, 1))
-    return (x + amount * (x - blurred)).clamp(0.0, 1.0)
+    from .losses import local_contrast
+
+    return (x + amount * local_contrast(x, sigma)).clamp(0.0, 1.0)
 
 
 class FusionNet(nn.Module):

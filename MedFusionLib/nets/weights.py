@@ -1,7 +1,8 @@
 """Shipped network weights as data: a registry file with SHA-256 digests, verified on load.
 
-The registry is ``models.json`` in the models folder (``<repository>/models`` by default, or the
-folder named by the ``MEDFUSION_MODELS_DIR`` environment variable)::
+The registry is ``models.json`` in the models folder: the one named by ``MEDFUSION_MODELS_DIR``,
+else ``models/`` beside the package (the repository, or Slicer's scripted-modules folder), else
+``<sys.prefix>/share/medfusion/models`` where a wheel installs it (:func:`models_dir`)::
 
     {
       "default": "fusionnet-mri-v1",
