@@ -14,28 +14,35 @@ from ..errors import InvalidInputError
 from ..normalize import CT_WINDOWS, MODALITIES
 from ..registration import REGISTRATION_MODES
 
-__all__ = ["add_fusion_options", "method_params", "OutputSet", "write_json", "read_manifest"]
+__all__ = ["add_fusion_options", "fusion_options", "add_pair_options", "method_params", "OutputSet", "write_json", "read_manifest"]
 
 #: Manifest columns that hold paths (resolved against the manifest's folder).
 PATH_COLUMNS = ("fixed", "moving", "output")
 
 
-def read_manifest(path: str | os.PathLike, required: tuple[str, ...]) -> list[dict]:
+def read_manifest(path: str | os.PathLike, required: tuple[str, ...],
+                  path_columns: tuple[str, ...] = PATH_COLUMNS) -> list[dict]:
     """Rows of a CSV manifest (``batch``, ``compare``), header names lower-cased.
 
-    Path columns (fixed, moving, output) are resolved against the manifest's folder unless
-    absolute; an empty cell stays empty (the caller decides whether that skips the row or
+    ``path_columns`` are resolved against the manifest's folder unless absolute; an empty cell stays empty (the caller decides whether that skips the row or
     fails). Each row gets ``_line``, its line number in the file.
 
     Raises
     ------
     InvalidInputError
-        If the file is missing, its header lacks a ``required`` column, or it has no rows.
+        If the file is missing, not UTF-8 text, its header lacks a ``required`` column, or it has
+        no rows.
     """
     p = Path(path)
     if not p.is_file():
         raise InvalidInputError(f"{p}: manifest not found.")
-    with p.open(newline="") as fh:
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{p}: the manifest is not UTF-8 text (byte {exc.start}).") from None
+    import io
+
+    with io.StringIO(text, newline="") as fh:
         reader = csv.DictReader(fh)
         header = [(h or "").strip().lower() for h in (reader.fieldnames or [])]
         missing = [c for c in required if c not in header]
@@ -43,11 +50,14 @@ def read_manifest(path: str | os.PathLike, required: tuple[str, ...]) -> list[di
             raise InvalidInputError(f"{p}: the header must name the columns {','.join(required)}; "
                                     f"missing: {', '.join(missing)}.")
         rows = []
-        for line, raw in enumerate(reader, start=2):
+        for raw in reader:
+            line = reader.line_num
+            if None in raw:
+                raise InvalidInputError(f"{p}, line {line}: more cells than the header has columns.")
             row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
             if not any(row.values()):
                 continue
-            for c in PATH_COLUMNS:
+            for c in path_columns:
                 if row.get(c) and not Path(row[c]).is_absolute():
                     row[c] = str(p.parent / row[c])
             row["_line"] = line
@@ -58,7 +68,18 @@ def read_manifest(path: str | os.PathLike, required: tuple[str, ...]) -> list[di
 
 
 def add_fusion_options(p: argparse.ArgumentParser) -> None:
-    """The options every fusing command takes: method, registration, device, modalities."""
+    """The options every fusing command takes: method, registration, device, modalities.
+
+    Every option added here is carried by a :class:`~MedFusionLib.job.PairSpec` (its ``fusion``
+    dict, see :func:`fusion_options`) and may be given per row in a batch manifest, in a column
+    named like the flag (``--fixed-modality`` -> ``fixed_modality``).
+    """
+    known = {a.dest for a in p._actions}
+    _add_fusion_arguments(p)
+    p.set_defaults(_fusion_actions=tuple(a for a in p._actions if a.dest not in known))
+
+
+def _add_fusion_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default=None,
                    help="fusion method (medfusion list-methods); default: cnn where available")
     p.add_argument("--register", dest="registration", default=None, choices=REGISTRATION_MODES,
@@ -72,6 +93,33 @@ def add_fusion_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a parameter of the method (repeatable), e.g. --param wavelet=db4")
     p.add_argument("--seed", type=int, default=0, help="registration sampling seed (default 0)")
+
+
+def add_pair_options(p: argparse.ArgumentParser) -> None:
+    """Per-pair options of ``fuse`` that ``batch`` takes as defaults for every row: metric keys,
+    DICOM series, DICOM output, colour."""
+    p.add_argument("--metrics-keys", metavar="KEYS", default=None,
+                   help="comma-separated metric keys for --metrics (default: all; for 3D volumes "
+                        "all but the slow feature-MI family FMI_pixel, FMI_dct, FMI_w)")
+    p.add_argument("--fixed-series", metavar="UID", help="SeriesInstanceUID to read from a FIXED DICOM folder")
+    p.add_argument("--moving-series", metavar="UID", help="SeriesInstanceUID to read from a MOVING DICOM folder")
+    p.add_argument("--dicom", action="store_true",
+                   help="write the fused volume as a derived DICOM series into the folder -o, in the "
+                        "study of FIXED (a CT or MR DICOM series), with the registration as a DICOM "
+                        "Spatial Registration object when MOVING is DICOM")
+    colour = p.add_mutually_exclusive_group()
+    colour.add_argument("--color", "--colour", dest="color", nargs="?", const="heat", default=None,
+                        metavar="TABLE",
+                        help="colour fusion: the PET/SPECT (or RGB) source keeps its colours over the "
+                             "anatomical detail; TABLE for a greyscale PET/SPECT: heat (default), "
+                             "rainbow, grey. Default when an input is an RGB image.")
+    colour.add_argument("--grey", "--gray", dest="grey", action="store_true",
+                        help="greyscale result even when an input is an RGB image")
+
+
+def fusion_options(args: argparse.Namespace) -> dict:
+    """``{dest: value}`` of every option :func:`add_fusion_options` added, as parsed."""
+    return {a.dest: getattr(args, a.dest) for a in args._fusion_actions}
 
 
 def method_params(pairs: list[str]) -> dict:

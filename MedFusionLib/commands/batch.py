@@ -1,10 +1,14 @@
-"""``medfusion batch MANIFEST.csv``: fuse many pairs in one process.
+"""``medfusion batch MANIFEST.csv``: run the pair job of ``fuse`` on every row of a manifest.
 
 The manifest is a CSV file with a header row and the columns ``fixed,moving,output`` (paths
-relative to the CSV's folder unless absolute); optional columns ``fixed_modality`` and
-``moving_modality`` override the modality per row. A bad row is reported and skipped; the others
-still run. Exit status: 0 when every row succeeded, 3 when some rows failed, 2 when the manifest
-itself is unusable.
+relative to the CSV's folder unless absolute) plus optional per-row columns for any option of
+``fuse`` that belongs to one pair (see :mod:`MedFusionLib.cohort`); the command-line options are
+the defaults of every row. A row writes exactly the files ``medfusion fuse`` writes with the same
+options. Rows run in this process, or on Dask (``--workers N``, ``--scheduler ADDRESS``); see
+:mod:`MedFusionLib.executors`.
+
+Exit status: 0 when every row succeeded (or was already done), 3 when some rows failed, 2 when
+the manifest itself is unusable (nothing runs), 130 when interrupted (finished rows are kept).
 """
 
 from __future__ import annotations
@@ -12,63 +16,140 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-from ..errors import InvalidInputError, MedFusionError
-from ..io import read_image, write_image
+from ..cohort import ResultsFile, read_cohort
+from ..errors import InvalidInputError
+from ..executors import run_jobs
+from ..job import PairRecord, PairSpec
 from ..methods import get_method
-from ..pipeline import fuse_images
 from ..progress import TextProgress
-from ._common import add_fusion_options, method_params, read_manifest
-from .fuse import check_outputs_distinct
+from ._common import add_fusion_options, add_pair_options, fusion_options, method_params
 
 NAME = "batch"
-HELP = "fuse every row (fixed,moving,output) of a CSV manifest"
-
-REQUIRED = ("fixed", "moving", "output")
+HELP = "fuse every row (fixed,moving,output[,options]) of a CSV manifest, here or on Dask"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("manifest", help="CSV with columns fixed,moving,output (relative to the CSV)")
+    p.add_argument("manifest", help="CSV with columns fixed,moving,output (relative to the CSV) and "
+                                    "optional per-row option columns (README: Batch manifests)")
     add_fusion_options(p)
+    add_pair_options(p)
+    p.add_argument("--metrics", action="store_true",
+                   help="score every row (values go into --results; a row's 'metrics' column "
+                        "also writes its JSON file)")
+    p.add_argument("--results", metavar="PATH",
+                   help="results file (.csv or .jsonl): one record per row, written as rows finish")
+    p.add_argument("--resume", action="store_true",
+                   help="skip the rows that --results records as done and whose outputs exist")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N",
+                       help="run on a local Dask cluster of N worker processes (default: in this "
+                            "process)")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run on an existing Dask cluster: tcp://host:port or a scheduler JSON file")
+    p.add_argument("--max-tries", type=int, default=3, metavar="N",
+                   help="Dask: a row whose worker died N times is marked failed (default 3)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+class BatchProgress:
+    """One progress line for a batch: rows finished, ok/failed/skipped and the time left."""
+
+    def __init__(self, total: int, bar: TextProgress | None):
+        self.total, self.bar = total, bar
+        self.counts = {"ok": 0, "failed": 0, "skipped": 0}
+        self.t0 = time.perf_counter()
+
+    def add(self, status: str) -> None:
+        self.counts[status] += 1
+        self.show()
+
+    def show(self) -> None:
+        if self.bar is None:
+            return
+        c = self.counts
+        finished = sum(c.values())
+        ran = c["ok"] + c["failed"]
+        left = self.total - finished
+        eta = ""
+        if ran and left:
+            eta = f", ETA {_duration((time.perf_counter() - self.t0) / ran * left)}"
+        self.bar(finished / max(1, self.total),
+                 f"{finished}/{self.total} rows: {c['ok']} ok, {c['failed']} failed"
+                 + (f", {c['skipped']} skipped" if c["skipped"] else "") + eta)
+
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (
+        f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
+
+
+def _metric_columns(rows, scoring: bool) -> list[str]:
+    from ..metrics import ALL_KEYS, resolve_keys
+
+    if not scoring:
+        return []
+    keys: list[str] = []
+    for r in rows:
+        ks = r.spec.metrics_keys
+        for k in (resolve_keys([x.strip() for x in ks.split(",") if x.strip()]) if ks else ALL_KEYS):
+            if k not in keys:
+                keys.append(k)
+    return keys
+
+
 def run(args) -> int:
-    rows = read_manifest(args.manifest, REQUIRED)
+    if args.resume and not args.results:
+        raise InvalidInputError("--resume needs --results PATH (the file that records finished rows).")
+    defaults = PairSpec(fixed="", moving="", output="", fusion=fusion_options(args),
+                        metrics_keys=args.metrics_keys, score=args.metrics,
+                        fixed_series=args.fixed_series, moving_series=args.moving_series,
+                        dicom=args.dicom, color=args.color, grey=args.grey)
     params = method_params(args.param)
     if args.method:
         get_method(args.method).validate_params(params)  # fail once, before any row
-    bar = None if args.quiet else TextProgress(sys.stderr)
-    done, failed = [], []
+    rows = read_cohort(args.manifest, defaults, args._fusion_actions)
+    scoring = args.metrics or any(r.spec.metrics for r in rows)
+    results = ResultsFile(args.results, metric_keys=_metric_columns(rows, scoring),
+                          resume=args.resume) if args.results else None
+    done = results.done(rows) if results is not None and args.resume else {}
+    progress = BatchProgress(len(rows), None if args.quiet else TextProgress(sys.stderr))
+    failed: list[tuple[int, str]] = []
     t0 = time.perf_counter()
-    for i, row in enumerate(rows):
-        label = f"line {row['_line']}"
-        if bar:
-            bar(i / len(rows), f"pair {i + 1}/{len(rows)}: {Path(row.get('fixed') or '?').name}")
-        try:
-            missing = [c for c in REQUIRED if not row.get(c)]
-            if missing:
-                raise InvalidInputError(f"empty column(s): {', '.join(missing)}")
-            check_outputs_distinct([row["fixed"], row["moving"]], [row["output"]])
-            if not Path(row["output"]).parent.exists():
-                raise InvalidInputError(f"{row['output']}: the output folder does not exist.")
-            result = fuse_images(
-                read_image(row["fixed"]), read_image(row["moving"]), method=args.method,
-                registration=args.registration, device=args.device,
-                fixed_modality=row.get("fixed_modality") or args.fixed_modality,
-                moving_modality=row.get("moving_modality") or args.moving_modality,
-                ct_window=args.ct_window, seed=args.seed, fixed_name=row["fixed"],
-                moving_name=row["moving"], **params)
-            write_image(result.fused, row["output"])
-            done.append(row["output"])
-        except MedFusionError as exc:
-            failed.append((label, str(exc)))
-            print(f"medfusion batch: {label}: skipped: {exc}", file=sys.stderr)
-    if bar:
-        bar(1.0, f"{len(rows)} pairs in {time.perf_counter() - t0:.1f} s")
-    print(f"batch summary: {len(done)} fused, {len(failed)} failed, {len(rows)} rows "
-          f"({time.perf_counter() - t0:.1f} s)")
-    for label, msg in failed:
-        print(f"  FAILED {label}: {msg}")
+
+    def on_record(line: int, record: PairRecord) -> None:
+        if results is not None:
+            results.write(line, record)
+        if record.status == "failed":
+            failed.append((line, record.error))
+            print(f"medfusion batch: line {line}: failed: {record.error}", file=sys.stderr)
+        progress.add(record.status)
+
+    if results is not None:
+        results.open(kept=[dict(done[r.line], line=r.line) for r in rows if r.line in done])
+    try:
+        for r in rows:
+            if r.line in done:
+                progress.add("skipped")
+            elif r.problem:
+                on_record(r.line, PairRecord(r.spec.fixed, r.spec.moving, r.spec.output,
+                                             status="failed", error=r.problem, label=r.spec.label))
+        jobs = [(r.line, r.spec) for r in rows if r.line not in done and not r.problem]
+        run_jobs(jobs, on_record, workers=args.workers, scheduler=args.scheduler,
+                 max_tries=args.max_tries)
+    except KeyboardInterrupt:
+        c = progress.counts
+        print(f"\nmedfusion batch: interrupted; {c['ok']} rows finished and kept"
+              + (f" (recorded in {args.results}; continue with --resume)" if results else "")
+              + "; the row(s) in progress left no output.", file=sys.stderr)
+        return 130
+    finally:
+        if results is not None:
+            results.close()
+    c = progress.counts
+    print(f"batch summary: {c['ok']} fused, {c['failed']} failed, {c['skipped']} already done, "
+          f"{len(rows)} rows ({time.perf_counter() - t0:.1f} s)")
+    for line, msg in sorted(failed):
+        print(f"  FAILED line {line}: {msg}")
     return 0 if not failed else 3

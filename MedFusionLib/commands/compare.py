@@ -4,8 +4,10 @@
 ``medfusion compare --manifest MANIFEST.csv --out DIR`` on many, averaging over them as the review
 averages over its datasets. The manifest is a CSV with a header naming the columns ``fixed`` and
 ``moving`` (paths relative to the CSV's folder unless absolute) and optionally ``name``,
-``fixed_modality`` and ``moving_modality``. Each pair is registered once and every method fuses
-that same aligned pair. See :mod:`MedFusionLib.report` for what ``DIR`` receives.
+``fixed_modality``, ``moving_modality``, ``fixed_series`` and ``moving_series``; the sources are
+read as every pair job reads them (:func:`MedFusionLib.job.read_sources`). Each pair is
+registered once and every method fuses that same aligned pair. See :mod:`MedFusionLib.report`
+for what ``DIR`` receives.
 
 Exit status: 0 when every method ran on every pair, 3 when some failed (they are named on standard
 error and in the report; the others are still compared), 2 on unusable input.
@@ -18,7 +20,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InvalidInputError
-from ..io import read_image
+from ..job import PairSpec, read_sources
 from ..progress import TextProgress
 from ..registration import REGISTRATION_MODES
 from ..report import PairInput, resolve_methods, run_comparison, write_report
@@ -32,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("fixed", nargs="?", help="fixed (reference) image: file or DICOM folder")
     p.add_argument("moving", nargs="?", help="moving image: file or DICOM folder")
     p.add_argument("--manifest", metavar="CSV", help="many pairs: CSV with columns fixed,moving[,name,"
-                   "fixed_modality,moving_modality] (instead of FIXED MOVING)")
+                   "fixed_modality,moving_modality,fixed_series,moving_series] (instead of FIXED MOVING)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--methods", default="all", metavar="LIST",
                    help="comma-separated method names, or all (default: every available method)")
@@ -84,11 +86,17 @@ def run(args) -> int:
     else:
         rows = [{"fixed": args.fixed, "moving": args.moving,
                  "name": Path(args.fixed).name.split(".")[0] or "pair1"}]
-    pairs = [PairInput(name=r["name"], fixed=read_image(r["fixed"]), moving=read_image(r["moving"]),
-                       fixed_name=r["fixed"], moving_name=r["moving"],
-                       fixed_modality=r.get("fixed_modality") or args.fixed_modality,
-                       moving_modality=r.get("moving_modality") or args.moving_modality)
-             for r in rows]
+    pairs = []
+    for r in rows:
+        # read the way every pair job reads (batch, fuse): same series choice, same luminance
+        spec = PairSpec(r["fixed"], r["moving"], output="", grey=True,
+                        fixed_series=r.get("fixed_series") or None,
+                        moving_series=r.get("moving_series") or None)
+        fixed, moving = read_sources(spec)
+        pairs.append(PairInput(name=r["name"], fixed=fixed, moving=moving,
+                               fixed_name=r["fixed"], moving_name=r["moving"],
+                               fixed_modality=r.get("fixed_modality") or args.fixed_modality,
+                               moving_modality=r.get("moving_modality") or args.moving_modality))
     progress = None if args.quiet else TextProgress(sys.stderr)
     result = run_comparison(pairs, methods=args.methods, keys=args.metrics,
                             registration=args.registration, device=args.device,

@@ -23,7 +23,7 @@ from ..colour import ColourFusionResult, fuse_colour
 from ..pipeline import fuse_images
 from ..progress import TextProgress, scaled
 from ._common import write_json
-from .fuse import volume_metrics_for
+from ..job import volume_metrics_for
 
 NAME = "demo"
 HELP = "fuse the bundled sample pairs (MR + synthetic CT/PET) and write images, a figure and metrics"

@@ -1,0 +1,389 @@
+"""The pair job: the one way a pair of images is taken to finished outputs.
+
+``medfusion fuse`` builds one :class:`PairSpec` from its arguments and runs it; ``medfusion
+batch`` builds one per manifest row and runs them (in this process or on Dask workers);
+``medfusion compare --manifest`` and the benchmarks read their pairs through the same spec. So the
+same options give the same outputs, byte for byte, and the same errors, whichever command runs
+them.
+
+A job reads its inputs from their paths (on a cluster: from shared storage, nothing is shipped
+through the scheduler), fuses them (:func:`MedFusionLib.pipeline.fuse_images`, or
+:func:`MedFusionLib.colour.fuse_colour` for a colour pair), optionally scores the result, and
+writes every output atomically; if a later output fails, the earlier ones are removed again. It
+returns a :class:`PairRecord`: status, error, seconds per stage, the registration summary, metric
+values, the method, the model and its SHA-256, and the package versions that made the result.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from .errors import InvalidInputError, MedFusionError
+from .progress import ProgressCallback
+
+__all__ = ["PairSpec", "PairRecord", "run_pair", "read_sources", "check_outputs_distinct", "volume_metrics_for",
+           "SLOW_VOLUME_KEYS", "package_versions", "STATUSES"]
+
+#: Values of :attr:`PairRecord.status`.
+STATUSES = ("ok", "failed", "skipped")
+
+#: Metrics left out of the default set for 3D volumes: about 1 s per slice each.
+SLOW_VOLUME_KEYS = ("FMI_pixel", "FMI_dct", "FMI_w")
+
+#: Fusion options (see :func:`MedFusionLib.commands._common.add_fusion_options`) that name input
+#: files: they are read by the job and must never be written over.
+INPUT_OPTIONS = ("fixed_mask", "moving_mask", "initial_transform")
+
+
+@dataclass
+class PairSpec:
+    """Everything one pair job needs: inputs, options and output paths.
+
+    Attributes
+    ----------
+    fixed, moving : str
+        Input paths (image file or DICOM folder); the result is on ``fixed``'s grid.
+    output : str
+        The fused image (any format :func:`MedFusionLib.io.write_image` writes); with ``dicom``
+        a folder that receives a derived DICOM series.
+    fusion : dict
+        The fusion options, keyed by their ``medfusion`` destination names: ``method``,
+        ``registration``, ``device``, ``fixed_modality``, ``moving_modality``, ``ct_window``,
+        ``seed``, ``param`` (a list of ``KEY=VALUE`` strings) and any option added to
+        :func:`~MedFusionLib.commands._common.add_fusion_options` later. Missing keys take the
+        pipeline's defaults.
+    metrics : str, optional
+        Path of a JSON file for the fusion metrics and a description of what was done.
+    metrics_keys : str, optional
+        Comma-separated metric keys (default: see :func:`volume_metrics_for`).
+    score : bool
+        Compute the metrics (into :attr:`PairRecord.metrics`) even without a ``metrics`` file.
+    transform : str, optional
+        Path of an ITK ``.tfm`` file for the registration transform.
+    weights_map : str, optional
+        Path of an image for the contribution map of ``fixed`` in [0, 1].
+    fixed_series, moving_series : str, optional
+        SeriesInstanceUID to read from a DICOM folder with several series.
+    dicom : bool
+        Write the fused volume as a derived DICOM series into the folder ``output``.
+    color : str, optional
+        Colour fusion with this colour table (``heat``, ``rainbow``, ``grey``) for a greyscale
+        PET/SPECT source; colour is also used, without a table, when an input is RGB.
+    grey : bool
+        Greyscale result even when an input is RGB.
+    label : str
+        How messages name this pair (e.g. ``"line 3"`` of a manifest); empty for ``fuse``.
+    """
+
+    fixed: str
+    moving: str
+    output: str
+    fusion: dict = field(default_factory=dict)
+    metrics: str | None = None
+    metrics_keys: str | None = None
+    score: bool = False
+    transform: str | None = None
+    weights_map: str | None = None
+    fixed_series: str | None = None
+    moving_series: str | None = None
+    dicom: bool = False
+    color: str | None = None
+    grey: bool = False
+    label: str = ""
+
+    def inputs(self) -> list[str]:
+        """Every path the job reads: the two sources and any input-file option."""
+        return [self.fixed, self.moving] + [str(self.fusion[k]) for k in INPUT_OPTIONS
+                                            if self.fusion.get(k)]
+
+    def outputs(self) -> list[str]:
+        """Every path the job writes (``output`` is a folder with ``dicom``)."""
+        return [p for p in (self.output, self.metrics, self.transform, self.weights_map) if p]
+
+    def pipeline_kwargs(self) -> dict:
+        """Keyword arguments of :func:`~MedFusionLib.pipeline.fuse_images` for this spec.
+
+        ``param`` strings become the method's parameters; every other fusion option is passed
+        under its own name.
+        """
+        from .commands._common import method_params
+
+        kwargs = {k: v for k, v in self.fusion.items() if k != "param"}
+        kwargs.update(method_params(self.fusion.get("param") or []))
+        return kwargs
+
+
+@dataclass
+class PairRecord:
+    """What one pair job did.
+
+    Attributes
+    ----------
+    fixed, moving, output : str
+        The spec's paths.
+    status : {"ok", "failed", "skipped"}
+    error : str
+        The one-line error of a failed pair (empty otherwise).
+    seconds : float
+        Wall-clock time of the whole job.
+    stages : dict
+        Seconds per stage: ``read``, ``normalise``, ``register``, ``resample``, ``fuse``,
+        ``metrics`` (when asked for), ``write``.
+    registration : dict
+        :meth:`MedFusionLib.registration.RegistrationResult.to_dict`.
+    metrics : dict
+        Metric values (when ``metrics`` was asked for).
+    method : str
+        The fusion method that ran; ``model`` and ``model_sha256`` name the CNN weights used.
+    device : str
+        Where the method ran.
+    colour : bool
+        Whether the result is a colour fusion.
+    versions : dict
+        Package versions (:func:`package_versions`).
+    outputs : list of str
+        The files written.
+    label : str
+        The spec's label.
+    worker : str
+        ``host:pid`` of the process that ran the job.
+    attempts : int
+        How many times the job was started (more than 1 when a worker died under it).
+    """
+
+    fixed: str
+    moving: str
+    output: str
+    status: str = "ok"
+    error: str = ""
+    seconds: float = 0.0
+    stages: dict = field(default_factory=dict)
+    registration: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    method: str = ""
+    model: str = ""
+    model_sha256: str = ""
+    device: str = ""
+    colour: bool = False
+    versions: dict = field(default_factory=dict)
+    outputs: list = field(default_factory=list)
+    label: str = ""
+    worker: str = ""
+    attempts: int = 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_outputs_distinct(inputs: list[str], outputs: list[str | None]) -> None:
+    """Refuse to write over an input file (inputs are never changed).
+
+    Raises
+    ------
+    InvalidInputError
+        If an output path is one of the inputs.
+    """
+    ins = {Path(i).resolve() for i in inputs}
+    for o in outputs:
+        if o and Path(o).resolve() in ins:
+            raise InvalidInputError(f"{o}: this output path is one of the inputs; choose another name "
+                                    "(inputs are never overwritten).")
+
+
+def volume_metrics_for(result, keys: str | None) -> dict:
+    """Metrics of a :class:`~MedFusionLib.pipeline.FusionResult`, per slice along its axis.
+
+    ``keys`` is a comma-separated list; ``None`` means every metric, except
+    :data:`SLOW_VOLUME_KEYS` for 3D volumes (they stay available by name).
+    """
+    from .metrics import ALL_KEYS, resolve_keys, volume_metrics
+
+    fused = sitk.GetArrayViewFromImage(result.fused)
+    if keys:
+        key_list = resolve_keys([k.strip() for k in keys.split(",") if k.strip()])
+    elif fused.ndim == 3 and fused.shape[result.axis] > 1:
+        key_list = [k for k in ALL_KEYS if k not in SLOW_VOLUME_KEYS]
+    else:
+        key_list = list(ALL_KEYS)
+    return volume_metrics(result.fixed01, result.moving01, fused, axis=result.axis, keys=key_list,
+                          data_range=1.0)
+
+
+@lru_cache(maxsize=1)
+def package_versions() -> dict:
+    """Versions of the packages that shape a result: medfusion, Python, numpy, SimpleITK, torch."""
+    import platform
+    from importlib import metadata
+
+    from . import __version__
+
+    out = {"medfusion": __version__, "python": platform.python_version()}
+    for dist in ("numpy", "SimpleITK", "torch", "scipy", "PyWavelets"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _model_of(method: str, params: dict) -> tuple[str, str]:
+    """``(model name, registry SHA-256)`` of the CNN weights a job used; empty for other methods."""
+    if method != "cnn":
+        return "", ""
+    from .nets.weights import model_entry
+
+    _, entry = model_entry(params.get("model", "default"))
+    return entry["name"], entry.get("sha256", "")
+
+
+def read_sources(spec: PairSpec) -> tuple[sitk.Image, sitk.Image]:
+    """The two images of a pair job, read from their paths (series UIDs applied; RGB kept as
+    colour unless ``spec.grey``; with ``spec.dicom`` the fixed series is checked as the reference
+    of a derived series).
+
+    Raises
+    ------
+    InvalidInputError
+        An input is missing or unreadable, or (``dicom``) cannot be the reference.
+    """
+    from .io import read_image
+
+    fixed = read_image(spec.fixed, series_uid=spec.fixed_series, keep_colour=not spec.grey)
+    if spec.dicom:
+        from .dicom import check_derived_reference
+
+        check_derived_reference(spec.fixed, fixed)
+    moving = read_image(spec.moving, series_uid=spec.moving_series, keep_colour=not spec.grey)
+    return fixed, moving
+
+
+def run_pair(spec: PairSpec, *, progress: ProgressCallback | None = None,
+             errors: str = "raise") -> PairRecord:
+    """Run one pair job: read, register, fuse, score, write.
+
+    Parameters
+    ----------
+    spec : PairSpec
+    progress : callable, optional
+        ``progress(fraction, message)`` for this pair; returning False cancels.
+    errors : {"raise", "record"}, optional
+        ``raise`` (``fuse``): a :class:`~MedFusionLib.errors.MedFusionError` propagates.
+        ``record`` (``batch``): it is returned as a ``failed`` record with its one-line message.
+        Cancellation (:class:`~MedFusionLib.errors.CancelledError`, ``KeyboardInterrupt``)
+        always propagates.
+
+    Returns
+    -------
+    PairRecord
+        Status ``ok`` with every output written, or (``errors="record"``) ``failed`` with no
+        output left behind.
+
+    Raises
+    ------
+    MedFusionError
+        With ``errors="raise"``: the input's one-line error (nothing is written).
+    """
+    from .errors import CancelledError
+
+    if errors not in ("raise", "record"):
+        raise ValueError(f"errors must be 'raise' or 'record', got {errors!r}")
+    record = PairRecord(spec.fixed, spec.moving, spec.output, label=spec.label,
+                        worker=f"{socket.gethostname()}:{os.getpid()}",
+                        versions=package_versions())
+    t0 = time.perf_counter()
+    try:
+        _run(spec, record, progress)
+    except CancelledError:
+        raise
+    except MedFusionError as exc:
+        if errors == "raise":
+            raise
+        record.status, record.error = "failed", str(exc)
+        record.outputs = []
+    record.seconds = time.perf_counter() - t0
+    return record
+
+
+def _run(spec: PairSpec, record: PairRecord, progress) -> None:
+    from .colour import fuse_colour
+    from .commands._common import OutputSet, write_json
+    from .io import is_colour, write_image
+    from .pipeline import fuse_images
+
+    check_outputs_distinct(spec.inputs(), spec.outputs())
+    outputs = OutputSet(spec.outputs())
+    kwargs = spec.pipeline_kwargs()  # a bad --param fails before any reading
+    t0 = time.perf_counter()
+    fixed, moving = read_sources(spec)
+    record.stages["read"] = time.perf_counter() - t0
+    colour = spec.color is not None or is_colour(fixed) or is_colour(moving)
+    if colour and spec.dicom:
+        raise InvalidInputError(f"{spec.output}: --dicom writes a greyscale series; add --grey "
+                                "(or leave out --color).")
+    if colour:
+        kwargs["table"] = spec.color or "heat"
+    fuse = fuse_colour if colour else fuse_images
+    result = fuse(fixed, moving, return_weights=bool(spec.weights_map), progress=progress,
+                  fixed_name=spec.fixed, moving_name=spec.moving, **kwargs)
+    del fixed, moving
+    record.stages.update(result.timings)
+    record.method, record.device, record.colour = result.method, result.device, colour
+    record.registration = result.registration.to_dict()
+    record.model, record.model_sha256 = _model_of(result.method, result.params)
+    report = None
+    if spec.metrics or spec.score:
+        t0 = time.perf_counter()
+        record.metrics = volume_metrics_for(result, spec.metrics_keys)
+        record.stages["metrics"] = time.perf_counter() - t0
+    if spec.metrics:
+        report = {"fixed": spec.fixed, "moving": spec.moving, "output": spec.output,
+                  **result.summary(), "metrics": record.metrics}
+    t0 = time.perf_counter()
+    with outputs:
+        if spec.dicom:
+            from .dicom import write_fusion_dicom
+
+            for path in write_fusion_dicom(
+                    result.fused, spec.output, fixed=spec.fixed, moving=spec.moving,
+                    fixed_series_uid=spec.fixed_series, moving_series_uid=spec.moving_series,
+                    transform=result.registration.transform, method=result.method):
+                outputs.add(path)
+        else:
+            outputs.add(write_image(result.rgb if colour else result.fused, spec.output))
+        if spec.weights_map:
+            outputs.add(write_image(result.weights, spec.weights_map))
+        if spec.transform:
+            outputs.add(_write_transform(result.registration.transform, spec.transform))
+        if report is not None:
+            outputs.add(write_json(report, spec.metrics))
+    record.stages["write"] = time.perf_counter() - t0
+    record.outputs = [str(p) for p in outputs.written]
+
+
+def _write_transform(transform: sitk.Transform, path: str) -> Path:
+    """Write an ITK transform file atomically (under a temporary name, then renamed)."""
+    import tempfile
+
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=".medfusion-", suffix=p.suffix or ".tfm", dir=p.parent)
+    os.close(fd)
+    try:
+        sitk.WriteTransform(transform, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as a plain file the user creates (mkstemp makes 0600)
+        os.replace(tmp, p)
+    except RuntimeError as exc:
+        raise InvalidInputError(f"{p}: could not write the transform: "
+                                f"{str(exc).strip().splitlines()[-1]}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return p
