@@ -233,9 +233,15 @@ def fuse_colour(fixed: sitk.Image, moving: sitk.Image, *, method: str | None = N
     y_func = np.clip(y_func, 0.0, 1.0)
     a, b = (pair.fixed01, y_func) if which == "moving" else (y_func, pair.moving01)
     t0 = time.perf_counter()
+    # the luminance of a colour-rendered source is functional whatever its file said (8-bit RGB)
+    mods = [pair.fixed_norm.modality, pair.moving_norm.modality]
+    func_i = 0 if which == "fixed" else 1
+    if mods[func_i] not in ("PET", "SPECT"):
+        mods[func_i] = "PET"
+    run_params = info.with_modalities(method_params, mods)
     out = fuse_arrays(a, b, method=info.name, axis=pair.axis, device=dev,
                       return_weights=return_weights, progress=scaled(progress, 0.55, 1.0),
-                      **method_params)
+                      **run_params)
     t["fuse"] = time.perf_counter() - t0
     fused_y, weights = out if return_weights else (out, None)
     rgb = ycbcr_to_rgb(fused_y, cb, cr)

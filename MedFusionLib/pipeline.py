@@ -203,9 +203,11 @@ def fuse_images(fixed: sitk.Image, moving: sitk.Image, *, method: str | None = N
                       progress=progress, fixed_name=fixed_name, moving_name=moving_name)
     t = dict(pair.timings)
     t0 = time.perf_counter()
+    run_params = info.with_modalities(method_params, (pair.fixed_norm.modality,
+                                                      pair.moving_norm.modality))
     out = fuse_arrays(pair.fixed01, pair.moving01, method=info.name, axis=pair.axis, device=dev,
                       return_weights=return_weights, progress=scaled(progress, 0.55, 1.0),
-                      **method_params)
+                      **run_params)
     t["fuse"] = time.perf_counter() - t0
     fused, weights = out if return_weights else (out, None)
     return FusionResult(fused=copy_geometry(fused, fixed),

@@ -47,7 +47,7 @@ from .errors import InvalidInputError
 from .progress import ProgressCallback, report
 
 __all__ = ["TrainConfig", "load_config", "fusion_loss", "LOSS_TERMS", "DEFAULT_LOSS", "SliceBank",
-           "mni_bank", "folder_bank", "train", "TrainResult"]
+           "mni_bank", "functional_bank", "folder_bank", "train", "TrainResult"]
 
 
 @dataclass
@@ -91,6 +91,13 @@ class TrainConfig:
         of the learned weights, so the decoder serves every rule.
     holdout_z : list of int
         ``[z0, z1)``: MNI axial slices never used for training (validation slab).
+    bank : str
+        Built-in training pairs when no ``--data`` folder is given: ``mni`` (MR, CT, PET and
+        random contrasts, every combination; :func:`mni_bank`) or ``functional`` (anatomical +
+        functional pairs only, with simulated FDG-PET and perfusion SPECT, grey and pseudo-colour;
+        :func:`functional_bank`).
+    functional_volumes : int
+        FDG-PET-like and SPECT-like volumes each in the ``functional`` bank.
     log_every : int
         Steps between progress messages.
     """
@@ -112,6 +119,8 @@ class TrainConfig:
     rule_mix: float = 0.25
     holdout_z: list = field(default_factory=lambda: [75, 115])
     log_every: int = 100
+    bank: str = "mni"
+    functional_volumes: int = 4
 
     def validate(self) -> "TrainConfig":
         """Check ranges; raise :class:`InvalidInputError` naming the bad field."""
@@ -122,6 +131,8 @@ class TrainConfig:
             ("rule_mix", 0 <= self.rule_mix <= 1), ("log_every", self.log_every >= 1),
             ("channels", len(self.channels) == 2 and all(int(c) >= 1 for c in self.channels)),
             ("holdout_z", len(self.holdout_z) == 2 and self.holdout_z[0] <= self.holdout_z[1]),
+            ("bank", self.bank in ("mni", "functional")),
+            ("functional_volumes", self.functional_volumes >= 1),
         ]
         for name, ok in checks:
             if not ok:
@@ -176,13 +187,17 @@ LOSS_TERMS = {
     "sf": "relu(cap - SF(F) / max(SF(A), SF(B))): sharpness, up to cap x the sharper source's "
           "(a decoder can win it with a pixel-shuffle checkerboard: not used by the shipped model)",
     "en": "relu(max(EN(A), EN(B)) + cap - EN(F)) / 8: information (soft-histogram entropy)",
+    "functional": "the functional source's own local contrast (difference of Gaussians at 2 and "
+                  "4 px, its resolution) kept in F, one-sided and in the same direction "
+                  "(losses.functional_saliency); only on anatomical + functional pairs",
     "identity": "|F - A| on pairs of a slice with itself: fusion of identical inputs is the input",
 }
 DEFAULT_LOSS = {"intensity": 1.0, "gradient": 2.0, "ssim": 1.0}
 SD_CAP, SF_CAP, EN_MARGIN = 1.05, 1.4, 0.3
 
 
-def fusion_loss(fused, a, b, *, weights: dict | None = None, caps: dict | None = None):
+def fusion_loss(fused, a, b, *, weights: dict | None = None, caps: dict | None = None,
+                functional=None):
     """Unsupervised fusion loss of a batch: a weighted sum of the terms of :data:`LOSS_TERMS`.
 
     Parameters
@@ -194,6 +209,9 @@ def fusion_loss(fused, a, b, *, weights: dict | None = None, caps: dict | None =
     caps : dict, optional
         Caps of the rewards: ``sd`` (ratio to SD(max(A, B)), default 1.05), ``sf`` (ratio to
         the sharper source's SF, default 1.4), ``en`` (bits above the richer source, default 0.3).
+    functional : Tensor, optional
+        ``(N,)`` integers: which source of each pair is functional (PET/SPECT): 0 = ``a``,
+        1 = ``b``, -1 = none. The ``functional`` term scores only the pairs that have one.
 
     Returns
     -------
@@ -237,6 +255,10 @@ def fusion_loss(fused, a, b, *, weights: dict | None = None, caps: dict | None =
         per["vif"] = (2.0 - L.vif(a, b, fused)) / 2.0
     if w.get("scd"):
         per["scd"] = (2.0 - L.scd(a, b, fused)) / 2.0
+    if w.get("functional") and functional is not None:
+        role = functional.to(fused.device).long()
+        func = torch.where((role == 1).view(-1, 1, 1, 1), b, a)
+        per["functional"] = L.functional_saliency(func, fused) * (role >= 0).to(fused.dtype)
     # contrast, sharpness and entropy are rewarded only up to a cap set by the sources, so that
     # they cannot be won by noise (a checkerboard has the largest SF and SD of all)
     if w.get("sd"):
@@ -274,11 +296,20 @@ class SliceBank:
         ``float32 (S, H, W)`` CT in HU, windowed at random when the ``ct`` entry is drawn.
     pairs : list of (str, str), optional
         Which entries may be paired (default: every two different entries).
+    functional : iterable of str, optional
+        Entries that are functional (PET/SPECT uptake in [0, 1]). They are not given the anatomical
+        contrast augmentation; instead :func:`_render_functional` scales their uptake and, with
+        probability ``colour_prob``, renders them through a clinical colour table and keeps the
+        luminance (the literature's pseudo-colour form). :meth:`sample` can report which source
+        of each pair is functional.
+    colour_prob : float
+        Probability that a functional source is given as pseudo-colour luminance.
     """
 
     CT_WINDOWS = ((40.0, 80.0), (40.0, 400.0), (300.0, 1500.0), (600.0, 2800.0), (50.0, 2000.0))
 
-    def __init__(self, images: dict, *, tissues=None, ct_hu=None, pairs=None):
+    def __init__(self, images: dict, *, tissues=None, ct_hu=None, pairs=None, functional=(),
+                 colour_prob: float = 0.6):
         if not images:
             raise InvalidInputError("the training data set is empty.")
         shapes = {v.shape for v in images.values()}
@@ -291,6 +322,11 @@ class SliceBank:
         self.names = names
         self.pairs = pairs or [(p, q) for i, p in enumerate(names) for q in names[i + 1:]]
         self.n_slices, self.height, self.width = next(iter(self.images.values())).shape
+        self.functional = frozenset(functional)
+        unknown = self.functional - set(self.images)
+        if unknown:
+            raise InvalidInputError(f"functional entries {sorted(unknown)} are not in the bank.")
+        self.colour_prob = float(colour_prob)
 
     def _source(self, name: str, s: int, rng) -> np.ndarray:
         if name == "synth":
@@ -303,10 +339,19 @@ class SliceBank:
             return np.clip((self.ct_hu[s] - (level - width / 2)) / width, 0.0, 1.0)
         return self.images[name][s]
 
-    def sample(self, n: int, patch: int, rng, *, identity_prob: float = 0.0):
-        """``n`` pairs of ``patch x patch`` crops: two ``float32 (n, patch, patch)`` arrays."""
+    def _prepare(self, name: str, x: np.ndarray, rng) -> np.ndarray:
+        if name in self.functional:
+            return _render_functional(x, rng, self.colour_prob)
+        return _augment(x, rng)
+
+    def sample(self, n: int, patch: int, rng, *, identity_prob: float = 0.0,
+               return_roles: bool = False):
+        """``n`` pairs of ``patch x patch`` crops: two ``float32 (n, patch, patch)`` arrays, and
+        with ``return_roles`` an ``int64 (n,)`` array saying which source is functional (0 = the
+        first, 1 = the second, -1 = neither, or a slice paired with itself)."""
         out_a = np.zeros((n, patch, patch), np.float32)
         out_b = np.zeros((n, patch, patch), np.float32)
+        roles = np.full(n, -1, np.int64)
         for i in range(n):
             s = int(rng.integers(self.n_slices))
             p, q = self.pairs[rng.integers(len(self.pairs))]
@@ -314,10 +359,13 @@ class SliceBank:
             b = a if rng.random() < identity_prob else self._source(q, s, rng)
             if rng.random() < 0.5:
                 a, b = b, a
+                p, q = q, p
             if b is a:
-                a = b = _augment(a, rng)
+                a = b = self._prepare(p, a, rng)
             else:
-                a, b = _augment(a, rng), _augment(b, rng)
+                a, b = self._prepare(p, a, rng), self._prepare(q, b, rng)
+                if (p in self.functional) != (q in self.functional):
+                    roles[i] = 0 if p in self.functional else 1
             h, w = a.shape
             # centre the crop on a random foreground pixel (most of a slice is air)
             fg = np.flatnonzero((a > 0.05) | (b > 0.05))
@@ -334,6 +382,8 @@ class SliceBank:
                 if flip:
                     src = src[:, ::-1]
                 dst[i, :src.shape[0], :src.shape[1]] = src
+        if return_roles:
+            return out_a, out_b, roles
         return out_a, out_b
 
 
@@ -352,6 +402,20 @@ def _augment(x: np.ndarray, rng) -> np.ndarray:
         y = ndimage.gaussian_filter(y, float(rng.uniform(0.5, 1.5)))
     if rng.random() < 0.3:
         y = y + rng.normal(0.0, rng.uniform(0.005, 0.03), y.shape).astype(np.float32) * fg
+    return np.clip(y, 0.0, 1.0).astype(np.float32)
+
+
+def _render_functional(x: np.ndarray, rng, colour_prob: float) -> np.ndarray:
+    """A functional source as a fusion method gets it: uptake in [0, 1] with a random gamma
+    (0.8-1.25, display scaling) and, with probability ``colour_prob``, the luminance of its
+    rendering through a random clinical colour table (hot, jet, NIH, spectrum)."""
+    from .functional_phantoms import CLINICAL_TABLES, pseudo_colour_luminance
+
+    y = np.asarray(x, np.float32) ** np.float32(math.exp(rng.uniform(math.log(0.8),
+                                                                     math.log(1.25))))
+    if rng.random() < colour_prob:
+        tables = list(CLINICAL_TABLES)
+        y = pseudo_colour_luminance(y, tables[int(rng.integers(len(tables)))])
     return np.clip(y, 0.0, 1.0).astype(np.float32)
 
 
@@ -404,6 +468,36 @@ def mni_bank(*, z_range=(12, 176), exclude=(75, 115)) -> SliceBank:
     return SliceBank({"mr": mr, "ct": ct01, "pet": pet01}, tissues=tissues, ct_hu=ct_hu,
                      pairs=[("mr", "ct"), ("mr", "pet"), ("ct", "pet"), ("mr", "synth"),
                             ("ct", "synth"), ("pet", "synth")])
+
+
+def functional_bank(*, z_range=(12, 176), exclude=(75, 115), n_volumes: int = 4,
+                    seed: int = 0, colour_prob: float = 0.6) -> SliceBank:
+    """Anatomical + functional training pairs on the MNI152 anatomy (issue #16).
+
+    Anatomical entries: ``mr`` (T1, contrast-augmented: gamma, inversion for T2/PD-like
+    contrasts, blur, noise), ``ct`` (random window) and ``synth`` (random tissue contrasts).
+    Functional entries: the sample ``pet`` and ``n_volumes`` FDG-PET-like and ``n_volumes``
+    perfusion-SPECT-like volumes of :func:`MedFusionLib.functional_phantoms.functional_volume`
+    (seeds ``seed * 1000 + 1, ...``; lesions anywhere in the training slices), given grey or as
+    pseudo-colour luminance (:func:`_render_functional`). Every pair is one anatomical and one
+    functional source, in random order. Slices in ``exclude`` are never used (validation slab).
+    """
+    from .functional_phantoms import functional_volume, mni_tissue_maps
+
+    base = mni_bank(z_range=z_range, exclude=exclude)
+    zs = [z for z in range(*z_range) if not exclude[0] <= z < exclude[1]]
+    tissues = mni_tissue_maps()
+    images = dict(base.images)
+    functional = ["pet"]
+    for kind in ("fdg", "spect"):
+        for i in range(n_volumes):
+            rng = np.random.default_rng(seed * 1000 + 1 + len(functional))
+            name = f"{kind}{i}"
+            images[name] = functional_volume(tissues, kind, rng, z_range=z_range).values[zs]
+            functional.append(name)
+    pairs = [(anat, func) for anat in ("mr", "ct", "synth") for func in functional]
+    return SliceBank(images, tissues=base.tissues, ct_hu=base.ct_hu, pairs=pairs,
+                     functional=functional, colour_prob=colour_prob)
 
 
 def folder_bank(folder: str | os.PathLike, *, patch: int = 96) -> SliceBank:
@@ -531,10 +625,16 @@ def train(config: TrainConfig, out: str | os.PathLike, *, init: str | os.PathLik
         init_desc = None
     net = net.to(dev).train()
     if bank is None:
-        report(progress, 0.0, "building the training slices" + (f" from {data}" if data else
-                                                                   " (MNI152 + synthetic CT/PET)"))
-        bank = folder_bank(data, patch=config.patch) if data is not None else mni_bank(
-            exclude=tuple(config.holdout_z))
+        report(progress, 0.0, "building the training slices" + (
+            f" from {data}" if data else " (MNI152 + synthetic PET/SPECT, anatomical + functional "
+            "pairs)" if config.bank == "functional" else " (MNI152 + synthetic CT/PET)"))
+        if data is not None:
+            bank = folder_bank(data, patch=config.patch)
+        elif config.bank == "functional":
+            bank = functional_bank(exclude=tuple(config.holdout_z), seed=config.seed,
+                                   n_volumes=config.functional_volumes)
+        else:
+            bank = mni_bank(exclude=tuple(config.holdout_z))
     opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     fixed_rules = [r for r in FEATURE_RULES if r != "learned"]
 
@@ -545,15 +645,16 @@ def train(config: TrainConfig, out: str | os.PathLike, *, init: str | os.PathLik
     for step in range(config.steps):
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, config)
-        xa, xb = bank.sample(config.batch_size, config.patch, rng,
-                             identity_prob=config.identity_prob)
+        xa, xb, roles = bank.sample(config.batch_size, config.patch, rng,
+                                    identity_prob=config.identity_prob, return_roles=True)
         a = torch.from_numpy(xa)[:, None].to(dev)
         b = torch.from_numpy(xb)[:, None].to(dev)
         rule = "learned"
         if config.rule_mix > 0 and rng.random() < config.rule_mix:
             rule = fixed_rules[int(rng.integers(len(fixed_rules)))]
         fused, _ = net(a, b, rule=rule)
-        loss, terms = fusion_loss(fused, a, b, weights=config.loss, caps=config.caps)
+        loss, terms = fusion_loss(fused, a, b, weights=config.loss, caps=config.caps,
+                                  functional=torch.from_numpy(roles))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
@@ -573,7 +674,7 @@ def train(config: TrainConfig, out: str | os.PathLike, *, init: str | os.PathLik
                    + ", ".join(f"{k} {v:.4f}" for k, v in terms.items()) + f"), {elapsed:.0f} s")
     seconds = time.perf_counter() - t0
     net = net.eval().to("cpu")
-    meta = {"config": asdict(config), "init": init_desc, "data": str(data) if data else "mni",
+    meta = {"config": asdict(config), "init": init_desc, "data": str(data) if data else config.bank,
             "steps": config.steps, "seconds": round(seconds, 1), "final_loss": round(running, 6),
             "torch": str(torch.__version__)}
     digest = save_checkpoint(net, out, meta=meta)

@@ -16,11 +16,23 @@ Validation set (none of it is used in training, see models/MODEL_CARD.md):
   excludes slices 75-114;
 - ``colin-mr-pet``: Colin27 (a single subject, not in training) T1 slices with a PET-like image
   derived from its own tissue classes (k-means on the brain), from ``.data/mricron/ch2bet.nii.gz``
-  (``apt-get download mricron-data``). Skipped with a note when the file is absent.
+  (``Resources/SampleData/fetch-colin27.sh``, part of ``make data``). Skipped with a note when the
+  file is absent.
+- ``colin-mr-fdg`` and ``colin-mr-spect-colour`` (issue #16, anatomical + functional): Colin27 T1
+  slices 75, 80, ..., 110 with an FDG-PET-like volume (greyscale, as a DICOM PET gives it) and a
+  perfusion-SPECT-like volume rendered through a clinical colour table (hot, jet, NIH, spectrum in
+  turn) and fused on its luminance, as the literature's pseudo-colour benchmark pairs are
+  (:mod:`MedFusionLib.functional_phantoms`; seeds 1601-1604, lesions drawn inside the slab).
+  Training uses the MNI152 anatomy only, with other seeds.
+
+For the anatomical + functional groups the script also checks issue #16's goal: the candidate
+``--model`` against pixel maximum (FS and FI no higher, SCD and lesion contrast no lower) and
+against ``--reference`` (the previous default: Q^AB/F, VIF and SSIM no lower).
 
 Usage::
 
-    python bench/eval_cnn.py [--model NAME] [--variants] [--png DIR] [--json OUT]
+    python bench/eval_cnn.py [--model NAME] [--reference NAME] [--groups G,...] [--variants]
+                             [--png DIR] [--json OUT]
 """
 
 from __future__ import annotations
@@ -40,12 +52,18 @@ from MedFusionLib.driver import fuse_arrays  # noqa: E402
 from MedFusionLib.metrics import compute_metrics  # noqa: E402
 
 KEYS = ["EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM"]
-#: printed columns: the eight, fusion symmetry FS (lower = balanced), lesion contrast kept LC
-COLUMNS = KEYS + ["FS", "LC"]
+#: printed columns: the eight, fusion symmetry FS (lower = balanced), fusion index FI = I(A;F) /
+#: I(B;F) (A is the anatomical source: lower = more of the functional one), lesion contrast kept LC
+COLUMNS = KEYS + ["FS", "FI", "LC"]
+#: anatomical + functional groups of issue #16 (B is the functional source)
+FUNCTIONAL_GROUPS = ("colin-mr-fdg", "colin-mr-spect-colour")
 BASELINES = ["average", "maximum", "dwt"]
 MNI_SLICES = list(range(80, 110, 3))
-#: (group, slice) -> boolean mask of the hot lesions of the PET-like image (Colin27 cases)
+#: (group, slice) -> boolean mask (or list of masks, one per lesion) of the functional image's
+#: lesions (Colin27 cases)
 LESIONS: dict = {}
+COLIN = ROOT / ".data" / "mricron" / "ch2bet.nii.gz"
+COLIN_SLICES = list(range(75, 111, 5))
 
 
 def _load_itk():
@@ -87,10 +105,10 @@ def _load_colin():
     import SimpleITK as sitk
     from scipy import ndimage
 
-    path = ROOT / ".data" / "mricron" / "ch2bet.nii.gz"
+    path = COLIN
     if not path.is_file():
-        print(f"note: {path} not found (apt-get download mricron-data); colin-mr-pet skipped",
-              file=sys.stderr)
+        print(f"note: {path} not found (Resources/SampleData/fetch-colin27.sh); colin-mr-pet "
+              "skipped", file=sys.stderr)
         return []
     t1 = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32)
     brain = t1 > np.percentile(t1[t1 > 0], 2)
@@ -116,14 +134,54 @@ def _load_colin():
             for z in range(70, 111, 5)]
 
 
-def validation_cases():
-    """List of ``(group, a, b, slice_index)`` slice pairs in [0, 1]."""
+def _lesion_list(phantom, z: int) -> list:
+    """One boolean mask per lesion (hot and cold cores) of a phantom's slice ``z``."""
+    from scipy import ndimage
+
+    out = []
+    for mask in (phantom.hot[z], phantom.cold[z]):
+        lab, n = ndimage.label(mask)
+        out.extend(lab == i for i in range(1, n + 1) if (lab == i).sum() >= 5)
+    return out
+
+
+def functional_cases():
+    """Issue #16's held-out anatomical + functional groups on Colin27 (see the module docstring):
+    ``(group, mr, functional, z)`` with the functional source's lesions in :data:`LESIONS`."""
+    from MedFusionLib import functional_phantoms as fp
+
+    if not COLIN.is_file():
+        print(f"note: {COLIN} not found (Resources/SampleData/fetch-colin27.sh); the functional "
+              "groups are skipped", file=sys.stderr)
+        return []
+    tissues = fp.colin_tissue_maps(COLIN)
+    tables = list(fp.CLINICAL_TABLES)
     cases = []
-    for loader in (_load_itk, _load_mni, _load_colin):
+    for group, kind, seeds in (("colin-mr-fdg", "fdg", (1601, 1602)),
+                               ("colin-mr-spect-colour", "spect", (1603, 1604))):
+        phantoms = [fp.functional_volume(tissues, kind, np.random.default_rng(seed),
+                                         z_range=(COLIN_SLICES[0], COLIN_SLICES[-1] + 1))
+                    for seed in seeds]
+        for i, z in enumerate(COLIN_SLICES):
+            ph = phantoms[i % len(phantoms)]
+            func = ph.values[z]
+            if group.endswith("colour"):
+                func = fp.pseudo_colour_luminance(func, tables[i % len(tables)])
+            LESIONS[(group, z)] = _lesion_list(ph, z)
+            cases.append((group, tissues.t1[z], func, z))
+    return cases
+
+
+def validation_cases(groups=None):
+    """List of ``(group, a, b, slice_index)`` slice pairs in [0, 1] (only ``groups`` if given)."""
+    cases = []
+    for loader in (_load_itk, _load_mni, _load_colin, functional_cases):
         try:
             cases.extend(loader())
         except Exception as exc:  # noqa: BLE001 - report a missing data set and go on
-            print(f"note: {loader.__name__[6:]} validation data unavailable: {exc}", file=sys.stderr)
+            print(f"note: {loader.__name__} validation data unavailable: {exc}", file=sys.stderr)
+    if groups:
+        cases = [c for c in cases if c[0] in groups]
     return cases
 
 
@@ -134,9 +192,10 @@ def evaluate(cases, methods: dict) -> dict:
         per_group: dict = {}
         for group, a, b, z in cases:
             f = fuse_arrays(a, b, method=method, device="cpu", **params)
-            m = compute_metrics(a, b, f, keys=KEYS + ["FS"], data_range=1.0)
+            m = compute_metrics(a, b, f, keys=KEYS + ["FS", "FI"], data_range=1.0)
             m["LC"] = lesion_contrast(f, b, LESIONS.get((group, z)))
-            for g in (group, "all"):
+            # "all" keeps the #3 validation set (the functional groups are reported on their own)
+            for g in (group,) if group in FUNCTIONAL_GROUPS else (group, "all"):
                 per_group.setdefault(g, []).append(m)
         results[label] = {g: {k: float(np.nanmean([m[k] for m in ms])) if any(
             np.isfinite(m[k]) for m in ms) else float("nan") for k in COLUMNS}
@@ -145,14 +204,42 @@ def evaluate(cases, methods: dict) -> dict:
 
 
 def lesion_contrast(f: np.ndarray, b: np.ndarray, mask) -> float:
-    """Share of the PET lesions' contrast kept in F: (F_lesion - F_around) / (B_lesion -
-    B_around), "around" being a 4-pixel ring; NaN without a lesion in the slice."""
+    """Share of the functional lesions' contrast kept in F: (F_lesion - F_around) / (B_lesion -
+    B_around), "around" being a 4-pixel ring; for a list of masks the mean over the lesions whose
+    contrast in B is at least 0.02; NaN without a (visible) lesion in the slice."""
     from scipy import ndimage
 
+    if isinstance(mask, list):
+        values = [lesion_contrast(f, b, m) for m in mask]
+        values = [v for v in values if np.isfinite(v)]
+        return float(np.mean(values)) if values else float("nan")
     if mask is None or mask.sum() < 5:
         return float("nan")
     ring = ndimage.binary_dilation(mask, iterations=4) & ~ndimage.binary_dilation(mask)
-    return float((f[mask].mean() - f[ring].mean()) / (b[mask].mean() - b[ring].mean()))
+    den = b[mask].mean() - b[ring].mean()
+    if abs(den) < 0.02:
+        return float("nan")
+    return float((f[mask].mean() - f[ring].mean()) / den)
+
+
+def functional_goal(results: dict, cnn: str = "cnn", reference: str = "reference") -> dict:
+    """Issue #16's goal per anatomical + functional group: ``{group: {check: bool}}``.
+
+    Against pixel maximum: FS <= (more balanced), FI <= (no more anatomy-dominated), SCD >= and
+    LC >= ; against ``reference`` (the previous default): Q^AB/F, VIF, SSIM >= (0.5 % slack for
+    the 8-bit metrics' rounding)."""
+    out = {}
+    for g in FUNCTIONAL_GROUPS:
+        if g not in results.get(cnn, {}):
+            continue
+        c, mx = results[cnn][g], results["maximum"][g]
+        checks = {"FS<=max": c["FS"] <= mx["FS"], "FI<=max": c["FI"] <= mx["FI"],
+                  "SCD>=max": c["SCD"] >= mx["SCD"], "LC>=max": c["LC"] >= mx["LC"]}
+        if reference in results:
+            r = results[reference][g]
+            checks.update({f"{k}>=ref": c[k] >= r[k] * 0.995 for k in ("Qabf", "VIF", "SSIM")})
+        out[g] = checks
+    return out
 
 
 def verdict(results: dict, cnn: str = "cnn", group: str = "all") -> tuple[int, list, dict]:
@@ -201,17 +288,22 @@ def save_pngs(cases, methods, out: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="default", help="CNN model (registry name or .pt)")
+    ap.add_argument("--reference", default="fusionnet",
+                    help="previous default CNN model for issue #16's comparison ('' for none)")
+    ap.add_argument("--groups", default="", help="comma-separated groups to run (default: all)")
     ap.add_argument("--variants", action="store_true", help="also score every CNN level/rule")
     ap.add_argument("--png", type=Path, default=None, help="write one montage per group here")
     ap.add_argument("--json", type=Path, default=None, help="write the results as JSON")
     args = ap.parse_args(argv)
 
-    cases = validation_cases()
+    cases = validation_cases([g for g in args.groups.split(",") if g])
     groups = sorted({c[0] for c in cases}) + ["all"]
     print(f"{len(cases)} validation pairs: " + ", ".join(
         f"{g} ({sum(1 for c in cases if c[0] == g)})" for g in groups[:-1]))
     methods = {m: (m, {}) for m in BASELINES}
     methods["cnn"] = ("cnn", {"model": args.model})
+    if args.reference:
+        methods["reference"] = ("cnn", {"model": args.reference})
     if args.variants:
         for level in ("feature", "pixel"):
             for rule in ("learned", "addition", "average", "maximum", "l1"):
@@ -222,17 +314,29 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     results = evaluate(cases, methods)
     print_table(results, groups)
+    ok = False
+    if "all" in results["cnn"]:
+        ok = _print_bar(results, t0)
+    goal = functional_goal(results)
+    for g, checks in goal.items():
+        print(f"#16 goal on {g}: {'MET' if all(checks.values()) else 'NOT met'} ("
+              + ", ".join(f"{k} {'ok' if v else 'NO'}" for k, v in checks.items()) + ")")
+    if args.png:
+        save_pngs(cases, methods, args.png)
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "bar_met": ok,
+                                         "functional_goal": goal}, indent=2))
+    return 0
+
+
+def _print_bar(results: dict, t0: float) -> bool:
+    """Print issue #3's quality bar on the "all" group; return whether it is met."""
     n, wins, gaps = verdict(results)
     print(f"\nCNN beats average, maximum and DWT on {n}/8 metrics: {', '.join(wins) or 'none'}")
     print("CNN vs maximum: " + ", ".join(f"{k} {100 * v:+.1f}%" for k, v in gaps.items()))
     ok = n >= 6 and all(v >= -0.02 for v in gaps.values())
-    print(f"quality bar {'MET' if ok else 'NOT met'} ({time.perf_counter() - t0:.0f} s)")
-    if args.png:
-        save_pngs(cases, methods, args.png)
-    if args.json:
-        args.json.write_text(json.dumps({"results": results, "wins": wins, "gaps": gaps,
-                                         "bar_met": ok}, indent=2))
-    return 0
+    print(f"quality bar of #3 {'MET' if ok else 'NOT met'} ({time.perf_counter() - t0:.0f} s)")
+    return ok
 
 
 if __name__ == "__main__":

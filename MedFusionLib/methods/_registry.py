@@ -116,6 +116,14 @@ class MethodInfo:
 
         return importlib.util.find_spec("torch") is not None
 
+    def with_modalities(self, params: dict, modalities) -> dict:
+        """``params`` plus ``modalities=(a, b)`` for a method that takes the pair's modalities
+        (it has a ``modalities`` parameter, e.g. ``cnn`` to choose its model) and was not given
+        them; other methods get ``params`` unchanged."""
+        if "modalities" in self.params and params.get("modalities") is None:
+            return dict(params, modalities=tuple(modalities))
+        return params
+
     def validate_params(self, params: dict) -> dict:
         """Return ``params`` if every key is a documented parameter of the method, else raise."""
         unknown = sorted(set(params) - set(self.params))

@@ -22,8 +22,8 @@ RULES = ("learned", "addition", "average", "maximum", "l1")
                     "(sections 2.5 and 2.7); MedFusion model card: models/MODEL_CARD.md.",
           needs_torch=True, supports_cuda=True, provides_weights=True, slices_per_batch=16)
 def cnn_fusion(a: np.ndarray, b: np.ndarray, *, level: str = "feature", rule: str = "learned",
-               model: str = "default", enhance: bool = False, device: str = "cpu",
-               return_weights: bool = False):
+               model: str = "default", enhance: bool = False, modalities=None,
+               device: str = "cpu", return_weights: bool = False):
     """Fuse batches of slices with the trained CNN.
 
     Parameters
@@ -39,8 +39,14 @@ def cnn_fusion(a: np.ndarray, b: np.ndarray, *, level: str = "feature", rule: st
         ``addition``: sum of the feature maps (pixel level: ``A + B - AB``), saturating softly. ``average``: equal weights. ``maximum``: element-wise
         maximum. ``l1``: weights proportional to the L1 activity of each source's features.
     model : str, optional
-        Name of a model in ``models/models.json`` (``default``: the registry's default), or the
-        path of a registered ``.pt`` file (e.g. one written by ``medfusion train``).
+        Name of a model in ``models/models.json``, or the path of a registered ``.pt`` file (e.g.
+        one written by ``medfusion train``). ``default``: the registry's model for the pair's
+        type when ``modalities`` tells it (an anatomical + functional pair gets the registry's
+        ``pair_defaults`` model, see :func:`MedFusionLib.nets.weights.model_for_modalities`),
+        else the registry's default.
+    modalities : (str, str), optional
+        Modalities of ``a`` and ``b`` (``CT``, ``MR``, ``PET``, ``SPECT``, ``8BIT``); the
+        pipeline passes the ones it normalised with. Only used to choose the ``default`` model.
     enhance : bool, optional
         Post-process the fused slice with an unsharp mask (review §2.5.6).
     device : str
@@ -67,13 +73,15 @@ def cnn_fusion(a: np.ndarray, b: np.ndarray, *, level: str = "feature", rule: st
     import torch
 
     from ..nets.fusionnet import unsharp_mask
-    from ..nets.weights import load_model
+    from ..nets.weights import load_model, model_for_modalities
 
     level = look_up(level, LEVELS, what="CNN fusion level")
     rule = look_up(rule, RULES, what="CNN fusion rule")
     if not isinstance(enhance, (bool, np.bool_)):
         raise TypeError(f"enhance must be True or False, got {enhance!r}.")
     cuda = str(device).startswith("cuda")
+    if model in (None, "", "default"):
+        model = model_for_modalities(modalities)
     net = load_model(model, device=device, half=cuda)
     dtype = torch.float16 if cuda else torch.float32
     try:

@@ -15,11 +15,14 @@ from .weights import (
     default_model,
     list_models,
     load_model,
+    model_for_modalities,
     models_dir,
+    pair_type,
 )
 
 __all__ = ["FusionNet", "WeightsError", "WeightsIntegrityError", "WeightsNotFoundError",
-           "default_model", "list_models", "load_model", "models_dir"]
+           "default_model", "list_models", "load_model", "model_for_modalities", "models_dir",
+           "pair_type"]
 
 
 def __getattr__(name):

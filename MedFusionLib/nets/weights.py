@@ -16,8 +16,13 @@ else ``models/`` beside the package (the repository, or Slicer's scripted-module
           "description": "...",
           "metrics": {...}
         }
-      }
+      },
+      "pair_defaults": {"anatomical+functional": "fusionnet-functional"}
     }
+
+``pair_defaults`` (optional) names the model that replaces the default for one *pair type*, chosen
+from the modalities the pipeline already knows (:func:`pair_type`, :func:`model_for_modalities`):
+an anatomical + functional pair (MR/CT with PET/SPECT) can get a model trained on such pairs.
 
 Loading a model reads the file's bytes once, checks their SHA-256 against the registry, and only
 then deserialises them with ``torch.load(..., weights_only=True)`` (no pickled code can run). A
@@ -44,6 +49,7 @@ from ..errors import MedFusionError
 __all__ = [
     "WeightsError", "WeightsNotFoundError", "WeightsIntegrityError",
     "models_dir", "read_registry", "model_entry", "default_model", "list_models",
+    "PAIR_TYPES", "FUNCTIONAL_MODALITIES", "pair_type", "model_for_modalities",
     "sha256_of", "load_checkpoint", "load_model", "save_checkpoint", "register_model",
     "clear_cache",
 ]
@@ -126,6 +132,47 @@ def default_model(folder: str | os.PathLike | None = None) -> str:
             f"model registry {Path(folder or models_dir()) / REGISTRY_NAME} names no valid "
             f"default model (got {name!r})."
         )
+    return name
+
+
+#: Pair types a registry's ``pair_defaults`` may name.
+PAIR_TYPES = ("anatomical+anatomical", "anatomical+functional")
+#: Modalities (as :mod:`MedFusionLib.normalize` names them) that are functional.
+FUNCTIONAL_MODALITIES = ("PET", "SPECT")
+
+
+def pair_type(modalities) -> str | None:
+    """The pair type of two modalities (``("MR", "PET")`` -> ``"anatomical+functional"``).
+
+    ``None`` when it cannot be told: modalities not given, or two sources one of which is an
+    ``8BIT`` image and neither functional (a PNG says nothing of what it shows; with a PET or
+    SPECT partner it is taken as the anatomy). Two functional sources count as ``None`` too (no
+    model is trained for them).
+    """
+    if modalities is None:
+        return None
+    mods = [str(m).upper() for m in modalities]
+    if len(mods) != 2:
+        raise WeightsError(f"expected the modalities of two sources, got {modalities!r}.")
+    functional = [m in FUNCTIONAL_MODALITIES for m in mods]
+    if all(functional) or (not any(functional) and "8BIT" in mods):
+        return None
+    if any(functional):
+        return "anatomical+functional"
+    return "anatomical+anatomical"
+
+
+def model_for_modalities(modalities, folder: str | os.PathLike | None = None) -> str:
+    """Registry name of the model for a pair of modalities: the registry's ``pair_defaults``
+    entry for its :func:`pair_type`, else the default model."""
+    reg = read_registry(folder)
+    kind = pair_type(modalities)
+    name = (reg.get("pair_defaults") or {}).get(kind) if kind else None
+    if name is None:
+        return default_model(folder)
+    if name not in reg["models"]:
+        raise WeightsError(f"model registry {Path(folder or models_dir()) / REGISTRY_NAME} names "
+                           f"'{name}' for {kind} pairs, but lists no such model.")
     return name
 
 
