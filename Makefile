@@ -18,6 +18,7 @@ setup: $(STAMP)
 
 data:
 	bash Resources/SampleData/fetch-itk-examples.sh
+	bash Resources/SampleData/fetch-colin27.sh
 	bash Testing/fetch-dicom3tools.sh
 
 demo: setup data
