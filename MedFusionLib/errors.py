@@ -15,6 +15,7 @@ __all__ = [
     "DeviceUnavailableError",
     "RegistrationError",
     "CancelledError",
+    "OutputError",
 ]
 
 
@@ -44,3 +45,8 @@ class RegistrationError(MedFusionError, RuntimeError):
 
 class CancelledError(MedFusionError):
     """The progress callback asked to stop; no output was written."""
+
+
+class OutputError(InvalidInputError, OSError):
+    """An output cannot be written (folder missing or read-only, disk full, would overwrite an
+    input); nothing was left behind."""

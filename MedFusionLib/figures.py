@@ -3,29 +3,26 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .outputs import atomic_output
 
 __all__ = ["orthogonal_planes", "save_planes_figure", "contribution_overlay", "save_figure",
            "add_contribution_legend"]
 
 
 def save_figure(fig, path: str | os.PathLike, *, dpi: int = 90) -> Path:
-    """Save a matplotlib figure as PNG atomically (temporary name, then rename) and close it."""
+    """Save a matplotlib figure as PNG atomically (:func:`MedFusionLib.outputs.atomic_output`), close it."""
     import matplotlib.pyplot as plt
 
     p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".medfusion-", suffix=".png", dir=p.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, p)
+        with atomic_output(p) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return p
 
 

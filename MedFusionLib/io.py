@@ -3,25 +3,48 @@
 Geometry (origin, spacing, direction) is kept exactly as SimpleITK reads it. 2D raster images
 (PNG, JPEG, TIFF, BMP) are read as 2D scalar images; RGB(A) is reduced to luminance
 (ITU-R BT.601: Y = 0.299 R + 0.587 G + 0.114 B) and the image is tagged ``MedFusion.Colour``.
-Writes are atomic: the file appears complete or not at all.
+Reading checks what ITK takes on trust: a file cut off before the end of the pixel data its header
+declares, NaN/Inf voxels of NIfTI files (ITK reads them as 0; they are put back so that the one
+NaN/Inf rule of :func:`MedFusionLib.normalize.normalize` applies to every format), complex-valued
+pixels, and sheared (non-orthonormal) direction matrices are all refused or reported here.
+
+Writes go through :func:`MedFusionLib.outputs.atomic_output`: the file (with the detached data file
+of ``.mhd``/``.nhdr``) appears complete or not at all, is read back and compared before it is
+renamed into place (ITK's NIfTI writer does not report a full disk), and gets the user's umask.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, OutputError
+from .imagefiles import check_complete, nifti_nonfinite
+from .outputs import atomic_output
 
-__all__ = ["read_image", "write_image", "VOLUME_EXTENSIONS", "RASTER_EXTENSIONS", "extension_of",
-           "copy_geometry", "is_2d", "is_colour", "to_luminance", "COLOUR_KEY"]
+__all__ = ["read_image", "write_image", "write_transform", "check_image_output", "check_direction",
+           "check_same_grid",
+           "check_transform_output", "VOLUME_EXTENSIONS", "RASTER_EXTENSIONS",
+           "TRANSFORM_EXTENSIONS", "extension_of", "copy_geometry", "is_2d", "is_colour",
+           "to_luminance", "COLOUR_KEY"]
+
+logger = logging.getLogger(__name__)
 
 VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 RASTER_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+#: Lossy formats: a written file is checked by size only, not voxel by voxel.
+_LOSSY = (".jpg", ".jpeg")
+#: ITK transform file formats (``sitk.WriteTransform``).
+TRANSFORM_EXTENSIONS = (".tfm", ".txt", ".h5", ".hdf5", ".mat", ".xfm")
+#: Largest deviation of a direction matrix's ``D^T D`` from the identity that counts as orthonormal.
+_DIRECTION_TOLERANCE = 1e-3
 
 #: Metadata key set on images read from a colour (RGB/RGBA) file.
 COLOUR_KEY = "MedFusion.Colour"
@@ -103,11 +126,127 @@ def _to_scalar(image: sitk.Image, path: Path) -> sitk.Image:
     return out
 
 
+@contextlib.contextmanager
+def _native_stderr(lines: list[str]):
+    """Collect what C/C++ code (ITK, the NIfTI library, libjpeg) prints on stderr into ``lines``.
+
+    Those messages ("** ERROR: NWAD: wrote only ...", "Premature end of JPEG file") are not
+    exceptions; the caller turns them into a one-line error or logs them (shown with -v).
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        sink = tempfile.TemporaryFile()
+    except (OSError, ValueError):
+        yield
+        return
+    try:
+        os.dup2(sink.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        sink.seek(0)
+        text = sink.read().decode("utf-8", "replace")
+        sink.close()
+        lines.extend(ln.strip() for ln in text.splitlines() if ln.strip())
+        for ln in lines:
+            logger.info("ITK: %s", ln)
+
+
+def _itk_detail(exc: Exception | None, lines: list[str]) -> str:
+    text = [ln.strip() for ln in (str(exc).splitlines() if exc else []) + lines if ln.strip()]
+    for key in ("Unable", "ERROR", "rror"):
+        hit = next((ln for ln in text if key in ln), None)
+        if hit:
+            return hit[:300]
+    return text[0][:300] if text else ""
+
+
 def _is_dicom_file(path: Path) -> bool:
     """True when the file has the DICOM Part 10 preamble ("DICM" at byte 128)."""
     with path.open("rb") as fh:
         head = fh.read(132)
     return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _shear_degrees(direction: np.ndarray) -> float:
+    """Largest deviation, in degrees, of the angle between two grid axes from 90 degrees."""
+    cols = direction / np.linalg.norm(direction, axis=0, keepdims=True)
+    cos = np.clip(np.abs(cols.T @ cols), 0.0, 1.0)
+    np.fill_diagonal(cos, 0.0)
+    return float(np.degrees(np.arcsin(cos.max())))
+
+
+def check_direction(image: sitk.Image, name: str | os.PathLike = "image") -> None:
+    """Raise unless ``image``'s direction matrix is orthonormal (a rotation or reflection).
+
+    ITK keeps a sheared direction as read, but its writers and resamplers assume an orthonormal
+    one: a fused image would come out on a different (rotated) grid. MedFusion refuses such grids
+    rather than resample them silently.
+
+    Raises
+    ------
+    InvalidInputError
+    """
+    d = image.GetDimension()
+    direction = np.array(image.GetDirection(), dtype=np.float64).reshape(d, d)
+    if np.abs(direction.T @ direction - np.eye(d)).max() <= _DIRECTION_TOLERANCE:
+        return
+    if np.any(np.linalg.norm(direction, axis=0) == 0):
+        raise InvalidInputError(f"{name}: the direction matrix has a zero axis; the file's geometry "
+                                "is broken.")
+    raise InvalidInputError(
+        f"{name}: the grid is sheared (its axes are {_shear_degrees(direction):.2g} degrees off "
+        "perpendicular; the direction matrix is not orthonormal); MedFusion does not fuse sheared "
+        "grids (the result would be written on another, rotated grid); resample the image onto "
+        "an orthogonal grid first.")
+
+
+def check_same_grid(reference: sitk.Image, image: sitk.Image, reference_name: str, name: str) -> None:
+    """Raise unless ``image`` lies on ``reference``'s grid: same size, and origins within a
+    hundredth of a voxel, spacings within 1e-4 relative, directions within 1e-4.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming both inputs and the first property that differs.
+    """
+    if image.GetSize() != reference.GetSize():
+        raise InvalidInputError(f"{name}: its size {image.GetSize()} differs from that of "
+                                f"{reference_name} {reference.GetSize()}; resample it onto "
+                                f"{reference_name}'s grid first.")
+    spacing = np.array(reference.GetSpacing())
+    checks = (
+        ("spacing", np.allclose(image.GetSpacing(), spacing, rtol=1e-4, atol=0)),
+        ("origin", np.allclose(image.GetOrigin(), reference.GetOrigin(), rtol=0,
+                               atol=0.01 * float(spacing.min()))),
+        ("direction", np.allclose(image.GetDirection(), reference.GetDirection(), rtol=0, atol=1e-4)),
+    )
+    for what, same in checks:
+        if not same:
+            got = np.round(getattr(image, f"Get{what.capitalize()}")(), 4).tolist()
+            ref = np.round(getattr(reference, f"Get{what.capitalize()}")(), 4).tolist()
+            raise InvalidInputError(f"{name}: lies on another grid than {reference_name} ({what} "
+                                    f"{got} vs {ref}); resample it onto {reference_name}'s grid "
+                                    "first.")
+
+
+def _restore_nifti_nonfinite(image: sitk.Image, path: Path) -> sitk.Image:
+    raw = nifti_nonfinite(path)
+    if raw is None:
+        return image
+    arr = sitk.GetArrayFromImage(image)
+    if raw.size != arr.size or not np.issubdtype(arr.dtype, np.floating):
+        return image
+    raw = raw.reshape(arr.shape)
+    bad = ~np.isfinite(raw)
+    arr[bad] = raw[bad]
+    out = sitk.GetImageFromArray(arr, isVector=image.GetNumberOfComponentsPerPixel() > 1)
+    out.CopyInformation(image)
+    for key in image.GetMetaDataKeys():
+        out.SetMetaData(key, image.GetMetaData(key))
+    return out
 
 
 def read_image(path: str | os.PathLike, *, series_uid: str | None = None,
@@ -129,13 +268,16 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None,
     -------
     image : SimpleITK.Image
         2D or 3D, one component per pixel (or three with ``keep_colour`` for colour files),
-        geometry as stored in the file (LPS).
+        geometry as stored in the file (LPS). NaN/Inf voxels are returned as stored (also for
+        NIfTI, whose ITK reader turns them into 0); :func:`MedFusionLib.normalize.normalize`
+        applies the one rule for them.
 
     Raises
     ------
     InvalidInputError
-        If the file is missing, unreadable, of an unsupported format, empty, or a vector image that
-        is not RGB.
+        If the file is missing, unreadable, of an unsupported format, empty, cut off (less pixel
+        data than its header declares, or a detached data file missing), complex-valued, on a
+        sheared grid, or a vector image that is not RGB.
     """
     p = Path(path)
     if not p.exists():
@@ -144,22 +286,34 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None,
         from .dicom import read_series
 
         return read_series(p, series_uid=series_uid)
-    if p.stat().st_size == 0:
-        raise InvalidInputError(f"{p}: the file is empty.")
-    if _is_dicom_file(p):
-        # one engine for DICOM: rescale to real units, enhanced multi-frame, modality metadata
-        from .dicom import read_series
-
-        return read_series(p, series_uid=series_uid)
     try:
-        image = sitk.ReadImage(str(p))
+        if p.stat().st_size == 0:
+            raise InvalidInputError(f"{p}: the file is empty.")
+        if _is_dicom_file(p):
+            # one engine for DICOM: rescale to real units, enhanced multi-frame, modality metadata
+            from .dicom import read_series
+
+            return read_series(p, series_uid=series_uid)
+        check_complete(p)
+    except OSError as exc:
+        raise InvalidInputError(f"{p}: cannot read the file: {exc.strerror or exc}.") from None
+    itk_lines: list[str] = []
+    try:
+        with _native_stderr(itk_lines):
+            image = sitk.ReadImage(str(p))
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((ln for ln in first if "Unable" in ln or "ERROR" in ln), first[0] if first else "")
         raise InvalidInputError(
             f"{p}: cannot read this file as an image (supported: "
-            f"{', '.join(VOLUME_EXTENSIONS + RASTER_EXTENSIONS)}, DICOM). {detail.strip()}"
+            f"{', '.join(VOLUME_EXTENSIONS + RASTER_EXTENSIONS)}, DICOM). {_itk_detail(exc, [])}"
         ) from None
+    except MemoryError:
+        raise InvalidInputError(f"{p}: the image its header declares is too large for this "
+                                "machine's memory.") from None
+    if extension_of(p) in (".nii", ".nii.gz"):
+        image = _restore_nifti_nonfinite(image, p)
+    if "complex" in image.GetPixelIDTypeAsString():
+        raise InvalidInputError(f"{p}: the pixels are complex-valued; MedFusion fuses real "
+                                "images: give the magnitude (or the real part) as a scalar image.")
     if keep_colour and is_colour(image):
         if image.GetNumberOfComponentsPerPixel() == 4:
             image = sitk.Compose(*(sitk.VectorIndexSelectionCast(image, c) for c in range(3)))
@@ -171,6 +325,7 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None,
         raise InvalidInputError(f"{p}: {image.GetDimension()}D images are not supported; give 2D or 3D.")
     if image.GetNumberOfPixels() == 0:
         raise InvalidInputError(f"{p}: the image has no pixels.")
+    check_direction(image, p)
     return image
 
 
@@ -184,18 +339,12 @@ def _raster_array(image: sitk.Image) -> np.ndarray:
     return arr.astype(np.uint8)
 
 
-def write_image(image: sitk.Image, path: str | os.PathLike) -> Path:
-    """Write ``image`` in the format given by the extension of ``path``, atomically.
-
-    3D volumes keep their geometry and pixel type. 2D raster formats (PNG, JPEG, TIFF, BMP) get
-    ``uint8``: floating-point images are taken as [0, 1] and scaled to 0-255. The file is written
-    under a temporary name in the same folder and renamed at the end, so a failure never leaves a
-    partial file.
+def check_image_output(path: str | os.PathLike) -> None:
+    """Raise unless ``path`` names a format :func:`write_image` writes (checked before any work).
 
     Raises
     ------
     InvalidInputError
-        For an unsupported extension, a 3D volume to a 2D raster format, or a missing folder.
     """
     p = Path(path)
     ext = extension_of(p)
@@ -204,8 +353,70 @@ def write_image(image: sitk.Image, path: str | os.PathLike) -> Path:
             f"{p}: unsupported output format '{ext or '(none)'}'; use one of "
             f"{', '.join(VOLUME_EXTENSIONS + RASTER_EXTENSIONS)}."
         )
+
+
+def check_transform_output(path: str | os.PathLike) -> None:
+    """Raise unless ``path`` names an ITK transform format (checked before any work).
+
+    Raises
+    ------
+    InvalidInputError
+    """
+    ext = Path(path).suffix.lower()
+    if ext not in TRANSFORM_EXTENSIONS:
+        raise InvalidInputError(f"{path}: unsupported transform format '{ext or '(none)'}'; use "
+                                f"one of {', '.join(TRANSFORM_EXTENSIONS)}.")
+
+
+def _verify_written(tmp: Path, expected: sitk.Image, ext: str, name: Path) -> None:
+    """Read ``tmp`` back and compare it with what was meant to be written."""
+    lines: list[str] = []
+    try:
+        check_complete(tmp)
+    except (InvalidInputError, OSError):
+        raise OutputError(f"{name}: the written file is cut off (is the disk full?); nothing was "
+                          "written.") from None
+    try:
+        with _native_stderr(lines):
+            back = sitk.ReadImage(str(tmp))
+    except (InvalidInputError, RuntimeError, OSError) as exc:
+        detail = _itk_detail(exc, lines).replace(str(tmp), "it")
+        raise OutputError(f"{name}: the written file does not read back ({detail}); "
+                          "is the disk full? Nothing was written.") from None
+    if back.GetSize()[:expected.GetDimension()] != expected.GetSize():
+        raise OutputError(f"{name}: the written file reads back with size {back.GetSize()}, not "
+                          f"{expected.GetSize()}; nothing was written.")
+    if ext in _LOSSY:
+        return
+    want = sitk.GetArrayViewFromImage(expected)
+    got = sitk.GetArrayViewFromImage(back).reshape(want.shape)
+    finite = np.isfinite(want) if np.issubdtype(want.dtype, np.floating) else Ellipsis
+    if not np.array_equal(want[finite], got[finite]):
+        raise OutputError(f"{name}: the written file reads back with other pixel values ("
+                          f"{_itk_detail(None, lines) or 'is the disk full?'}); nothing was written.")
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike) -> Path:
+    """Write ``image`` in the format given by the extension of ``path``, atomically and verified.
+
+    3D volumes keep their geometry and pixel type. 2D raster formats (PNG, JPEG, TIFF, BMP) get
+    ``uint8``: floating-point images are taken as [0, 1] and scaled to 0-255. The file (and the
+    data file of ``.mhd``: ``X.zraw``, of ``.nhdr``: ``X.raw``) is written in a temporary folder
+    next to ``path``, read back and compared (size, and every voxel for lossless formats), and only
+    then renamed into place; a failure never leaves a partial file.
+
+    Raises
+    ------
+    InvalidInputError
+        For an unsupported extension or a 3D volume to a 2D raster format.
+    OutputError
+        For a missing or read-only folder, a full disk or any other failed write.
+    """
+    p = Path(path)
+    ext = extension_of(p)
+    check_image_output(p)
     if not p.parent.exists():
-        raise InvalidInputError(f"{p}: the output folder {p.parent} does not exist.")
+        raise OutputError(f"{p}: the output folder {p.parent} does not exist.")
     out = image
     if ext in RASTER_EXTENSIONS:
         if image.GetDimension() == 3 and image.GetSize()[2] > 1:
@@ -219,18 +430,42 @@ def write_image(image: sitk.Image, path: str | os.PathLike) -> Path:
             if np.issubdtype(arr.dtype, np.floating):
                 arr = np.clip(arr * 255.0 + 0.5, 0, 255)
             out = sitk.GetImageFromArray(arr.astype(np.uint8), isVector=True)
-    fd, tmp = tempfile.mkstemp(prefix=".medfusion-", suffix=ext, dir=p.parent)
-    os.close(fd)
-    try:
-        if ext == ".mhd":
-            # .mhd writes a companion .raw/.zraw named after the header: write it in place
-            sitk.WriteImage(out, str(p), useCompression=True)
-        else:
-            sitk.WriteImage(out, tmp, useCompression=ext in (".nrrd", ".mha"))
-            os.replace(tmp, p)
-    except RuntimeError as exc:
-        raise InvalidInputError(f"{p}: could not write the image: {str(exc).strip().splitlines()[-1]}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_output(p) as tmp:
+        lines: list[str] = []
+        try:
+            with _native_stderr(lines):
+                sitk.WriteImage(out, str(tmp), useCompression=ext in (".nrrd", ".mha", ".mhd"))
+        except RuntimeError as exc:
+            detail = _itk_detail(exc, lines).replace(str(tmp), str(p))
+            raise OutputError(f"{p}: could not write the image ({detail}); is the disk full? "
+                              "Nothing was written.") from None
+        _verify_written(tmp, out, ext, p)
+    return p
+
+
+def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> Path:
+    """Write an ITK transform (``.tfm``, ``.txt``, ``.h5``, ``.mat``, ...) atomically, read back.
+
+    Raises
+    ------
+    InvalidInputError
+        For an unsupported extension.
+    OutputError
+        For a missing or read-only folder, a full disk or a file that does not read back.
+    """
+    p = Path(path)
+    check_transform_output(p)
+    with atomic_output(p) as tmp:
+        lines: list[str] = []
+        try:
+            with _native_stderr(lines):
+                sitk.WriteTransform(transform, str(tmp))
+                back = sitk.ReadTransform(str(tmp))
+        except RuntimeError as exc:
+            raise OutputError(f"{p}: could not write the transform ({_itk_detail(exc, lines)}); "
+                              "is the disk full? Nothing was written.") from None
+        want, got = transform.GetParameters(), back.GetParameters()
+        if len(want) == len(got) and not np.allclose(got, want, rtol=1e-6, atol=1e-9):
+            raise OutputError(f"{p}: the written transform reads back different; nothing was "
+                              "written.")
     return p

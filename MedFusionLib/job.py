@@ -28,7 +28,8 @@ import SimpleITK as sitk
 from .errors import InvalidInputError, MedFusionError
 from .progress import ProgressCallback
 
-__all__ = ["PairSpec", "PairRecord", "run_pair", "read_sources", "check_outputs_distinct", "volume_metrics_for",
+__all__ = ["PairSpec", "PairRecord", "run_pair", "read_sources", "check_outputs_distinct", "preflight",
+           "volume_metrics_for",
            "SLOW_VOLUME_KEYS", "package_versions", "STATUSES"]
 
 #: Values of :attr:`PairRecord.status`.
@@ -183,18 +184,41 @@ class PairRecord:
 
 
 def check_outputs_distinct(inputs: list[str], outputs: list[str | None]) -> None:
-    """Refuse to write over an input file (inputs are never changed).
+    """Refuse to write over any file an input reads (inputs are never changed): headers, their
+    detached data files (``.mhd`` -> ``.zraw``), DICOM folders' files, links and hard links
+    included (:func:`MedFusionLib.outputs.check_outputs`).
 
     Raises
     ------
-    InvalidInputError
-        If an output path is one of the inputs.
+    OutputError
+        If an output (or the data file it creates) is a file an input reads.
     """
-    ins = {Path(i).resolve() for i in inputs}
-    for o in outputs:
-        if o and Path(o).resolve() in ins:
-            raise InvalidInputError(f"{o}: this output path is one of the inputs; choose another name "
-                                    "(inputs are never overwritten).")
+    from .outputs import check_outputs
+
+    check_outputs(inputs, outputs)
+
+
+def preflight(spec: PairSpec) -> None:
+    """Every check of a job that needs no pixel data, before any reading or registration:
+    output and transform formats, outputs against every file the inputs consist of, output
+    folders present and writable (:func:`MedFusionLib.outputs.check_outputs`).
+
+    Raises
+    ------
+    InvalidInputError, OutputError
+    """
+    from .io import check_image_output, check_transform_output
+    from .outputs import check_outputs
+
+    for o in (None if spec.dicom else spec.output, spec.weights_map):
+        if o:
+            check_image_output(o)
+    if spec.transform:
+        check_transform_output(spec.transform)
+    check_outputs(spec.inputs(),
+                  [None if spec.dicom else spec.output, spec.metrics, spec.transform,
+                   spec.weights_map],
+                  folders=[spec.output] if spec.dicom else [])
 
 
 def volume_metrics_for(result, keys: str | None) -> dict:
@@ -313,11 +337,12 @@ def run_pair(spec: PairSpec, *, progress: ProgressCallback | None = None,
 
 def _run(spec: PairSpec, record: PairRecord, progress) -> None:
     from .colour import fuse_colour
-    from .commands._common import OutputSet, write_json
-    from .io import is_colour, write_image
+    from .commands._common import OutputSet
+    from .io import is_colour, write_image, write_transform
+    from .outputs import write_json
     from .pipeline import fuse_images
 
-    check_outputs_distinct(spec.inputs(), spec.outputs())
+    preflight(spec)
     outputs = OutputSet(spec.outputs())
     kwargs = spec.pipeline_kwargs()  # a bad --param fails before any reading
     t0 = time.perf_counter()
@@ -360,30 +385,9 @@ def _run(spec: PairSpec, record: PairRecord, progress) -> None:
         if spec.weights_map:
             outputs.add(write_image(result.weights, spec.weights_map))
         if spec.transform:
-            outputs.add(_write_transform(result.registration.transform, spec.transform))
+            outputs.add(write_transform(result.registration.transform, spec.transform))
         if report is not None:
             outputs.add(write_json(report, spec.metrics))
     record.stages["write"] = time.perf_counter() - t0
     record.outputs = [str(p) for p in outputs.written]
 
-
-def _write_transform(transform: sitk.Transform, path: str) -> Path:
-    """Write an ITK transform file atomically (under a temporary name, then renamed)."""
-    import tempfile
-
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".medfusion-", suffix=p.suffix or ".tfm", dir=p.parent)
-    os.close(fd)
-    try:
-        sitk.WriteTransform(transform, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as a plain file the user creates (mkstemp makes 0600)
-        os.replace(tmp, p)
-    except RuntimeError as exc:
-        raise InvalidInputError(f"{p}: could not write the transform: "
-                                f"{str(exc).strip().splitlines()[-1]}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return p

@@ -17,10 +17,18 @@ Where the modality comes from, in order: the caller (``--fixed-modality``), the 
 values reaching below -500 and above +300 (Hounsfield air and bone) -> ``CT``; anything else ->
 ``MR``. PET cannot be told from MR by intensities alone: pass the modality for PET/SPECT files that
 are not DICOM. :class:`NormalizationInfo` records what was used and why.
+
+NaN and Inf voxels (masked-out regions of SPM/FSL maps, broken exports): one rule for every
+format, :func:`replace_nonfinite` -- NaN and -Inf become the image's smallest finite value
+(background), +Inf its largest; the count is logged as a warning (stderr in the CLI) and kept in
+:attr:`NormalizationInfo.nonfinite_voxels` (the metrics JSON). An image with no finite voxel is
+refused. Floating-point values beyond the float32 range (float64 files) are finite and are
+normalised in float64.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -30,7 +38,9 @@ from .errors import InvalidInputError
 from .methods import look_up
 
 __all__ = ["MODALITIES", "CT_WINDOWS", "NormalizationInfo", "guess_modality", "resolve_modality", "normalize",
-           "parse_window"]
+           "parse_window", "replace_nonfinite"]
+
+logger = logging.getLogger(__name__)
 
 MODALITIES = ("CT", "MR", "PET", "SPECT", "8BIT")
 
@@ -55,6 +65,8 @@ class NormalizationInfo:
         Input values mapped to 0 and 1 (in the input's units, e.g. HU for CT).
     rule : str
         Human-readable rule, e.g. ``"CT window bone (L=400, W=1800)"``.
+    nonfinite_voxels : int
+        Voxels that were NaN or Inf and were replaced (:func:`replace_nonfinite`).
     """
 
     modality: str
@@ -62,6 +74,7 @@ class NormalizationInfo:
     lower: float
     upper: float
     rule: str
+    nonfinite_voxels: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,6 +121,10 @@ def guess_modality(image: sitk.Image, array: np.ndarray | None = None) -> tuple[
     if _is_8bit(image):
         return "8BIT", "guess"
     arr = sitk.GetArrayViewFromImage(image) if array is None else array
+    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+        arr = arr[np.isfinite(arr)]
+        if arr.size == 0:
+            return "MR", "guess"
     lo, hi = np.percentile(arr, [1, 99.9])
     if lo <= -500 and hi >= 300:
         return "CT", "guess"
@@ -119,6 +136,45 @@ def resolve_modality(image: sitk.Image, modality: str | None = None) -> tuple[st
     if modality is None:
         return guess_modality(image)
     return _check_modality(modality), "user"
+
+
+def replace_nonfinite(arr: np.ndarray, name: str = "image") -> tuple[np.ndarray, int]:
+    """Apply the NaN/Inf rule: NaN and -Inf -> smallest finite value, +Inf -> largest.
+
+    Parameters
+    ----------
+    arr : ndarray
+        Any real array; integer arrays pass unchanged.
+    name : str
+        The input's name for the warning and errors.
+
+    Returns
+    -------
+    arr : ndarray
+        ``arr`` itself when every value is finite, else a copy with the replacements.
+    count : int
+        How many values were replaced (also logged as a warning naming the input).
+
+    Raises
+    ------
+    InvalidInputError
+        If no value is finite.
+    """
+    if not np.issubdtype(arr.dtype, np.floating):
+        return arr, 0
+    finite = np.isfinite(arr)
+    count = int(arr.size - np.count_nonzero(finite))
+    if count == 0:
+        return arr, 0
+    if count == arr.size:
+        raise InvalidInputError(f"{name}: every voxel is NaN or Inf; nothing to fuse.")
+    lo, hi = arr[finite].min(), arr[finite].max()
+    out = arr.copy()
+    out[np.isnan(out) | (out == -np.inf)] = lo
+    out[out == np.inf] = hi
+    logger.warning("%s: %d voxel(s) are NaN or Inf: NaN and -Inf set to the smallest value (%g), "
+                   "+Inf to the largest (%g)", name, count, lo, hi)
+    return out, count
 
 
 def normalize(image: sitk.Image, modality: str | None = None, *, window=None,
@@ -143,20 +199,24 @@ def normalize(image: sitk.Image, modality: str | None = None, *, window=None,
     array : ndarray
         ``float32`` in [0, 1], numpy (z, y, x) order.
     info : NormalizationInfo
-        The rule that was applied.
+        The rule that was applied (with the count of NaN/Inf voxels replaced).
 
     Raises
     ------
     InvalidInputError
-        If the image has NaN/Inf values or is constant, or the modality/window is unknown.
+        If the image is complex-valued, has no finite voxel or is constant, or the
+        modality/window is unknown.
     """
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InvalidInputError(f"{name}: a scalar image is needed, got a vector image with "
                                 f"{image.GetNumberOfComponentsPerPixel()} components per pixel.")
-    arr = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
-    if not np.all(np.isfinite(arr)):
-        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise InvalidInputError(f"{name}: {bad} voxel(s) are NaN or Inf; fix or mask them before fusion.")
+    arr = sitk.GetArrayFromImage(image)
+    if np.iscomplexobj(arr):
+        raise InvalidInputError(f"{name}: the pixels are complex-valued; give the magnitude (or the "
+                                "real part) as a scalar image.")
+    # float64 data is worked on in float64: values beyond the float32 range are not Inf
+    arr = arr.astype(np.float64 if arr.dtype == np.float64 else np.float32, copy=False)
+    arr, nonfinite = replace_nonfinite(arr, str(name))
     amin, amax = float(arr.min()), float(arr.max())
     if amax <= amin:
         raise InvalidInputError(f"{name}: the image is constant (every voxel is {amin:g}); nothing to fuse.")
@@ -184,11 +244,11 @@ def normalize(image: sitk.Image, modality: str | None = None, *, window=None,
     if upper <= lower:  # sparse images: fall back to the full range
         lower, upper = amin, amax
         rule += " (degenerate percentiles: full range used)"
-    out = (arr - np.float32(lower)) * np.float32(1.0 / (upper - lower))
+    out = ((arr - arr.dtype.type(lower)) * arr.dtype.type(1.0 / (upper - lower))).astype(np.float32)
     np.clip(out, 0.0, 1.0, out=out)
     if float(out.max()) <= float(out.min()):
         raise InvalidInputError(
             f"{name}: after {rule} the image is constant; its values ({amin:g}..{amax:g}) lie "
             "outside the window — check the modality or give another window."
         )
-    return out, NormalizationInfo(modality, source, float(lower), float(upper), rule)
+    return out, NormalizationInfo(modality, source, float(lower), float(upper), rule, nonfinite)

@@ -6,6 +6,7 @@ This is the single entry point that the ``medfusion`` command, the Slicer module
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -22,6 +23,8 @@ from .progress import ProgressCallback, report, scaled
 from .registration import RegistrationResult, register, resample_to
 
 __all__ = ["AlignedPair", "FusionResult", "align_pair", "fuse_images"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -141,6 +144,11 @@ def align_pair(fixed: sitk.Image, moving: sitk.Image, *, registration: str | Non
                    moving_name=moving_name)
     t["register"] = time.perf_counter() - t0
 
+    if reg.mode == "none" and moving.GetSize() != fixed.GetSize():
+        logger.warning("%s (%s) is resampled onto the grid of %s (%s) by physical position, "
+                       "without registration: parts outside the overlap become 0",
+                       moving_name, "x".join(map(str, moving.GetSize())), fixed_name,
+                       "x".join(map(str, fixed.GetSize())))
     t0 = time.perf_counter()
     report(progress, 0.5, "resampling the moving image on the fixed grid")
     moved = resample_to(moving_n, fixed_n, reg.transform, default=0.0)

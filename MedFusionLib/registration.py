@@ -78,8 +78,9 @@ class RegistrationResult:
 
 
 def default_mode(image: sitk.Image) -> str:
-    """``rigid`` for 3D volumes, ``none`` for 2D images (published 2D pairs are pre-aligned)."""
-    return "none" if image.GetDimension() == 2 else "rigid"
+    """``rigid`` for 3D volumes, ``none`` for 2D images and single-slice volumes (published 2D
+    pairs are pre-aligned; a 3D rigid search on one slice is ill-posed)."""
+    return "none" if image.GetDimension() == 2 or image.GetSize()[2] == 1 else "rigid"
 
 
 def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-6) -> bool:

@@ -29,7 +29,6 @@ import html
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from .figures import add_contribution_legend, contribution_overlay, save_figure
 from .errors import InvalidInputError, MedFusionError
 from .methods import get_method, list_methods
 from .metrics import METRICS, MI_SETTINGS, STANDARD_KEYS, best_index, resolve_keys, volume_metrics
+from .outputs import write_text
 from .progress import ProgressCallback, report
 
 __all__ = ["PairInput", "PairOutcome", "ComparisonResult", "REVIEW_TABLES", "resolve_methods",
@@ -279,15 +279,7 @@ def _title(key: str) -> str:
 
 
 def _atomic_write_text(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=".medfusion-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_text(path, text)
 
 
 def _csv_text(rows: list[list]) -> str:

@@ -79,8 +79,8 @@ def test_bad_images_are_rejected_with_their_name():
     arr = np.ones((5, 5), np.float32)
     with pytest.raises(InvalidInputError, match="scan.nii: the image is constant"):
         normalize(_img(arr), name="scan.nii")
-    arr[2, 2] = np.nan
-    with pytest.raises(InvalidInputError, match="1 voxel"):
+    arr[:] = np.nan
+    with pytest.raises(InvalidInputError, match="scan.nii: every voxel is NaN or Inf"):
         normalize(_img(arr), name="scan.nii")
     with pytest.raises(UnknownOptionError, match="Did you mean 'pet'"):
         normalize(_img(np.arange(25.0).reshape(5, 5)), "PTE")
@@ -93,3 +93,20 @@ def test_input_image_is_not_modified(volume_image):
     before = sitk.GetArrayFromImage(volume_image).copy()
     normalize(volume_image, "MR")
     np.testing.assert_array_equal(sitk.GetArrayFromImage(volume_image), before)
+
+
+def test_nan_and_inf_follow_one_rule_and_are_counted(caplog):
+    arr = np.arange(25.0, dtype=np.float32).reshape(5, 5) + 10
+    arr[0, 0], arr[1, 1], arr[2, 2] = np.nan, np.inf, -np.inf
+    out, info = normalize(_img(arr), "MR", name="scan.nii")
+    assert info.nonfinite_voxels == 3 and info.to_dict()["nonfinite_voxels"] == 3
+    ref, _ = normalize(_img(np.where(np.isnan(arr) | (arr < 0), 11.0, np.where(arr > 1e9, 34.0, arr))
+                            .astype(np.float32)), "MR")
+    np.testing.assert_array_equal(out, ref)
+    assert "scan.nii: 3 voxel(s) are NaN or Inf" in caplog.text
+
+
+def test_float64_beyond_float32_is_not_called_inf():
+    arr = np.linspace(0, 1e300, 25).reshape(5, 5)
+    out, info = normalize(_img(arr, np.float64), "MR", name="big.nrrd")
+    assert info.nonfinite_voxels == 0 and np.all(np.isfinite(out)) and out.max() == 1.0

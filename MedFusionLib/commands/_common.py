@@ -6,7 +6,6 @@ import argparse
 import csv
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from ..devices import DEVICES
@@ -137,32 +136,10 @@ def method_params(pairs: list[str]) -> dict:
 
 
 def write_json(data: dict, path: str | os.PathLike) -> Path:
-    """Write ``data`` as indented JSON, atomically."""
-    p = Path(path)
-    if not p.parent.exists():
-        raise InvalidInputError(f"{p}: the output folder {p.parent} does not exist.")
-    fd, tmp = tempfile.mkstemp(prefix=".medfusion-", suffix=".json", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, default=_jsonable)
-            fh.write("\n")
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return p
+    """Write ``data`` as indented JSON, atomically (:func:`MedFusionLib.outputs.write_json`)."""
+    from ..outputs import write_json as _write
 
-
-def _jsonable(value):
-    import numpy as np
-
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    return _write(data, path)
 
 
 class OutputSet:

@@ -29,7 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InvalidInputError
-from ..io import read_image
+from ..io import RASTER_EXTENSIONS, check_same_grid, extension_of, read_image
 from ..metrics import METRICS, MI_SETTINGS, resolve_keys, volume_metrics
 from ..normalize import CT_WINDOWS, MODALITIES, normalize
 from ..progress import TextProgress
@@ -99,6 +99,10 @@ def load_triplet(args) -> tuple[list[np.ndarray], dict, float, sitk.Image]:
         desc = ", ".join(f"{paths[k]} {sizes[k]}" for k in sizes)
         raise InvalidInputError(f"the three images must have the same size (x, y[, z]), got {desc}; "
                                 "resample B and F onto A first (medfusion fuse writes F on A's grid).")
+    for k in ("b", "fused"):  # raster files (PNG, ...) carry no geometry to compare
+        if extension_of(paths[k]) not in RASTER_EXTENSIONS and \
+                extension_of(paths["a"]) not in RASTER_EXTENSIONS:
+            check_same_grid(images["a"], images[k], paths["a"], paths[k])
     mapping: dict[str, str] = {}
     arrays: list[np.ndarray] = []
     data_range = 1.0
@@ -148,14 +152,15 @@ def _json_value(v: float):
 def run(args) -> int:
     if args.data_range is not None and args.normalize != "none":
         raise InvalidInputError("--data-range applies only with --normalize none.")
+    if args.axis is not None and args.axis not in (0, 1, 2):
+        raise InvalidInputError(f"--axis {args.axis}: give 0 (z), 1 (y) or 2 (x), the numpy axis "
+                                "of the slices.")
     keys = resolve_keys(args.only)
     arrays, mapping, data_range, ref = load_triplet(args)
     mask = None
     if args.mask:
         mimg = read_image(args.mask)
-        if mimg.GetSize() != ref.GetSize():
-            raise InvalidInputError(f"{args.mask}: the mask has size {mimg.GetSize()}, the images "
-                                    f"{ref.GetSize()}.")
+        check_same_grid(ref, mimg, args.a, args.mask)
         mask = sitk.GetArrayFromImage(mimg) > 0
     if ref.GetDimension() == 3:
         if args.axis is None:

@@ -261,8 +261,15 @@ def load_checkpoint(path: str | os.PathLike, *, sha256: str | None) -> dict:
     try:
         ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise WeightsIntegrityError(f"weights file {path} cannot be read as a checkpoint: "
-                                    f"{exc}") from exc
+        # torch's own message advises retrying with weights_only=False, which would run whatever
+        # code the file holds: keep only the line that says what was found
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "unsupported" in ln.lower() or "Unpickler error" in ln),
+                      type(exc).__name__)
+        raise WeightsIntegrityError(
+            f"weights file {path} is not a plain tensor checkpoint and was not loaded ("
+            f"{detail[:160]}); it may hold code: do not load it by other means, restore it from "
+            "the repository.") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or ckpt.get("arch") not in _ARCHS:
         raise WeightsIntegrityError(
             f"weights file {path} is not a MedFusion checkpoint (expected a dict with 'arch' in "
