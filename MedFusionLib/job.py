@@ -21,7 +21,6 @@ import socket
 import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
 import SimpleITK as sitk
 
