@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import InvalidInputError
+from .imagefiles import companion_files, files_of
 from .job import INPUT_OPTIONS, PairRecord, PairSpec
 
 __all__ = ["SPEC_COLUMNS", "Row", "read_cohort", "check_cross_row_paths", "ResultsFile",
@@ -170,16 +171,17 @@ def check_cross_row_paths(manifest: str | os.PathLike, rows: list[Row]) -> None:
     for r in rows:
         if r.problem:
             continue
-        for p in r.spec.inputs():
-            readers.setdefault(Path(p).resolve(), r.line)
-        for p in r.spec.outputs():
-            key = Path(p).resolve()
-            if key in writers:
-                where = (f"twice by line {r.line}" if writers[key] == r.line
-                         else f"by lines {writers[key]} and {r.line}")
-                raise InvalidInputError(f"{manifest}: {p} is written {where}; every output must "
-                                        "have its own path.")
-            writers[key] = r.line
+        for p in r.spec.inputs():  # headers and the data files behind them (.mhd -> .zraw)
+            for key in files_of(p) or [Path(p).resolve()]:
+                readers.setdefault(key, r.line)
+        for p in r.spec.outputs():  # with the data file a header-only output creates
+            for key in [Path(p).resolve()] + [c.resolve() for c in companion_files(p)]:
+                if key in writers:
+                    where = (f"twice by line {r.line}" if writers[key] == r.line
+                             else f"by lines {writers[key]} and {r.line}")
+                    raise InvalidInputError(f"{manifest}: {p} is written {where}; every output "
+                                            "must have its own path.")
+                writers[key] = r.line
         if r.spec.dicom:
             folders[Path(r.spec.output).resolve()] = r.line
     for key, line in writers.items():

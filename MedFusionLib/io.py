@@ -330,10 +330,12 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None,
 
 
 def _raster_array(image: sitk.Image) -> np.ndarray:
-    """uint8 array for 2D raster formats: [0, 1] floats are scaled by 255, integers are clipped."""
+    """uint8 array for 2D raster formats: [0, 1] floats are scaled by 255 and rounded (halves up,
+    in float64: exactly the 8-bit grey levels the metrics score, :data:`MedFusionLib.metrics.GREY_SCALE`),
+    integers are clipped."""
     arr = sitk.GetArrayFromImage(image)
     if np.issubdtype(arr.dtype, np.floating):
-        arr = np.clip(np.nan_to_num(arr) * 255.0 + 0.5, 0, 255)
+        arr = np.clip(np.nan_to_num(arr.astype(np.float64)) * 255.0 + 0.5, 0, 255)
     else:
         arr = np.clip(arr, 0, 255)
     return arr.astype(np.uint8)
@@ -428,7 +430,7 @@ def write_image(image: sitk.Image, path: str | os.PathLike) -> Path:
         else:
             arr = sitk.GetArrayFromImage(image)
             if np.issubdtype(arr.dtype, np.floating):
-                arr = np.clip(arr * 255.0 + 0.5, 0, 255)
+                arr = np.clip(arr.astype(np.float64) * 255.0 + 0.5, 0, 255)
             out = sitk.GetImageFromArray(arr.astype(np.uint8), isVector=True)
     with atomic_output(p) as tmp:
         lines: list[str] = []

@@ -125,7 +125,8 @@ def _jsonable(value):
 
 def check_output_folder(path: str | os.PathLike, *, folder_output: bool = False) -> None:
     """Raise unless ``path`` can be created: its folder exists and is writable, and ``path`` is
-    not an existing folder (or, with ``folder_output``, not an existing file).
+    not an existing folder. With ``folder_output`` (a folder the run fills), ``path`` must not be
+    an existing file, and the nearest existing folder on its way must be writable.
 
     Raises
     ------
@@ -135,7 +136,11 @@ def check_output_folder(path: str | os.PathLike, *, folder_output: bool = False)
     if folder_output:
         if p.exists() and not p.is_dir():
             raise OutputError(f"{p}: exists and is not a folder; give a folder for this output.")
-        parent = p if p.is_dir() else p.parent
+        # the folder (and missing parents) is created by the writer: the nearest existing one
+        # must be a writable folder
+        parent = next(a for a in (p, *p.absolute().parents) if a.exists())
+        if not parent.is_dir():
+            raise OutputError(f"{p}: {parent} is not a folder.")
     else:
         if p.is_dir():
             raise OutputError(f"{p}: is a folder; give a file name for this output.")

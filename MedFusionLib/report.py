@@ -39,7 +39,7 @@ from .driver import fuse_arrays
 from .figures import add_contribution_legend, contribution_overlay, save_figure
 from .errors import InvalidInputError, MedFusionError
 from .methods import get_method, list_methods
-from .metrics import METRICS, MI_SETTINGS, STANDARD_KEYS, best_index, resolve_keys, volume_metrics
+from .metrics import GREY_SCALE, METRICS, MI_SETTINGS, STANDARD_KEYS, best_index, resolve_keys, volume_metrics
 from .outputs import write_text
 from .progress import ProgressCallback, report
 
@@ -258,7 +258,7 @@ def run_comparison(pairs: list[PairInput], *, methods=None, keys=None, registrat
     report(progress, 1.0, f"compared {len(names)} methods on {len(pairs)} pair(s)")
     settings = {"registration": registration or "default (rigid for 3D, none for 2D)",
                 "device": device, "seed": seed, "max_slices": max_slices,
-                "mi_settings": MI_SETTINGS, "grey_scale": "[0, 1] mapped to 0..255 float64"}
+                "mi_settings": MI_SETTINGS, "grey_scale": GREY_SCALE}
     return ComparisonResult(names, keys, outcomes, settings)
 
 

@@ -545,6 +545,53 @@ def case_metrics_mask_grid_differs(d):
     return ["metrics", "a.nii.gz", "b.nii.gz", "a.nii.gz", "--mask", "mask.nii.gz", "--quiet"]
 
 
+# ---- DICOM output: a folder, atomic, verified, nothing left on failure
+
+
+def dicom_pair(d: Path) -> list[str]:
+    """A CT series (fixed) and an MR series (moving) in ``d``, 5 x 10 x 12 voxels."""
+    from test_dicom import make_series, ramp
+
+    make_series(d / "ct", ramp((5, 10, 12)), description="CT head")
+    make_series(d / "mr", ramp((5, 10, 12), seed=2), modality="MR", intercept=0.0,
+                extra={"PatientName": "Other^Person", "PatientID": "PID-2"})
+    return ["ct", "mr"]
+
+
+@case(expect=("taken.txt", "not a folder"))
+def case_dicom_output_is_a_file(d):
+    (d / "taken.txt").write_text("x")
+    return ["fuse", *dicom_pair(d), "--dicom", "-o", "taken.txt", *FAST]
+
+
+@case(expect=("ro/series", "not writable"))
+def case_dicom_read_only_parent(d):
+    read_only(d / "ro")
+    return ["fuse", *dicom_pair(d), "--dicom", "-o", "ro/series", *FAST]
+
+
+@case(expect=("ct", "holds the input"))
+def case_dicom_output_into_input_folder(d):
+    return ["fuse", *dicom_pair(d), "--dicom", "-o", "ct", *FAST]
+
+
+@case(proc=True, fsize=600, expect=("series", "could not write the DICOM series"))
+def case_dicom_disk_full(d):
+    return ["fuse", *dicom_pair(d), "--dicom", "-o", "series", *FAST]
+
+
+def _dicom_modes(d, err):
+    files = sorted((d / "series").iterdir())
+    assert len(files) == 6  # five slices and the spatial registration object
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o644 for f in files)
+
+
+@case(code=0, proc=True, umask=0o022, check=_dicom_modes,
+      new_files=tuple(f"series/IM{k:05d}.dcm" for k in range(1, 6)) + ("series/REG00001.dcm",))
+def case_dicom_written_with_umask(d):
+    return ["fuse", *dicom_pair(d), "--dicom", "-o", "series", *FAST]
+
+
 # ---- 11. smaller items
 
 
@@ -799,3 +846,89 @@ def test_truncated_gzip_nifti_header_only(tmp_path):
     path.write_bytes(gzip.compress(raw))
     with pytest.raises(InvalidInputError, match="h.nii.gz"):
         read_image(path)
+
+
+# --------------------------------------------------------------------------------------------
+# 10. The metric read path: every caller scores the 8-bit image the user gets
+
+
+def _metrics_json(argv, capsys) -> dict:
+    assert main(["metrics", *argv, "--json", "--quiet"]) == 0
+    return {k: v["value"] for k, v in json.loads(capsys.readouterr().out)["metrics"].items()}
+
+
+def _assert_same(got: dict, want: dict):
+    assert set(got) == set(want)
+    for k in want:
+        if want[k] is None or np.isnan(want[k]):
+            assert got[k] is None or np.isnan(got[k]), k
+        else:
+            assert abs(got[k] - want[k]) <= 1e-9 * max(1.0, abs(want[k])), (k, got[k], want[k])
+
+
+@pytest.fixture
+def png_triple(tmp_path):
+    a, b = png(30, (64, 64)), png(31, (64, 64))
+    f = ((a.astype(np.float64) + b) / 2 + 0.5).astype(np.uint8)
+    for name, arr in (("a.png", a), ("b.png", b), ("f.png", f)):
+        write(arr, tmp_path / name)
+    return tmp_path, a, b, f
+
+
+def test_metrics_command_scores_8bit_files_as_their_integers(png_triple, capsys):
+    from MedFusionLib.metrics import ALL_KEYS, compute_metrics
+
+    d, a, b, f = png_triple
+    got = _metrics_json([str(d / "a.png"), str(d / "b.png"), str(d / "f.png")], capsys)
+    _assert_same(got, compute_metrics(a, b, f, keys=ALL_KEYS, data_range=255))
+
+
+def test_float_fused_scores_as_its_8bit_image():
+    """Sub-level noise on a float result (what compare scored in memory) changes nothing."""
+    from MedFusionLib.metrics import ALL_KEYS, compute_metrics
+
+    a, b = png(32, (64, 64)), png(33, (64, 64))
+    f = ((a.astype(np.float64) + b) / 2 + 0.5).astype(np.uint8)
+    noisy = (f + np.random.default_rng(0).uniform(-0.01, 0.01, f.shape)) / 255.0
+    _assert_same(compute_metrics(a / 255.0, b / 255.0, np.clip(noisy, 0, 1), keys=ALL_KEYS),
+                 compute_metrics(a, b, f, keys=ALL_KEYS, data_range=255))
+
+
+def test_rgb_sources_are_scored_on_their_8bit_luminance(tmp_path, capsys):
+    from MedFusionLib.metrics import ALL_KEYS, compute_metrics
+
+    rng = np.random.default_rng(1)
+    rgb = np.stack([png(34, (64, 64)), png(35, (64, 64)), rng.integers(0, 256, (64, 64), np.uint8)], -1)
+    write(sitk.GetImageFromArray(rgb, isVector=True), tmp_path / "c.png")
+    b, f = png(36, (64, 64)), png(37, (64, 64))
+    write(b, tmp_path / "b.png")
+    write(f, tmp_path / "f.png")
+    got = _metrics_json([str(tmp_path / "c.png"), str(tmp_path / "b.png"), str(tmp_path / "f.png")],
+                        capsys)
+    luma = np.floor(rgb[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114]) + 0.5)
+    _assert_same(got, compute_metrics(luma.astype(np.uint8), b, f, keys=ALL_KEYS, data_range=255))
+
+
+def test_fuse_metrics_equal_metrics_of_the_written_file(png_triple, capsys):
+    d, *_ = png_triple
+    assert main(["fuse", str(d / "a.png"), str(d / "b.png"), "-o", str(d / "out.png"), "--metrics",
+                 str(d / "m.json"), *FAST]) == 0
+    from_fuse = json.loads((d / "m.json").read_text())["metrics"]
+    assert from_fuse.pop("slices_used") == from_fuse.pop("slices_total") == 1
+    from_file = _metrics_json([str(d / "a.png"), str(d / "b.png"), str(d / "out.png")], capsys)
+    _assert_same(from_fuse, from_file)
+
+
+def test_compare_scores_what_fuse_writes(png_triple, capsys):
+    from MedFusionLib.io import read_image
+    from MedFusionLib.report import PairInput, run_comparison
+
+    d, *_ = png_triple
+    pair = PairInput("p", read_image(d / "a.png"), read_image(d / "b.png"))
+    scored = run_comparison([pair], methods="average,maximum", registration="none").pairs[0].metrics
+    for method in ("average", "maximum"):
+        assert main(["fuse", str(d / "a.png"), str(d / "b.png"), "-o", str(d / f"{method}.png"),
+                     "--method", method, "--register", "none", "--quiet"]) == 0
+        from_file = _metrics_json([str(d / "a.png"), str(d / "b.png"), str(d / f"{method}.png")],
+                                  capsys)
+        _assert_same(scored[method], from_file)

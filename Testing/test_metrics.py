@@ -105,7 +105,7 @@ def test_mutual_information_agrees_with_scikit_learn(pair, rng):
     from MedFusionLib.metrics._common import normalize1
 
     a, b, _ = pair
-    f = np.clip(0.6 * a + 0.4 * b + rng.normal(0, 5, a.shape), 0, 255)
+    f = np.round(np.clip(0.6 * a + 0.4 * b + rng.normal(0, 5, a.shape), 0, 255))  # 8-bit levels
     qa, qb, qf = (normalize1(x).ravel() for x in (a, b, f))
     expected = (mutual_info_score(qa, qf) + mutual_info_score(qb, qf)) / np.log(2)
     assert M.mutual_information(a, b, f, data_range=255) == pytest.approx(expected, rel=1e-10)
@@ -281,27 +281,34 @@ def test_sf_ag_variants_and_closed_form():
 
 def test_scale_conventions_are_as_documented(pair):
     """Scaling all three images by 0.3 keeps the 'common'/'per_image' metrics; scaling F alone
-    keeps only the 'per_image' ones; the others change."""
+    keeps only the 'per_image' ones; the others change.
+
+    Every metric scores whole 8-bit grey levels, so the invariances are checked on images whose
+    scaled versions are whole levels too (multiples of 10); the changes on the plain 8-bit pair,
+    where 0.3 x merges grey levels."""
+    tens = [np.minimum(10 * np.round(x / 10), 250) for x in pair]
+    base10 = compute_metrics(*tens, data_range=255)
+    common10 = compute_metrics(*(0.3 * x for x in tens), data_range=255)
+    only_f10 = compute_metrics(tens[0], tens[1], 0.3 * tens[2], data_range=255)
     a, b, f = pair
     base = compute_metrics(a, b, f, data_range=255)
     common = compute_metrics(0.3 * a, 0.3 * b, 0.3 * f, data_range=255)
     only_f = compute_metrics(a, b, 0.3 * f, data_range=255)
     for k, info in METRICS.items():
         if k == "Qabf":  # exact but for the reference quirk G = g_F where g_A = g_F
-            assert common[k] == pytest.approx(base[k], rel=5e-3), k
+            assert common10[k] == pytest.approx(base10[k], rel=5e-3), k
         elif info.scale in ("common", "per_image"):
-            assert common[k] == pytest.approx(base[k], rel=1e-6, abs=1e-9), k
+            assert common10[k] == pytest.approx(base10[k], rel=1e-6, abs=1e-9), k
         else:
             assert common[k] != pytest.approx(base[k], rel=1e-6), k
         if info.scale == "per_image":
-            assert only_f[k] == pytest.approx(base[k], rel=1e-6, abs=1e-9), k
+            assert only_f10[k] == pytest.approx(base10[k], rel=1e-6, abs=1e-9), k
         elif info.inputs == "abf" and not k.startswith("FMI"):
             # (FMI min-max normalises every window, so it ignores a scaling of F alone too,
             # except in windows where a source equals F)
             assert only_f[k] != pytest.approx(base[k], rel=1e-6), k
-    shifted = compute_metrics(0.5 * a + 20, 0.5 * b + 20, 0.5 * f + 20, keys=["SCD"],
-                              data_range=255)
-    assert shifted["SCD"] == pytest.approx(base["SCD"], abs=1e-12)  # SCD: common offset too
+    shifted = compute_metrics(*(0.5 * x + 20 for x in tens), keys=["SCD"], data_range=255)
+    assert shifted["SCD"] == pytest.approx(base10["SCD"], abs=1e-12)  # SCD: common offset too
 
 
 # ---- NaN guards --------------------------------------------------------------------------------

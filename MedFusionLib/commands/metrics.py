@@ -14,7 +14,9 @@ How the three images are put on a common [0, 1] scale (``--normalize``, recorded
 ``none``
     Values used as given; they must lie in [0, ``--data-range``].
 
-The metrics then map [0, 1] to the 0..255 grey scale the definitions assume. 3D images are scored
+The metrics then quantise [0, 1] to 8-bit grey levels, ``round(255 x)`` (the library's
+convention, :data:`MedFusionLib.metrics.GREY_SCALE`): an 8-bit file scores exactly as its
+integers, and a fused volume exactly as the 8-bit image of it. 3D images are scored
 per slice along the acquisition axis and averaged over the slices where no image is constant.
 """
 
@@ -30,7 +32,7 @@ import SimpleITK as sitk
 
 from ..errors import InvalidInputError
 from ..io import RASTER_EXTENSIONS, check_same_grid, extension_of, read_image
-from ..metrics import METRICS, MI_SETTINGS, resolve_keys, volume_metrics
+from ..metrics import GREY_SCALE, METRICS, MI_SETTINGS, resolve_keys, volume_metrics
 from ..normalize import CT_WINDOWS, MODALITIES, normalize
 from ..progress import TextProgress
 
@@ -187,7 +189,7 @@ def run(args) -> int:
     if args.json:
         out = {
             "a": args.a, "b": args.b, "fused": args.fused,
-            "normalization": mapping, "mi_settings": MI_SETTINGS, "grey_scale": "0..255 float64",
+            "normalization": mapping, "mi_settings": MI_SETTINGS, "grey_scale": GREY_SCALE,
             "slice_axis": axis, "slice_step": step, "slices_used": used, "slices_total": total,
             "metrics": {k: {"value": _json_value(v), "text": _format_value(v),
                             "direction": METRICS[k].direction,

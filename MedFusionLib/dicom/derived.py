@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, OutputError
 from ._compose import (_PATIENT_STUDY_KEYWORDS, _TYPE2, _add_instance_references, _ref_item)
 from ._headers import _looks_dicom, _tag
 from .geometry import _Layout, _frames_of, _layout
@@ -102,6 +102,15 @@ def _quantize(values: np.ndarray, slope: float, dtype: type) -> np.ndarray:
     q = values.astype(np.float64) / slope
     np.rint(q, out=q)
     return q.astype(dtype)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed write created (deepest first), where they are empty."""
+    for d in reversed(folders):
+        try:
+            d.rmdir()
+        except OSError:
+            return
 
 
 def check_derived_reference(path: str | os.PathLike, image: sitk.Image | None = None) -> None:
@@ -248,10 +257,9 @@ def write_derived_series(
             for it, tf in zip(items, tlist)]
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     nz, ny, nx = arr.shape
     names = [f"IM{k + 1:05d}.dcm" for k in range(nz)]
-    clash = [n for n in names if (out_dir / n).exists()]
+    clash = [n for n in names if (out_dir / n).exists()] if out_dir.is_dir() else []
     if clash:
         raise InvalidInputError(
             f"{out_dir / clash[0]}: exists already; write the derived series into an empty folder."
@@ -334,7 +342,14 @@ def write_derived_series(
     uu, vv = np.meshgrid(np.linspace(0, nx - 1, 5), np.linspace(0, ny - 1, 5))
     plane = (uu.ravel()[:, None] * spacing[0] * row + vv.ravel()[:, None] * spacing[1] * col)
 
-    tmp = Path(tempfile.mkdtemp(prefix=".medfusion-", dir=out_dir))
+    created = [d for d in (out_dir, *out_dir.parents) if not d.exists()][::-1]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".medfusion-", dir=out_dir))
+    except OSError as exc:
+        _remove_empty(created)
+        raise OutputError(f"{out_dir}: cannot write the DICOM series there: "
+                          f"{exc.strerror or exc}.") from None
     written: list[Path] = []
     try:
         for k in range(nz):
@@ -366,16 +381,23 @@ def write_derived_series(
             meta.TransferSyntaxUID = ExplicitVRLittleEndian
             ds.file_meta = meta
             pydicom.dcmwrite(tmp / names[k], ds, enforce_file_format=True)
+            if (tmp / names[k]).stat().st_size < len(ds.PixelData):
+                raise OSError(f"{names[k]} was written incompletely")
         for name in names:
             os.replace(tmp / name, out_dir / name)
             written.append(out_dir / name)
-    except BaseException:
+    except BaseException as exc:
         for p in written:
             p.unlink(missing_ok=True)
-        raise
-    finally:
         for p in tmp.iterdir():
             p.unlink()
         tmp.rmdir()
+        _remove_empty(created)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            raise OutputError(f"{out_dir}: could not write the DICOM series ("
+                              f"{exc.strerror or exc}); is the disk full? Nothing was "
+                              "written.") from None
+        raise
+    tmp.rmdir()
     logger.info("wrote derived series %s (%d slices) to %s", series_uid, nz, out_dir)
     return written

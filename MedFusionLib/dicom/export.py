@@ -52,6 +52,7 @@ def write_fusion_dicom(
     files : list of Path
         Every file written (the image slices, then the registration object if written).
     """
+    created = [d for d in (Path(out_dir), *Path(out_dir).parents) if not d.exists()]
     files = write_derived_series(
         fused, out_dir, reference_dir=fixed, reference_series_uid=fixed_series_uid,
         sources=[(fixed, fixed_series_uid), (moving, moving_series_uid)],
@@ -75,5 +76,10 @@ def write_fusion_dicom(
     except BaseException:
         for p in files:
             p.unlink(missing_ok=True)
+        for d in created:  # deepest first: the folders this call made, now empty again
+            try:
+                d.rmdir()
+            except OSError:
+                break
         raise
     return files

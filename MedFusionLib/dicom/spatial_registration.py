@@ -84,7 +84,6 @@ def write_spatial_registration(
     InvalidInputError
         If the transform is not linear, a folder holds no usable series, or ``out_path`` exists.
     """
-    import tempfile
 
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -181,12 +180,8 @@ def write_spatial_registration(
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
-    fd, tmp = tempfile.mkstemp(prefix=".medfusion-", suffix=".dcm", dir=out_path.parent)
-    os.close(fd)
-    try:
+    from ..outputs import atomic_output
+
+    with atomic_output(out_path) as tmp:  # verified by pydicom's own write errors; umask applies
         pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out_path

@@ -11,9 +11,15 @@ Entry points
 
 Conventions (``metrics-and-baselines.md`` §0)
 --------------------------------------------
-Images are mapped from ``[0, data_range]`` to the **0..255 grey scale** in float64 before any
-metric runs (the reference implementations assume it; several constants depend on it: VIFF's
-noise variance, SSIM's L, the 256 histogram bins). MI-family metrics (MI, FF, FS, FI, NMI, Q_TE,
+Images are mapped from ``[0, data_range]`` to **8-bit grey levels** -- ``round(x * 255 /
+data_range)``, integers 0..255 held as float64 -- before any metric runs, for every caller
+(``compare``, ``fuse --metrics``, ``metrics``, the Slicer table, the benchmarks): the score is
+that of the 8-bit image a user saves, and equals the published evaluators' (which read 8-bit
+files) on 8-bit input. The reference implementations assume the 0..255 scale; several constants
+depend on it: VIFF's noise variance, SSIM's L, the 256 histogram bins. Colour images are scored
+on their luminance Y = 0.299 R + 0.587 G + 0.114 B (ITU-R BT.601, :func:`MedFusionLib.io.to_luminance`),
+quantised to 8 bits like any other image; MATLAB's ``rgb2gray`` uses 0.2989/0.5870/0.1140, which
+gives the same integer except where the sum lies within 0.001 of a half level. MI-family metrics (MI, FF, FS, FI, NMI, Q_TE,
 Q_NCIE) min-max quantise each image to 256 levels and measure in bits (:data:`MI_SETTINGS`).
 Flat windows (black backgrounds) are guarded: 0/0 weights become equal weights and 0/0 ratios
 full preservation, never NaN.
@@ -29,6 +35,7 @@ FMI values cannot be reproduced, only orderings and trends compared.
 
 from __future__ import annotations
 
+from ._common import GREY_SCALE
 from ._fmi import FMI_FEATURES, fmi, fmi_dct, fmi_pixel, fmi_wavelet
 from ._gradient import qabf
 from ._hvs import chen_blum, chen_varshney
@@ -47,7 +54,7 @@ __all__ = [
     # entry points and the table
     "compute_metrics", "volume_metrics", "METRICS", "MetricInfo", "REVIEW_KEYS", "STANDARD_KEYS",
     "ALL_KEYS", "resolve_keys", "is_better", "best_index", "MI_SETTINGS", "FMI_FEATURES",
-    "MS_SSIM_WEIGHTS",
+    "MS_SSIM_WEIGHTS", "GREY_SCALE",
     # the review's eight
     "scd", "fusion_symmetry", "fmi_pixel", "fusion_factor", "standard_deviation",
     "mean_intensity", "entropy", "fusion_index",

@@ -1,8 +1,12 @@
-"""Shared helpers of the fusion metrics: input checks, the 0..255 convention, MATLAB-style filters.
+"""Shared helpers of the fusion metrics: input checks, the 8-bit convention, MATLAB-style filters.
 
-Every metric works on float64 images on the **0..255 grey scale** (the convention of the reference
-implementations the fusion literature reports with, see ``metrics-and-baselines.md`` §0). Inputs
-in ``[0, data_range]`` are mapped there by ``x * 255 / data_range``.
+Every metric works on **8-bit grey levels**: integers 0..255 held as float64 (the convention of
+the reference implementations the fusion literature reports with, which read 8-bit image files,
+see ``metrics-and-baselines.md`` §0). Inputs in ``[0, data_range]`` are mapped there by
+``round(x * 255 / data_range)`` (halves up), the quantisation an 8-bit result file has. So the
+score of a fused volume held in memory as floats equals the score of the 8-bit image the user
+saves, and an 8-bit image read through float32 scores exactly as its integers do (Fast-FMI,
+which bins grey levels, otherwise collapses on sub-level noise).
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from scipy import ndimage
 
 from ..errors import InvalidInputError
 
-__all__: list[str] = []  # private module
+__all__: list[str] = []  # private module (GREY_SCALE is exported by the package)
+
+#: How every image is scored (recorded in the metrics JSON and the compare report).
+GREY_SCALE = "8-bit: round(x * 255 / data_range), integers 0..255"
 
 #: Relative slack allowed outside [0, data_range] (float rounding of the fusion methods).
 _RANGE_SLACK = 1e-3
@@ -38,7 +45,12 @@ def resolve_data_range(x: np.ndarray, data_range: float | None, func: str) -> fl
 
 
 def to_grey255(x, data_range: float | None, *, name: str, func: str) -> np.ndarray:
-    """Validate one 2D image and return it as float64 on the 0..255 scale."""
+    """Validate one 2D image and return its 8-bit grey levels: integers 0..255 as float64.
+
+    ``round(x * 255 / data_range)`` with halves rounded up; values within the float slack
+    outside ``[0, data_range]`` are clipped. Integer 0..255 input (``uint8``, or any dtype with
+    ``data_range=255``) is returned unchanged.
+    """
     x = np.asarray(x)
     if x.ndim != 2:
         raise InvalidInputError(
@@ -58,7 +70,7 @@ def to_grey255(x, data_range: float | None, *, name: str, func: str) -> np.ndarr
             f"[0, data_range={rng:g}]; normalise the image first (MedFusionLib.normalize) or pass "
             "the right data_range."
         )
-    return np.clip(y, 0.0, 255.0)
+    return np.floor(np.clip(y, 0.0, 255.0) + 0.5)
 
 
 def check_same_shape(shapes: dict[str, tuple], func: str) -> None:
@@ -182,7 +194,7 @@ def safe_ratio(num: np.ndarray, den: np.ndarray, fill: float) -> np.ndarray:
 
 
 class Triplet:
-    """Two sources and a fused image on the 0..255 scale, with cached shared intermediates.
+    """Two sources and a fused image as 8-bit grey levels, with cached shared intermediates.
 
     ``compute_metrics`` builds one per slice so that, e.g., the joint histograms are computed once
     for MI, FF, FS, FI, NMI, Q_TE and Q_NCIE.
@@ -205,7 +217,7 @@ class Triplet:
 
 
 def prepare(a, b, f, data_range, func: str) -> Triplet:
-    """Validate a source/source/fused triplet and put it on the 0..255 scale."""
+    """Validate a source/source/fused triplet and quantise it to 8-bit grey levels."""
     check_same_shape({"source a": np.shape(a), "source b": np.shape(b), "fused": np.shape(f)}, func)
     return Triplet(to_grey255(a, data_range, name="source a", func=func),
                    to_grey255(b, data_range, name="source b", func=func),
@@ -213,5 +225,5 @@ def prepare(a, b, f, data_range, func: str) -> Triplet:
 
 
 def prepare_fused(f, data_range, func: str) -> np.ndarray:
-    """Validate a fused image alone and put it on the 0..255 scale."""
+    """Validate a fused image alone and quantise it to 8-bit grey levels."""
     return to_grey255(f, data_range, name="fused", func=func)
