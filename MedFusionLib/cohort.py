@@ -344,6 +344,6 @@ def _cell(value):
 
 
 def _jsonable(value):
-    from .commands._common import _jsonable as base
+    from .outputs import _jsonable as base
 
     return base(value)

@@ -302,6 +302,11 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None,
         with _native_stderr(itk_lines):
             image = sitk.ReadImage(str(p))
     except RuntimeError as exc:
+        if "orthonormal" in str(exc):  # ITK's NIfTI reader on a sheared sform and no qform
+            raise InvalidInputError(
+                f"{p}: the grid is sheared (the header's orientation matrix is not orthonormal); "
+                "MedFusion does not fuse sheared grids; resample the image onto an orthogonal "
+                "grid first.") from None
         raise InvalidInputError(
             f"{p}: cannot read this file as an image (supported: "
             f"{', '.join(VOLUME_EXTENSIONS + RASTER_EXTENSIONS)}, DICOM). {_itk_detail(exc, [])}"

@@ -290,6 +290,16 @@ def case_nhdr_output_onto_input_data_file(d):
     return ["fuse", "fixed.nhdr", "b.nii.gz", "-o", "victim.nhdr", *FAST]
 
 
+@case(expect=("rows.csv", "line 2", "victim.zraw", "line 3"))
+def case_batch_row_writes_another_rows_data_file(d):
+    write(vol(6), d / "victim.mhd", useCompression=True)
+    (d / "fixed.mhd").write_text((d / "victim.mhd").read_text())
+    (d / "victim.mhd").unlink()
+    (d / "rows.csv").write_text("fixed,moving,output\na.nii.gz,b.nii.gz,victim.mhd\n"
+                                "fixed.mhd,b.nii.gz,g.nii.gz\n")
+    return ["batch", "rows.csv", *FAST]
+
+
 @case(expect=("two outputs",))
 def case_weights_map_is_the_output(d):
     return ["fuse", "a.nii.gz", "b.nii.gz", "-o", "f.nii.gz", "--weights-map", "./f.nii.gz", *FAST]
@@ -316,7 +326,7 @@ def _disk_full(ext, limit=4000, src=("a.nii.gz", "b.nii.gz")):
     return case(proc=True, fsize=limit, expect=(f"f{ext}",))(setup)
 
 
-for _ext in (".nii.gz", ".nii", ".mhd", ".nhdr", ".nrrd", ".mha"):
+for _ext in (".nii.gz", ".mhd", ".nhdr"):  # the others: test_write_image_disk_full_leaves_nothing
     _disk_full(_ext)
 _disk_full(".png", limit=300, src=("p.png", "q.png"))
 _disk_full(".tif", limit=300, src=("p.png", "q.png"))
@@ -429,6 +439,18 @@ def case_sheared_mha(d):
 def case_sheared_nrrd(d):
     sheared(write(vol(10), d / "s.nrrd"))
     return ["fuse", "a.nii.gz", "s.nrrd", "-o", "f.nii.gz", *FAST]
+
+
+@case(expect=("s.nii.gz", "sheared"))
+def case_sheared_nifti_sform(d):
+    import nibabel
+
+    shear = np.array([[1.0, 0.23, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    img = nibabel.Nifti1Image(vol(10).transpose(2, 1, 0), shear)
+    img.set_sform(shear, code=1)
+    img.set_qform(None, code=0)
+    nibabel.save(img, d / "s.nii.gz")
+    return ["fuse", "s.nii.gz", "b.nii.gz", "-o", "f.nii.gz", *FAST]
 
 
 # ---- 7. the umask applies to every output
@@ -932,3 +954,19 @@ def test_compare_scores_what_fuse_writes(png_triple, capsys):
         from_file = _metrics_json([str(d / "a.png"), str(d / "b.png"), str(d / f"{method}.png")],
                                   capsys)
         _assert_same(scored[method], from_file)
+
+
+def test_metrics_sources_follow_the_nan_rule(tmp_path, capsys, caplog):
+    arr = vol(40)
+    arr[1, 5, 5], arr[2, 6, 6] = np.nan, np.inf
+    write(arr, tmp_path / "nan.nii.gz")
+    write(vol(41), tmp_path / "b.nii.gz")
+    write(vol(42, scale=1.0), tmp_path / "f.nii.gz")
+    for norm in ("modality", "minmax"):
+        assert main(["metrics", str(tmp_path / "nan.nii.gz"), str(tmp_path / "b.nii.gz"),
+                     str(tmp_path / "f.nii.gz"), "--json", "--only", "EN,MI",
+                     "--normalize", norm]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["normalization"]["nonfinite_voxels"] == {"a": 2, "b": 0}, norm
+        assert "nan.nii.gz: 2 voxel(s) are NaN or Inf" in caplog.text
+        caplog.clear()

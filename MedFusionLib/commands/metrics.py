@@ -14,7 +14,9 @@ How the three images are put on a common [0, 1] scale (``--normalize``, recorded
 ``none``
     Values used as given; they must lie in [0, ``--data-range``].
 
-The metrics then quantise [0, 1] to 8-bit grey levels, ``round(255 x)`` (the library's
+NaN/Inf voxels of A and B follow the rule of ``fuse`` (:func:`MedFusionLib.normalize.replace_nonfinite`:
+a warning, and the counts under ``normalization.nonfinite_voxels`` in the JSON); F must be
+finite (it is what is scored). The metrics then quantise [0, 1] to 8-bit grey levels, ``round(255 x)`` (the library's
 convention, :data:`MedFusionLib.metrics.GREY_SCALE`): an 8-bit file scores exactly as its
 integers, and a fused volume exactly as the 8-bit image of it. 3D images are scored
 per slice along the acquisition axis and averaged over the slices where no image is constant.
@@ -33,7 +35,7 @@ import SimpleITK as sitk
 from ..errors import InvalidInputError
 from ..io import RASTER_EXTENSIONS, check_same_grid, extension_of, read_image
 from ..metrics import GREY_SCALE, METRICS, MI_SETTINGS, resolve_keys, volume_metrics
-from ..normalize import CT_WINDOWS, MODALITIES, normalize
+from ..normalize import CT_WINDOWS, MODALITIES, normalize, replace_nonfinite
 from ..progress import TextProgress
 
 NAME = "metrics"
@@ -82,8 +84,9 @@ def _fused01(image: sitk.Image, name: str) -> tuple[np.ndarray, str]:
     return (arr - lo) / (hi - lo), f"min-max [{lo:g}, {hi:g}]"
 
 
-def _minmax(image: sitk.Image, name: str) -> tuple[np.ndarray, str]:
-    arr = sitk.GetArrayFromImage(image).astype(np.float64)
+def _minmax(arr: np.ndarray | None, image: sitk.Image, name: str) -> tuple[np.ndarray, str]:
+    if arr is None:
+        arr = sitk.GetArrayFromImage(image).astype(np.float64)
     if not np.all(np.isfinite(arr)):
         raise InvalidInputError(f"{name}: the image contains NaN or Inf values.")
     lo, hi = float(arr.min()), float(arr.max())
@@ -105,7 +108,8 @@ def load_triplet(args) -> tuple[list[np.ndarray], dict, float, sitk.Image]:
         if extension_of(paths[k]) not in RASTER_EXTENSIONS and \
                 extension_of(paths["a"]) not in RASTER_EXTENSIONS:
             check_same_grid(images["a"], images[k], paths["a"], paths[k])
-    mapping: dict[str, str] = {}
+    mapping: dict = {}
+    nonfinite = {"a": 0, "b": 0}
     arrays: list[np.ndarray] = []
     data_range = 1.0
     if args.normalize == "modality":
@@ -115,19 +119,32 @@ def load_triplet(args) -> tuple[list[np.ndarray], dict, float, sitk.Image]:
                                   name=paths[key])
             arrays.append(arr.astype(np.float64))
             mapping[key] = f"{info.modality} ({info.modality_source}): {info.rule}"
+            nonfinite[key] = info.nonfinite_voxels
+    else:
+        # the sources follow the one NaN/Inf rule of fuse (normalize.replace_nonfinite)
+        sources = {}
+        for key in ("a", "b"):
+            arr = sitk.GetArrayFromImage(images[key]).astype(np.float64)
+            sources[key], nonfinite[key] = replace_nonfinite(arr, paths[key])
+    if args.normalize == "modality":
         arr, rule = _fused01(images["fused"], paths["fused"])
         arrays.append(arr)
         mapping["fused"] = rule
     elif args.normalize == "minmax":
         for key in ("a", "b", "fused"):
-            arr, rule = _minmax(images[key], paths[key])
+            arr, rule = _minmax(sources.get(key), images[key], paths[key])
             arrays.append(arr)
             mapping[key] = rule
     else:
         data_range = 1.0 if args.data_range is None else float(args.data_range)
         for key in ("a", "b", "fused"):
-            arrays.append(sitk.GetArrayFromImage(images[key]).astype(np.float64))
+            arr = sources[key] if key in sources else \
+                sitk.GetArrayFromImage(images[key]).astype(np.float64)
+            if key == "fused" and not np.all(np.isfinite(arr)):
+                raise InvalidInputError(f"{paths[key]}: the fused image contains NaN or Inf values.")
+            arrays.append(arr)
             mapping[key] = f"as given, data range [0, {data_range:g}]"
+    mapping["nonfinite_voxels"] = nonfinite
     return arrays, mapping, data_range, images["a"]
 
 

@@ -367,9 +367,10 @@ def save_checkpoint(net, path: str | os.PathLike, *, meta: dict | None = None) -
     buf = io.BytesIO()
     torch.save(ckpt, buf)
     data = buf.getvalue()
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    from ..outputs import atomic_output
+
+    with atomic_output(path) as tmp:  # a full disk: OutputError, nothing left behind
+        tmp.write_bytes(data)
     return sha256_of(data)
 
 
@@ -399,7 +400,7 @@ def register_model(path: str | os.PathLike, *, name: str | None = None, sha256: 
     reg["models"][key] = entry
     if make_default or not reg.get("default") or reg["default"] not in reg["models"]:
         reg["default"] = key
-    tmp = reg_path.with_name(reg_path.name + ".tmp")
-    tmp.write_text(json.dumps(reg, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, reg_path)
+    from ..outputs import write_text
+
+    write_text(reg_path, json.dumps(reg, indent=2, sort_keys=False) + "\n")
     return entry
