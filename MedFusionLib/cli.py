@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"medfusion: cancelled: {exc}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print("medfusion: interrupted; no output was written.", file=sys.stderr)
+        print("medfusion: cancelled (interrupted by Ctrl-C); no output was written.", file=sys.stderr)
         return 130
     except MedFusionError as exc:
         print(f"medfusion {args.command}: error: {exc}", file=sys.stderr)

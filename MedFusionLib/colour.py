@@ -177,7 +177,8 @@ def fuse_colour(fixed: sitk.Image, moving: sitk.Image, *, method: str | None = N
                 moving_modality: str | None = None, ct_window=None, return_weights: bool = False,
                 seed: int = 0, progress: ProgressCallback | None = None,
                 fixed_name: str = "fixed image", moving_name: str = "moving image",
-                **method_params) -> ColourFusionResult:
+                fixed_mask=None, moving_mask=None, initial_transform=None,
+                strict_registration: bool = False, **method_params) -> ColourFusionResult:
     """Fuse an anatomical and a functional source into a colour image (see the module docstring).
 
     Parameters
@@ -211,7 +212,10 @@ def fuse_colour(fixed: sitk.Image, moving: sitk.Image, *, method: str | None = N
     lum = [to_luminance(fixed, fixed_name), to_luminance(moving, moving_name)]
     pair = align_pair(lum[0], lum[1], registration=registration, fixed_modality=fixed_modality,
                       moving_modality=moving_modality, ct_window=ct_window, seed=seed,
-                      progress=progress, fixed_name=fixed_name, moving_name=moving_name)
+                      progress=progress, fixed_name=fixed_name, moving_name=moving_name,
+                      fixed_mask=fixed_mask, moving_mask=moving_mask,
+                      initial_transform=initial_transform,
+                      strict_registration=strict_registration)
     t = dict(pair.timings)
     src = fixed if which == "fixed" else moving
     if src.GetNumberOfComponentsPerPixel() in (3, 4):

@@ -287,6 +287,34 @@ def read_sources(spec: PairSpec) -> tuple[sitk.Image, sitk.Image]:
     return fixed, moving
 
 
+def _read_input_options(kwargs: dict) -> dict:
+    """The masks and the initial transform of :data:`INPUT_OPTIONS`, read from their paths.
+
+    Raises
+    ------
+    InvalidInputError
+        A file is missing or unreadable.
+    """
+    from pathlib import Path
+
+    from .io import read_image
+
+    out = {}
+    for key in ("fixed_mask", "moving_mask"):
+        if kwargs.get(key):
+            out[key] = read_image(kwargs[key])
+    path = kwargs.get("initial_transform")
+    if path:
+        if not Path(path).is_file():
+            raise InvalidInputError(f"{path}: initial transform file not found.")
+        try:
+            out["initial_transform"] = sitk.ReadTransform(str(path))
+        except RuntimeError:
+            raise InvalidInputError(f"{path}: not a readable ITK transform file (.tfm, .txt, "
+                                    ".h5).") from None
+    return out
+
+
 def run_pair(spec: PairSpec, *, progress: ProgressCallback | None = None,
              errors: str = "raise") -> PairRecord:
     """Run one pair job: read, register, fuse, score, write.
@@ -344,6 +372,7 @@ def _run(spec: PairSpec, record: PairRecord, progress) -> None:
     preflight(spec)
     outputs = OutputSet(spec.outputs())
     kwargs = spec.pipeline_kwargs()  # a bad --param fails before any reading
+    kwargs.update(_read_input_options(kwargs))
     t0 = time.perf_counter()
     fixed, moving = read_sources(spec)
     record.stages["read"] = time.perf_counter() - t0

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from .devices import resolve_device
 from .driver import acquisition_axis, fuse_arrays
-from .errors import InvalidInputError
+from .errors import InvalidInputError, RegistrationError
 from .io import copy_geometry
 from .methods import default_method, get_method
 from .normalize import NormalizationInfo, normalize, resolve_modality
@@ -41,7 +41,8 @@ class FusionResult:
     fixed01, moving01 : ndarray
         ``float32`` (z, y, x) arrays in [0, 1] on the fixed grid: exactly what the method fused.
     registration : RegistrationResult
-        The transform (fixed -> moving points) and how it was found.
+        The transform (fixed -> moving points), how it was found and whether it can be trusted
+        (``registration.converged``, ``registration.confidence`` and its reason).
     fixed_norm, moving_norm : NormalizationInfo
         How each source was mapped to [0, 1].
     axis : int
@@ -105,10 +106,15 @@ class AlignedPair:
 def align_pair(fixed: sitk.Image, moving: sitk.Image, *, registration: str | None = None,
                fixed_modality: str | None = None, moving_modality: str | None = None,
                ct_window=None, seed: int = 0, progress: ProgressCallback | None = None,
-               fixed_name: str = "fixed image", moving_name: str = "moving image") -> AlignedPair:
+               fixed_name: str = "fixed image", moving_name: str = "moving image",
+               fixed_mask: sitk.Image | None = None, moving_mask: sitk.Image | None = None,
+               initial_transform: sitk.Transform | None = None,
+               strict_registration: bool = False) -> AlignedPair:
     """Normalise both sources, register ``moving`` onto ``fixed`` and resample it there.
 
-    Parameters are those of :func:`fuse_images`; progress fractions run from 0 to 0.55.
+    Parameters are those of :func:`fuse_images`; progress fractions run from 0 to 0.55. A
+    low-confidence registration is logged as a one-line warning (or raised when
+    ``strict_registration``).
 
     Raises
     ------
@@ -141,8 +147,15 @@ def align_pair(fixed: sitk.Image, moving: sitk.Image, *, registration: str | Non
     t0 = time.perf_counter()
     reg = register(fixed_n, moving_n, mode=registration, seed=seed,
                    progress=scaled(progress, 0.02, 0.5), fixed_name=fixed_name,
-                   moving_name=moving_name)
+                   moving_name=moving_name, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                   initial_transform=initial_transform)
     t["register"] = time.perf_counter() - t0
+    if reg.warning():
+        if strict_registration:
+            raise RegistrationError(f"registration of {moving_name} onto {fixed_name} is not "
+                                    f"trustworthy (low confidence: {reg.confidence_reason}); "
+                                    "nothing was written (--strict-registration).")
+        logger.warning("%s (%s onto %s)", reg.warning(), moving_name, fixed_name)
 
     if reg.mode == "none" and moving.GetSize() != fixed.GetSize():
         logger.warning("%s (%s) is resampled onto the grid of %s (%s) by physical position, "
@@ -163,7 +176,10 @@ def fuse_images(fixed: sitk.Image, moving: sitk.Image, *, method: str | None = N
                 fixed_modality: str | None = None, moving_modality: str | None = None,
                 ct_window=None, return_weights: bool = False, seed: int = 0,
                 progress: ProgressCallback | None = None, fixed_name: str = "fixed image",
-                moving_name: str = "moving image", **method_params) -> FusionResult:
+                moving_name: str = "moving image", fixed_mask: sitk.Image | None = None,
+                moving_mask: sitk.Image | None = None,
+                initial_transform: sitk.Transform | None = None,
+                strict_registration: bool = False, **method_params) -> FusionResult:
     """Register ``moving`` onto ``fixed`` and fuse them slice by slice.
 
     Parameters
@@ -183,9 +199,18 @@ def fuse_images(fixed: sitk.Image, moving: sitk.Image, *, method: str | None = N
     return_weights : bool, optional
         Also return the per-pixel contribution map.
     seed : int, optional
-        Registration sampling seed (same seed, same result).
+        Registration sampling seed (same seed, same result, whatever the ITK thread count).
     progress : callable, optional
         ``progress(fraction, message)``; returning False cancels.
+    fixed_mask, moving_mask : SimpleITK.Image, optional
+        Label images (non-zero = inside) restricting the registration metric to these regions
+        of the fixed / moving image (default: the automatic foregrounds).
+    initial_transform : SimpleITK.Transform, optional
+        Start of the registration (fixed -> moving points) instead of the global search; with
+        ``registration="none"`` the transform used as is.
+    strict_registration : bool, optional
+        Raise :class:`RegistrationError` when the registration's self-check gives low confidence
+        (default: a one-line warning on the ``MedFusionLib`` logger).
     **method_params
         Parameters of the fusion method.
 
@@ -208,7 +233,10 @@ def fuse_images(fixed: sitk.Image, moving: sitk.Image, *, method: str | None = N
     dev = resolve_device(device)
     pair = align_pair(fixed, moving, registration=registration, fixed_modality=fixed_modality,
                       moving_modality=moving_modality, ct_window=ct_window, seed=seed,
-                      progress=progress, fixed_name=fixed_name, moving_name=moving_name)
+                      progress=progress, fixed_name=fixed_name, moving_name=moving_name,
+                      fixed_mask=fixed_mask, moving_mask=moving_mask,
+                      initial_transform=initial_transform,
+                      strict_registration=strict_registration)
     t = dict(pair.timings)
     t0 = time.perf_counter()
     run_params = info.with_modalities(method_params, (pair.fixed_norm.modality,

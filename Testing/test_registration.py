@@ -138,3 +138,108 @@ def test_2d_registration_is_deterministic(itk_data):
     angles = {round(_angle_deg(register(fixed, moving, mode="rigid", seed=s).transform), 2)
               for s in range(6)}
     assert all(abs(a - 10.0) < 0.1 for a in angles), angles
+
+
+def _two_copies(image: sitk.Image, gap: float = 60.0):
+    """``image`` twice side by side along x (the second copy ``width + gap`` mm to the right)."""
+    arr = sitk.GetArrayFromImage(image)
+    pad = int(gap / image.GetSpacing()[0])
+    both = np.concatenate([arr, np.zeros((arr.shape[0], pad), arr.dtype), arr], axis=1)
+    out = sitk.GetImageFromArray(both)
+    out.SetSpacing(image.GetSpacing())
+    out.SetOrigin(image.GetOrigin())
+    return out, (arr.shape[1] + pad) * image.GetSpacing()[0]
+
+
+@pytest.mark.parametrize("copy", [0, 1])
+def test_fixed_mask_chooses_which_anatomy_is_registered(itk_data, copy):
+    """The fixed image holds the slice twice; the mask on one copy makes that copy the match."""
+    single = read_image(itk_data / "BrainT1Slice.png")
+    fixed, offset = _two_copies(single)
+    moving = read_image(itk_data / "BrainProtonDensitySliceShifted13x17y.png")
+    arr = sitk.GetArrayFromImage(fixed)
+    mask_arr = np.zeros(arr.shape, np.uint8)
+    width = single.GetSize()[0]
+    lo = 0 if copy == 0 else arr.shape[1] - width
+    mask_arr[:, lo:lo + width] = 1
+    mask = sitk.GetImageFromArray(mask_arr)
+    mask.CopyInformation(fixed)
+    result = register(fixed, moving, mode="rigid", fixed_mask=mask)
+    centre = np.add(single.TransformContinuousIndexToPhysicalPoint([90, 108]), (copy * offset, 0))
+    np.testing.assert_allclose(result.transform.TransformPoint(tuple(centre)),
+                               np.subtract(centre, (copy * offset, 0)) + (BORDER + 13, BORDER + 17),
+                               atol=0.5)
+
+
+def test_moving_mask_and_bad_masks(itk_data):
+    fixed = read_image(itk_data / "BrainT1Slice.png")
+    single = read_image(itk_data / "BrainProtonDensitySliceShifted13x17y.png")
+    moving, offset = _two_copies(single)
+    arr = sitk.GetArrayFromImage(moving)
+    mask_arr = np.zeros(arr.shape, np.uint8)
+    mask_arr[:, arr.shape[1] - single.GetSize()[0]:] = 1  # the right-hand copy only
+    mask = sitk.GetImageFromArray(mask_arr)
+    mask.CopyInformation(moving)
+    result = register(fixed, moving, mode="rigid", moving_mask=mask)
+    centre = fixed.TransformContinuousIndexToPhysicalPoint([90, 108])
+    np.testing.assert_allclose(result.transform.TransformPoint(centre),
+                               np.add(centre, (BORDER + 13 + offset, BORDER + 17)), atol=0.5)
+    empty = sitk.Image(mask)
+    empty *= 0
+    with pytest.raises(InvalidInputError, match="moving mask has no voxel"):
+        register(fixed, moving, mode="rigid", moving_mask=empty)
+    with pytest.raises(InvalidInputError, match="fixed mask is 3D"):
+        register(fixed, moving, mode="rigid", fixed_mask=sitk.Image([4, 4, 4], sitk.sitkUInt8))
+
+
+def _rotated(image: sitk.Image, degrees: float):
+    """``image`` rotated by ``degrees`` about its centre; returns it and the truth (fixed -> moving)."""
+    centre = image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
+    truth = sitk.Euler2DTransform(centre, np.radians(degrees))
+    moved = sitk.Resample(image, image, truth.GetInverse(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return moved, truth, centre
+
+
+def test_initial_transform_reaches_beyond_the_search_range(itk_data):
+    fixed = read_image(itk_data / "BrainT1Slice.png")
+    moving, truth, centre = _rotated(read_image(itk_data / "BrainProtonDensitySlice.png"), 150.0)
+    points = [fixed.TransformContinuousIndexToPhysicalPoint([x, y]) for x in (50, 90, 130) for y in (60, 108, 160)]
+
+    def err(tx):
+        return max(np.linalg.norm(np.subtract(tx.TransformPoint(p), truth.TransformPoint(p))) for p in points)
+
+    searched = register(fixed, moving, mode="rigid")
+    assert err(searched.transform) > 5.0  # 150 degrees is outside the global search
+    start = sitk.Euler2DTransform(centre, np.radians(140.0), (3.0, -4.0))
+    given = register(fixed, moving, mode="rigid", initial_transform=start)
+    assert err(given.transform) < 0.5
+    assert given.start == "initial transform" and given.converged
+    as_is = register(fixed, moving, mode="none", initial_transform=start)
+    assert as_is.transform is start
+
+
+def test_keyboard_interrupt_during_registration_is_not_an_itk_error(itk_data):
+    """Ctrl-C arrives in the progress callback inside ITK's optimiser: it must come out as
+    KeyboardInterrupt (exit 130 in the CLI), not as 'error executing the Python Callable'."""
+    fixed = read_image(itk_data / "BrainT1Slice.png")
+    moving = read_image(itk_data / "BrainProtonDensitySliceRotated10.png")
+    calls = []
+
+    def ctrl_c(fraction, message):
+        calls.append(message)
+        if "iteration" in message or "poses" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        register(fixed, moving, mode="rigid", progress=ctrl_c)
+    assert calls
+
+
+def test_result_reports_confidence(itk_data):
+    fixed = read_image(itk_data / "BrainT1Slice.png")
+    moving = read_image(itk_data / "BrainProtonDensitySliceShifted13x17y.png")
+    result = register(fixed, moving, mode="rigid")
+    d = result.to_dict()
+    assert d["converged"] is True and d["confidence"] == "high" and d["confidence_reason"]
+    assert result.warning() is None
+    assert {"foreground_overlap", "sharpness"} <= set(d["checks"])

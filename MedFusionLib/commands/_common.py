@@ -92,6 +92,16 @@ def _add_fusion_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a parameter of the method (repeatable), e.g. --param wavelet=db4")
     p.add_argument("--seed", type=int, default=0, help="registration sampling seed (default 0)")
+    p.add_argument("--fixed-mask", metavar="LABELS",
+                   help="label image (non-zero = use) limiting registration to this part of FIXED")
+    p.add_argument("--moving-mask", metavar="LABELS",
+                   help="label image (non-zero = use) limiting registration to this part of MOVING")
+    p.add_argument("--initial-transform", metavar="IN.tfm",
+                   help="ITK transform (fixed -> moving) to start registration from instead of the "
+                        "global search; with --register none it is applied as is")
+    p.add_argument("--strict-registration", action="store_true",
+                   help="treat a low-confidence registration as an error (exit 2, nothing written) "
+                        "instead of a warning")
 
 
 def add_pair_options(p: argparse.ArgumentParser) -> None:
