@@ -495,6 +495,19 @@ def case_read_only_transform_folder(d):
     return ["fuse", "a.nii.gz", "b.nii.gz", "-o", "f.nii.gz", "--transform", "ro/t.tfm", *FAST]
 
 
+@case(expect=("ro/rep", "not writable"))
+def case_compare_read_only_out(d):
+    read_only(d / "ro")
+    return ["compare", "p.png", "q.png", "--out", "ro/rep", "--methods", "average", "--quiet"]
+
+
+@case(expect=("IM0002.dcm", "less than expected"))
+def case_cut_dicom_slice(d):
+    dicom_pair(d)
+    truncate(d / "ct" / "IM0002.dcm", 0.95)
+    return ["fuse", "ct", "mr", "-o", "f.nii.gz", *FAST]
+
+
 @case(expect=("dangling.nii.gz: no such file",))
 def case_dangling_symlink_input(d):
     (d / "dangling.nii.gz").symlink_to("gone.nii.gz")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..errors import InvalidInputError
 from ..job import PairSpec, read_sources
+from ..outputs import check_output_folder
 from ..progress import TextProgress
 from ..registration import REGISTRATION_MODES
 from ..report import PairInput, resolve_methods, run_comparison, write_report
@@ -80,6 +81,7 @@ def run(args) -> int:
         raise InvalidInputError(f"{out}: exists and is not a folder.")
     if not out.parent.exists():
         raise InvalidInputError(f"{out}: its parent folder {out.parent} does not exist.")
+    check_output_folder(out, folder_output=True)  # writable: fail before the comparison runs
     resolve_methods(args.methods)  # fail on a typo before any reading or registration
     if args.manifest:
         rows = read_pairs_manifest(args.manifest)
