@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -132,7 +133,12 @@ def _native_stderr(lines: list[str]):
 
     Those messages ("** ERROR: NWAD: wrote only ...", "Premature end of JPEG file") are not
     exceptions; the caller turns them into a one-line error or logs them (shown with -v).
+    File descriptor 2 belongs to the whole process, so this is done in the main thread only
+    (pair jobs on worker threads leave ITK's messages on stderr).
     """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     try:
         sys.stderr.flush()
         saved = os.dup(2)

@@ -983,3 +983,18 @@ def test_metrics_sources_follow_the_nan_rule(tmp_path, capsys, caplog):
         assert out["normalization"]["nonfinite_voxels"] == {"a": 2, "b": 0}, norm
         assert "nan.nii.gz: 2 voxel(s) are NaN or Inf" in caplog.text
         caplog.clear()
+
+
+def test_write_image_from_worker_threads_keeps_stderr(tmp_path, capfd):
+    """Pair jobs on worker threads (batch on a Dask worker) write concurrently: stderr survives."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from MedFusionLib.io import read_image, write_image
+
+    img = sitk.GetImageFromArray(vol(43))
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda k: write_image(img, tmp_path / f"f{k}.nii.gz"), range(8)))
+    print("still here", file=sys.stderr)
+    assert "still here" in capfd.readouterr().err
+    assert all(np.array_equal(sitk.GetArrayFromImage(read_image(tmp_path / f"f{k}.nii.gz")), vol(43))
+               for k in range(8))
