@@ -15,8 +15,8 @@ on both sides, so no axis is reordered.
 ITK transforms map points of the *fixed* image to the *moving* image (the direction resampling
 needs). Slicer transform nodes store the transform *to parent*, which moves the node's content
 in the world: a registration result therefore goes into the node as its *from parent* transform
-(the ITK transform, in RAS), and applying the node to the moving volume shows it aligned on the
-fixed volume.
+(the ITK transform, in RAS, composed with the moving volume's existing parents), and the moving
+volume is shown through the node, aligned on the fixed volume (see :func:`fuse_nodes`).
 """
 
 from __future__ import annotations
@@ -401,6 +401,129 @@ def set_transform_node(transform_node, transform: sitk.Transform, *,
     _apply_node_transform(transform_node, *_node_transform(transform, reference))
 
 
+def _matrix_to_world(transform_node) -> np.ndarray:
+    """4x4 RAS matrix from a transform node's space to world (identity for None); linear only."""
+    import vtk
+
+    if transform_node is None:
+        return np.eye(4)
+    m = vtk.vtkMatrix4x4()
+    transform_node.GetMatrixTransformToWorld(m)
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _ancestors(node) -> list:
+    """The transform nodes above ``node`` (a transformable or transform node), nearest first."""
+    chain = []
+    parent = node.GetParentTransformNode()
+    while parent is not None:
+        chain.append(parent)
+        parent = parent.GetParentTransformNode()
+    return chain
+
+
+def _check_output_transform(transform_node, fixed_volume, moving_volume) -> None:
+    """Refuse an output transform node that would move the fixed volume or cannot be composed."""
+    if transform_node is None:
+        return
+    if any(t.GetID() == transform_node.GetID() for t in _ancestors(fixed_volume)):
+        raise InvalidInputError(
+            f"the transform node '{transform_node.GetName()}' is a parent of the fixed volume "
+            f"'{fixed_volume.GetName()}'; writing the registration into it would move the fixed "
+            "volume too. Choose another (or a new) transform node."
+        )
+    parent = transform_node.GetParentTransformNode()
+    if parent is not None and not parent.IsTransformToWorldLinear():
+        raise InvalidInputError(
+            f"the transform node '{transform_node.GetName()}' is under the non-linear transform "
+            f"'{parent.GetName()}'; choose a transform node that is not under a non-linear transform."
+        )
+
+
+def _placement(transform_node, moving_volume, registration_transform: sitk.Transform,
+               fixed_image: sitk.Image):
+    """What to write into ``transform_node`` so that the moving volume sits on the fixed one.
+
+    ``registration_transform`` maps fixed world points to the moving volume's world points as it
+    is shown now (LPS, its current parent transforms included). The node receives the mapping
+    from its parent's space to its own that makes the moving volume, shown through the node,
+    land on the fixed volume:
+
+    - if the node is already above the moving volume (e.g. a second run after applying it), the
+      chain below the node is kept and the node's new transform is ``Q^-1 T^-1 Q N``
+      (``Q``: the node's parents to world, ``N``: its current transform, ``T``: the registration
+      in RAS), so the result of the first run is refined, not replaced;
+    - otherwise the moving volume is to be put directly under the node, which then absorbs the
+      volume's current parents ``P``: ``Q^-1 T^-1 P``.
+
+    Returns ``(to_parent_matrix, from_parent_transform, reparent)``: one of the first two is set
+    (a non-linear registration is sampled on the fixed grid as a displacement field) and
+    ``reparent`` says whether the moving volume must be moved under the node.
+    """
+    in_chain = any(t.GetID() == transform_node.GetID() for t in _ancestors(moving_volume))
+    q = _matrix_to_world(transform_node.GetParentTransformNode())
+    if in_chain:
+        import vtk
+
+        n = vtk.vtkMatrix4x4()
+        transform_node.GetMatrixTransformToParent(n)
+        current = np.array([[n.GetElement(r, c) for c in range(4)] for r in range(4)])
+        local_from_world = np.linalg.inv(q @ current)
+    else:
+        local_from_world = np.linalg.inv(_matrix_to_world(moving_volume.GetParentTransformNode()))
+    # from-parent mapping, in LPS: parent space -Q-> world -T-> moving world -> node's own space
+    dim = registration_transform.GetDimension()
+    to_lps = LPS_RAS @ local_from_world @ LPS_RAS
+    from_lps = LPS_RAS @ q @ LPS_RAS
+    if dim == 2:
+        to_lps, from_lps = _affine_2d(to_lps), _affine_2d(from_lps)
+    composite = sitk.CompositeTransform(dim)
+    composite.AddTransform(_sitk_affine(to_lps, dim))  # applied last
+    composite.AddTransform(registration_transform)
+    composite.AddTransform(_sitk_affine(from_lps, dim))  # applied first
+    reference = _reference_in_parent_space(fixed_image, q)
+    to_parent, from_parent = _node_transform(composite, reference)
+    return to_parent, from_parent, not in_chain
+
+
+def _affine_2d(matrix: np.ndarray) -> np.ndarray:
+    """The in-plane part of a 4x4 matrix, for 2D registrations (which keep z)."""
+    out = np.eye(3)
+    out[:2, :2], out[:2, 2] = matrix[:2, :2], matrix[:2, 3]
+    return out
+
+
+def _sitk_affine(matrix: np.ndarray, dim: int) -> sitk.AffineTransform:
+    affine = sitk.AffineTransform(dim)
+    affine.SetMatrix(tuple(float(v) for v in matrix[:dim, :dim].ravel()))
+    affine.SetTranslation(tuple(float(v) for v in matrix[:dim, dim]))
+    return affine
+
+
+def _reference_in_parent_space(fixed_image: sitk.Image, q: np.ndarray) -> sitk.Image:
+    """The fixed image's grid expressed in the space below ``q`` (a linear RAS matrix to world).
+
+    Used to sample a non-linear result; the grid must stay orthogonal, so ``q`` must be rigid
+    when the result is non-linear (checked by the caller's sampling).
+    """
+    if np.allclose(q, np.eye(4), atol=1e-9):
+        return fixed_image
+    reference = sitk.Image(fixed_image)
+    inverse = np.linalg.inv(LPS_RAS @ q @ LPS_RAS)
+    dim = fixed_image.GetDimension()
+    linear, shift = inverse[:dim, :dim], inverse[:dim, 3]
+    direction = linear @ np.array(fixed_image.GetDirection()).reshape(dim, dim)
+    scale = np.linalg.norm(direction, axis=0)
+    if not np.allclose(scale, 1.0, atol=1e-6):
+        raise InvalidInputError(
+            "the output transform node is under a scaling or shearing transform; a non-linear "
+            "registration cannot be stored there. Choose a transform node that is not under one."
+        )
+    reference.SetOrigin(tuple(float(v) for v in linear @ np.array(fixed_image.GetOrigin()) + shift))
+    reference.SetDirection(tuple(float(v) for v in direction.ravel()))
+    return reference
+
+
 def _apply_node_transform(transform_node, to_parent, from_parent) -> None:
     if to_parent is not None:
         transform_node.SetMatrixTransformToParent(to_parent)
@@ -621,8 +744,9 @@ def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = 
                **params) -> NodeFusionResult:
     """Register and fuse two volume nodes; write the fused volume and optional outputs as nodes.
 
-    The input nodes are never modified. Nothing is written until the engine has finished, so a
-    cancelled or failed run leaves every output node as it was.
+    The inputs' voxels and geometry are never modified (only the moving volume's parent
+    transform, when ``transformNode`` is given). Nothing is written until the engine has
+    finished, so a cancelled or failed run leaves every node as it was.
 
     Parameters
     ----------
@@ -642,9 +766,16 @@ def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = 
     device : {"auto", "cpu", "cuda"}, optional
         Where torch-based methods run.
     transformNode : vtkMRMLTransformNode, optional
-        Receives the registration result. Applying it to ``movingVolume`` aligns it on
-        ``fixedVolume``. Rigid/affine results are stored as a matrix, B-spline results as a
-        displacement grid.
+        Receives the registration result, and ``movingVolume`` is shown through it: afterwards
+        the moving volume, as displayed in world coordinates, sits on ``fixedVolume``. If the
+        node is already above the moving volume (a second run after the first placed it there,
+        or a node higher in its chain), it keeps its place and its transform is refined; else
+        the moving volume is put directly under it and the node absorbs the volume's previous
+        parent transforms. The node thus holds the whole mapping from the moving volume's own
+        coordinates (below the node) to the node's parent, not only the last correction.
+        Rigid/affine results are stored as a matrix, B-spline results as a displacement grid
+        (from parent). A node above the fixed volume is refused (it would move it too). The
+        moving volume's voxels and geometry are never changed.
     contributionVolume : vtkMRMLScalarVolumeNode, optional
         Receives the per-voxel share of the fixed source in [0, 1] (blue = moving source, white =
         equal, orange = fixed source). Only for methods that provide weights.
@@ -705,6 +836,7 @@ def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = 
     _check_distinct(fixed_volume=fixedVolume, moving_volume=movingVolume,
                     output_volume=outputVolume, contribution_volume=contributionVolume,
                     colour_volume=colourVolume)
+    _check_output_transform(transformNode, fixedVolume, movingVolume)
 
     from .methods import default_method, get_method
     from .pipeline import fuse_images
@@ -747,7 +879,8 @@ def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = 
     if metricsTable is not None:
         metrics, directions = _compute_metrics(result, metric_keys, max_metric_slices, progress)
     if transformNode is not None:
-        to_parent, from_parent = _node_transform(result.registration.transform, fixed_image)
+        to_parent, from_parent, reparent = _placement(transformNode, movingVolume,
+                                                      result.registration.transform, fixed_image)
 
     # Everything is computed: write the outputs.
     report(progress, None, "writing the results into the scene")
@@ -763,6 +896,8 @@ def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = 
 
     if transformNode is not None:
         _apply_node_transform(transformNode, to_parent, from_parent)
+        if reparent:
+            movingVolume.SetAndObserveTransformNodeID(transformNode.GetID())
 
     if contributionVolume is not None:
         update_volume_from_image(contributionVolume, sitk.Cast(result.weights, sitk.sitkFloat32),

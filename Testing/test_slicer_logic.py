@@ -68,17 +68,27 @@ def test_output_on_fixed_geometry_and_moving_content_in_place(mrml_scene, aligne
 
 
 def test_inputs_unchanged_byte_for_byte(mrml_scene, aligned_pair):
+    """Voxels, geometry, names and display of both inputs are untouched; the moving volume's
+    parent transform stays attached too unless a transform node receives the registration, in
+    which case the moving volume is placed under that node (test_slicer_transform.py)."""
     fixed, moving = aligned_pair
     parent = mrml_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
     moving.SetAndObserveTransformNodeID(parent.GetID())  # identity, but must stay attached
     before = [node_snapshot(fixed), node_snapshot(moving)]
     out = mrml_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "fused")
-    tx = mrml_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "tx")
     table = mrml_scene.AddNewNodeByClass("vtkMRMLTableNode", "metrics")
     contribution = mrml_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "contribution")
-    sb.fuse_nodes(fixed, moving, out, method="maximum", registration="none", transformNode=tx,
+    sb.fuse_nodes(fixed, moving, out, method="maximum", registration="none",
                   metricsTable=table, contributionVolume=contribution)
     assert [node_snapshot(fixed), node_snapshot(moving)] == before
+    tx = mrml_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "tx")
+    sb.fuse_nodes(fixed, moving, out, method="maximum", registration="none", transformNode=tx)
+    after = node_snapshot(moving)
+    assert after.pop("parent") == tx.GetID()
+    assert tx.GetTransformNodeID() is None
+    expected = before[1]
+    expected.pop("parent")
+    assert [node_snapshot(fixed), after] == [before[0], expected]
 
 
 def test_display_slice_views_and_provenance(mrml_scene, aligned_pair):

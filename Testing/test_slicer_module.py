@@ -48,6 +48,7 @@ def test_runtest_runs_every_test_method_and_they_pass(module):
     assert called == names
 
 
+@pytest.mark.requires_torch
 def test_cnn_part_of_the_self_test_runs_where_torch_is_installed(module, caplog):
     """The CNN part is skipped only where torch or the CNN is missing; here both are present
     (torch is a dependency of the package), so it must really run."""

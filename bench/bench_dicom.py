@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from MedFusionLib.dicom import read_series, write_derived_series
+from MedFusionLib.dicom.compat import write_file
 
 
 def write_ct(folder: Path, n: int, size: int) -> None:
@@ -43,7 +44,7 @@ def write_ct(folder: Path, n: int, size: int) -> None:
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
         ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
         ds.PixelData = rng.integers(0, 4096, (size, size), dtype=np.uint16).tobytes()
-        ds.save_as(folder / f"{generate_uid()}.dcm", enforce_file_format=True)
+        write_file(folder / f"{generate_uid()}.dcm", ds)
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ import SimpleITK as sitk
 
 from ..errors import InvalidInputError, OutputError
 from ._compose import (_PATIENT_STUDY_KEYWORDS, _TYPE2, _add_instance_references, _ref_item)
+from .compat import require_pydicom, write_file
 from ._headers import _looks_dicom, _tag
 from .geometry import _Layout, _frames_of, _layout
 from .series import _choose_series, _scan
@@ -206,7 +207,7 @@ def write_derived_series(
     """
     import tempfile
 
-    import pydicom
+    require_pydicom()
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
     from pydicom.valuerep import format_number_as_ds
@@ -380,7 +381,7 @@ def write_derived_series(
             meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
             meta.TransferSyntaxUID = ExplicitVRLittleEndian
             ds.file_meta = meta
-            pydicom.dcmwrite(tmp / names[k], ds, enforce_file_format=True)
+            write_file(tmp / names[k], ds)
             if (tmp / names[k]).stat().st_size < len(ds.PixelData):
                 raise OSError(f"{names[k]} was written incompletely")
         for name in names:

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..errors import InvalidInputError, MissingDependencyError
 from ._headers import _n_frames, _tag
+from .compat import decoder_available
 from .geometry import _Layout
 
 
@@ -16,12 +17,7 @@ def _check_decoder(path: Path, ds) -> None:
     ts = meta.get("TransferSyntaxUID") if meta is not None else None
     if ts is None or not ts.is_compressed:
         return
-    from pydicom.pixels import get_decoder
-
-    try:
-        available = get_decoder(ts).is_available
-    except (NotImplementedError, ValueError, KeyError):
-        available = False
+    available = decoder_available(ts)
     if not available:
         raise MissingDependencyError(
             f"{path}: the pixel data is compressed as {ts.name} ({_tag('TransferSyntaxUID')} = {ts}) "

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import InvalidInputError
+from .compat import require_pydicom
 from ._headers import _has_pixels, _n_frames, _tag
 from .geometry import _frames_of, _layout
 
@@ -85,7 +86,7 @@ def _iter_files(path: Path) -> Iterable[Path]:
 
 def _scan(path: Path) -> _Scan:
     """Read every DICOM header under ``path`` (pixel data deferred), grouped by SeriesInstanceUID."""
-    import pydicom
+    pydicom = require_pydicom()
     from pydicom.errors import InvalidDicomError
 
     if not path.exists():

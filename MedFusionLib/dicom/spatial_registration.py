@@ -11,6 +11,7 @@ import SimpleITK as sitk
 
 from ..errors import InvalidInputError
 from ._compose import _PATIENT_STUDY_KEYWORDS, _TYPE2, _add_instance_references, _ref_item
+from .compat import require_pydicom, write_file
 from ._headers import _tag
 from .geometry import _frames_of, _layout
 from .series import _choose_series, _scan
@@ -85,7 +86,7 @@ def write_spatial_registration(
         If the transform is not linear, a folder holds no usable series, or ``out_path`` exists.
     """
 
-    import pydicom
+    require_pydicom()
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
     from pydicom.valuerep import format_number_as_ds
@@ -183,5 +184,5 @@ def write_spatial_registration(
     from ..outputs import atomic_output
 
     with atomic_output(out_path) as tmp:  # verified by pydicom's own write errors; umask applies
-        pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
+        write_file(tmp, ds)
     return out_path
