@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+EXTRAS := test,dask
 # Oldest supported Slicer (5.10): its numpy/scipy/pydicom (Testing/slicer-5.10-pins.txt), no torch.
 OLD       := .venv-slicer510
 OLD_PY    := $(OLD)/bin/python
@@ -17,15 +18,15 @@ OLD_PINS  := Testing/slicer-5.10-pins.txt
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,dask]'
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
-# The package's dependencies and test extras from pyproject.toml, less torch, at Slicer 5.10's pins.
+# The package's dependencies and the same extras from pyproject.toml, less torch, at Slicer 5.10's pins.
 $(OLD_STAMP): pyproject.toml $(OLD_PINS) $(STAMP)
 	$(PYTHON) -m venv $(OLD)
 	$(PY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
-	  print("\n".join(r for r in p["dependencies"] + p["optional-dependencies"]["test"] \
-	                   if not r.startswith("torch")))' > $(OLD)/requirements.txt
+	  reqs = p["dependencies"] + [r for e in "$(EXTRAS)".split(",") for r in p["optional-dependencies"][e]]; \
+	  print("\n".join(r for r in reqs if not r.startswith("torch")))' > $(OLD)/requirements.txt
 	$(OLD_PY) -m pip install -q -c $(OLD_PINS) -r $(OLD)/requirements.txt
 	$(OLD_PY) -m pip install -q --no-deps -e .
 	touch $@
