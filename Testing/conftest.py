@@ -10,6 +10,7 @@ as the Makefile's run against 3D Slicer 5.10's package versions does); they are 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -26,8 +27,17 @@ if _TOOLS.is_dir():
 
 
 _NO_TORCH = importlib.util.find_spec("torch") is None
-#: Test modules that import torch at the top: they cannot be collected without it.
-_TORCH_MODULES = {"test_cnn.py", "test_training.py", "test_transforms.py"}
+_TOP_LEVEL_TORCH = ("import torch", "from torch", 'torch = pytest.importorskip("torch")')
+
+
+@functools.lru_cache(maxsize=None)
+def _module_needs_torch(path: str) -> bool:
+    """A test module that imports torch at its top level needs torch for every test in it."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return False
+    return any(line.startswith(_TOP_LEVEL_TORCH) for line in lines)
 
 
 def pytest_configure(config):
@@ -39,13 +49,18 @@ def pytest_configure(config):
 
 
 def pytest_ignore_collect(collection_path, config):
-    if _NO_TORCH and collection_path.name in _TORCH_MODULES:
-        return True  # every test in it is marked requires_torch, which this run deselects
+    if _NO_TORCH and collection_path.suffix == ".py" and _module_needs_torch(str(collection_path)):
+        return True  # it cannot even be imported, and this run deselects requires_torch
     return None
 
 
+@pytest.hookimpl(tryfirst=True)  # markers first, so that -m sees them
 def pytest_collection_modifyitems(config, items):
     from MedFusionLib.devices import cuda_available
+
+    for item in items:
+        if _module_needs_torch(str(item.path)):
+            item.add_marker(pytest.mark.requires_torch)
 
     if cuda_available():
         return

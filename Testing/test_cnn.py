@@ -9,8 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.requires_torch  # deselected in the torch-less run (Slicer 5.10 pins)
-
 torch = pytest.importorskip("torch")
 
 from MedFusionLib import fuse_arrays  # noqa: E402

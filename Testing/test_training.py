@@ -7,8 +7,6 @@ import json
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.requires_torch  # deselected in the torch-less run (Slicer 5.10 pins)
-
 torch = pytest.importorskip("torch")
 
 from conftest import make_phantom_2d  # noqa: E402

@@ -10,8 +10,6 @@ from MedFusionLib.errors import InvalidInputError
 from MedFusionLib.transforms import nsct_decompose, nsct_reconstruct, nsst_decompose, nsst_reconstruct
 from MedFusionLib.transforms import _frame
 
-pytestmark = pytest.mark.requires_torch  # deselected in the torch-less run (Slicer 5.10 pins)
-
 TRANSFORMS = {
     "nsst": (nsst_decompose, nsst_reconstruct),
     "nsct": (nsct_decompose, nsct_reconstruct),
