@@ -25,8 +25,8 @@ from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTableNode, vtkMRMLTransformNode, vtkMRMLVectorVolumeNode
 
 # In an installed extension MedFusionLib sits next to this file (qt-scripted-modules); in a source
-# checkout it sits one folder up. The engine itself is imported lazily: it needs packages
-# (scipy, PyWavelets) that Slicer does not bundle and that are installed on first use.
+# checkout it sits one folder up. The engine itself is imported lazily: it needs PyWavelets, which
+# Slicer does not bundle and which is installed on first use, after asking.
 _MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 if importlib.util.find_spec("MedFusionLib") is None:
     _SOURCE_ROOT = os.path.dirname(_MODULE_DIR)
@@ -34,8 +34,13 @@ if importlib.util.find_spec("MedFusionLib") is None:
         sys.path.append(_SOURCE_ROOT)
 
 #: Python packages the engine needs beyond what Slicer bundles: {import name: pip requirement}.
-#: numpy and SimpleITK come with Slicer and must never be pip-installed there.
-ENGINE_REQUIREMENTS = {"scipy": "scipy>=1.10", "pywt": "PyWavelets>=1.5"}
+#: numpy, scipy, pydicom and SimpleITK come with Slicer (5.10 and 5.12) and must never be
+#: pip-installed there.
+ENGINE_REQUIREMENTS = {"pywt": "PyWavelets>=1.5"}
+
+#: Volume node classes offered as fusion inputs: scalar volumes only. Vector (RGB) and tensor
+#: volumes derive from vtkMRMLScalarVolumeNode but the engine fuses single-component volumes.
+INPUT_VOLUME_CLASS = "vtkMRMLScalarVolumeNode"
 
 #: Registration modes, CNN fusion levels and rules, and modalities offered in the GUI (the engine
 #: validates them again; Testing/test_slicer_module.py checks these lists against it).
@@ -76,21 +81,24 @@ class MedFusion(ScriptedLoadableModule):
         self.parent.title = _("Image Fusion (MedFusion)")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
         self.parent.dependencies = []
-        self.parent.contributors = ["MedFusion developers"]
+        self.parent.contributors = ["MedFusion Developers (medfusion-dev)"]
         self.parent.helpText = _("""
 Fuses two volumes of the same patient, for example MR with CT, PET or SPECT, into one volume that
 keeps the anatomical detail of one and the information of the other.
 <ol>
 <li>The moving volume is registered onto the fixed volume (rigid, affine or B-spline, mutual
-information); the result can be saved as a transform.</li>
+information). With an output transform, the moving volume is shown through it afterwards and sits
+on the fixed volume; the transform holds the whole alignment (a second run refines it).</li>
 <li>Each source is mapped to [0, 1] according to its modality (CT window, MR/PET percentiles).</li>
 <li>The two are fused slice by slice by the chosen method: the CNN (needs PyTorch, installed on
 first use through the PyTorch extension) or a classical rule (average, maximum, PCA, wavelets,
 ...).</li>
 </ol>
-The fused volume is written on the fixed volume's grid and shown in the slice views. Optional
-outputs: the contribution map (which source each voxel came from) and a table of fusion quality
-metrics. For research use; not for diagnosis.
+The fused volume is written on the fixed volume's grid and shown in the slice views as
+background, with the fixed volume as foreground at opacity 0 (use the fader to compare) or, when
+computed, the contribution map at 40 % with a legend. Optional outputs: the contribution map
+(which source each voxel came from), a colour fusion and a table of fusion quality metrics.
+Supported Slicer versions: 5.10 and 5.12. For research use; not for diagnosis.
 """)
         self.parent.acknowledgementText = _("""
 The fusion method follows the multi-modal medical image fusion review that MedFusion implements.
@@ -221,8 +229,9 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Ensure the parameter node exists and is observed; preselect the first two volumes."""
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.fixedVolume:
-            volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-            volumes = [v for v in volumes if not v.IsA("vtkMRMLLabelMapVolumeNode")]
+            # as the selectors (showChildNodeTypes false): no labelmap, vector or tensor volumes
+            volumes = [v for v in slicer.util.getNodesByClass(INPUT_VOLUME_CLASS)
+                       if v.GetClassName() == INPUT_VOLUME_CLASS]
             if volumes:
                 self._parameterNode.fixedVolume = volumes[0]
             if len(volumes) > 1 and not self._parameterNode.movingVolume:
@@ -346,6 +355,11 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             problems.append(_("select a moving volume"))
         if p and p.fixedVolume and p.movingVolume and p.fixedVolume.GetID() == p.movingVolume.GetID():
             problems.append(_("choose two different volumes"))
+        for role, volume in ((_("fixed"), p.fixedVolume if p else None),
+                             (_("moving"), p.movingVolume if p else None)):
+            if volume and volume.GetClassName() != INPUT_VOLUME_CLASS:
+                problems.append(_("the {role} volume is a {kind}; choose a scalar volume").format(
+                    role=role, kind=volume.GetClassName()))
         if p and p.outputVolume and any(
                 v and v.GetID() == p.outputVolume.GetID() for v in (p.fixedVolume, p.movingVolume)):
             problems.append(_("choose an output volume that is not an input"))
@@ -361,8 +375,13 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- running ------------------------------------------------------------------------------
 
     def _setRunning(self, running: bool) -> None:
+        """Lock the panel during a run: only Cancel stays active, so no selector can change the
+        parameter node while ``processEvents`` runs inside the engine's progress callback."""
         self._running = running
         self._cancelRequested = False
+        for section in (self.ui.inputsCollapsibleButton, self.ui.outputsCollapsibleButton,
+                        self.ui.advancedCollapsibleButton):
+            section.enabled = not running
         self.ui.cancelButton.enabled = running
         self.ui.progressBar.setVisible(running)
         if running:
@@ -440,20 +459,25 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     "vtkMRMLScalarVolumeNode",
                     slicer.mrmlScene.GenerateUniqueName(f"{p.movingVolume.GetName()} fused"))
                 p.outputVolume = createdOutput
-            methodParams = cnnOptions(info, p.fusionLevel, p.fusionRule, p.enhance)
+            # The run's settings are read once, here: the panel is locked while it runs and what
+            # follows uses these values, not whatever the parameter node holds afterwards.
+            metricsTable = p.metricsTable
+            settings = dict(
+                method=info.name, registration=p.registration, device=p.device,
+                transformNode=p.transformNode,
+                contributionVolume=p.contributionVolume if info.provides_weights else None,
+                metricsTable=metricsTable, fixedModality=p.fixedModality,
+                movingModality=p.movingModality, colourVolume=p.colourVolume,
+                **cnnOptions(info, p.fusionLevel, p.fusionRule, p.enhance))
+            inputs = (p.fixedVolume, p.movingVolume, p.outputVolume)
 
             import MedFusionLib
 
             self._setRunning(True)
             succeeded = False
             try:
-                result = self.logic.process(
-                    p.fixedVolume, p.movingVolume, p.outputVolume, method=info.name,
-                    registration=p.registration, device=p.device, transformNode=p.transformNode,
-                    contributionVolume=p.contributionVolume if info.provides_weights else None,
-                    metricsTable=p.metricsTable, progress=self.onProgress,
-                    fixedModality=p.fixedModality, movingModality=p.movingModality,
-                    colourVolume=p.colourVolume, **methodParams)
+                # the logic shows the result in the slice views (fuse_nodes' show=True)
+                result = self.logic.process(*inputs, progress=self.onProgress, **settings)
                 succeeded = True
             except MedFusionLib.CancelledError:
                 self.ui.statusLabel.text = _("Cancelled; no output was changed.")
@@ -464,10 +488,8 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     slicer.mrmlScene.RemoveNode(createdOutput)
                 self._setRunning(False)
 
-            slicer.util.setSliceViewerLayers(background=p.outputVolume, foreground=p.fixedVolume,
-                                             foregroundOpacity=0.0, fit=True)
-            if p.metricsTable:
-                self.logic.showTable(p.metricsTable)
+            if metricsTable:
+                self.logic.showTable(metricsTable)
             registration = result.fusion.registration
             self.ui.statusLabel.text = _(
                 "Fused with '{method}' on {device} in {seconds:.1f} s (registration: {mode}, "
@@ -555,12 +577,13 @@ class MedFusionLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def showTable(tableNode) -> None:
-        """Show a table node in the layout's table view (switching to a layout that has one)."""
+        """Show a table node in a table view, switching to the layout that is like the current
+        one plus a table view (the Tables module's choice), as Slicer's own modules do."""
         layoutManager = slicer.app.layoutManager()
-        if layoutManager is None:
+        if layoutManager is None:  # no main window (e.g. --no-main-window)
             return
-        if layoutManager.layout != slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView:
-            layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
+        layoutWithTable = slicer.modules.tables.logic().GetLayoutWithTable(layoutManager.layout)
+        layoutManager.setLayout(layoutWithTable)
         appLogic = slicer.app.applicationLogic()
         appLogic.GetSelectionNode().SetActiveTableID(tableNode.GetID())
         appLogic.PropagateTableSelection()
@@ -632,22 +655,61 @@ def makeSyntheticPair(shape=(48, 56, 52), spacing=(2.0, 1.8, 1.6), shiftMm=(4.0,
     return mr, ct.astype(np.int16), mrIjkToRas, ctIjkToRas, ctToMr
 
 
-class MedFusionTest(ScriptedLoadableModuleTest):
-    """Self-test on synthetic volumes with a known misalignment; no downloads.
+def mutualInformation(a, b, bins: int = 32) -> float:
+    """Mutual information (nats) of two arrays' joint intensity histogram, voxel by voxel."""
+    joint, _xEdges, _yEdges = np.histogram2d(np.ravel(a), np.ravel(b), bins=bins)
+    joint /= joint.sum()
+    pa, pb = joint.sum(axis=1, keepdims=True), joint.sum(axis=0, keepdims=True)
+    nonzero = joint > 0
+    return float(np.sum(joint[nonzero] * np.log(joint[nonzero] / (pa @ pb)[nonzero])))
 
-    ``runTest()`` runs every ``test_*`` method after a fresh ``setUp()``; ctest discovers the same
-    methods through unittest. The CNN part runs only where PyTorch and the CNN method are present.
+
+class MedFusionTest(ScriptedLoadableModuleTest):
+    """Self-test: synthetic volumes with a known misalignment, and Slicer's CT-MR brain sample.
+
+    ``runTest()`` (Reload & Test, SelfTests) runs every ``test_*`` method after a fresh
+    ``setUp()``; ctest discovers the same methods through unittest. The engine needs PyWavelets,
+    which Slicer does not bundle: ``runTest()`` asks before installing it, and in testing mode
+    (ctest, factory machines) nothing is installed and the tests are skipped with a message that
+    says so. The CNN part runs only where PyTorch and the CNN method are present.
     """
 
+    @staticmethod
+    def _skipMessage(missing) -> str:
+        return (f"MedFusion self-test skipped: the engine needs {', '.join(missing)}, which is not "
+                "installed. Install it from the MedFusion module (Apply asks first) or with "
+                f"slicer.util.pip_install({' '.join(missing)!r}), then run the test again.")
+
+    def _engineReady(self) -> bool:
+        """Whether the engine's packages are installed; outside testing mode, offer to install."""
+        missing = MedFusionLogic.missingPythonRequirements()
+        if not missing:
+            return True
+        if slicer.app.testingEnabled():
+            return False  # never install unasked (confirm dialogs auto-accept in testing mode)
+        if not slicer.util.confirmOkCancelDisplay(
+                _("The MedFusion self-test needs these Python packages, which are not installed "
+                  "yet: {packages}. Download and install them now?").format(packages=", ".join(missing)),
+                windowTitle=_("Install Python packages")):
+            return False
+        MedFusionLogic().installPythonRequirements()
+        return not MedFusionLogic.missingPythonRequirements()
+
     def setUp(self):
-        """Start from an empty scene; install the engine's packages if this Slicer lacks them."""
+        """Start from an empty scene. Without the engine's packages the test is skipped (unittest,
+        as ctest runs it, reports the reason); ``runTest`` offers to install them first."""
         slicer.mrmlScene.Clear()
-        logic = MedFusionLogic()
-        if logic.missingPythonRequirements():
-            logic.installPythonRequirements()
+        missing = MedFusionLogic.missingPythonRequirements()
+        if missing:
+            self.skipTest(self._skipMessage(missing))
 
     def runTest(self):
         """Run every test_* method, each after a fresh setUp()."""
+        if not self._engineReady():
+            message = self._skipMessage(MedFusionLogic.missingPythonRequirements())
+            logging.warning(message)
+            self.delayDisplay(message)
+            return
         for name in sorted(n for n in dir(self) if n.startswith("test_")):
             self.setUp()
             getattr(self, name)()
@@ -702,6 +764,36 @@ class MedFusionTest(ScriptedLoadableModuleTest):
         values = slicer.util.arrayFromTableColumn(table, "Value")
         self.assertTrue(np.isfinite(values).sum() >= 3)
         self.delayDisplay("Registration and fusion test passed")
+
+    def test_MedFusionSampleDataCTMRBrain(self):
+        """Slicer's CT-MR brain sample (one patient): the CT registered onto the T1 MR and fused.
+
+        Downloaded through SampleData as Slicer's own tests do. The CT is rigidly registered: its
+        mutual information with the MR grows over the unregistered pair, the transform is rigid,
+        and the CT, shown through it, is where the fused volume is.
+        """
+        import SampleData
+
+        self.delayDisplay("Loading the CTMRBrain sample data")
+        ct, mrT1, _mrT2 = SampleData.downloadSamples("CTMRBrain")
+        logic = MedFusionLogic()
+        unregistered = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "not registered")
+        before = logic.process(mrT1, ct, unregistered, method="average", registration="none",
+                               movingModality="CT")
+        output = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT-MR fused")
+        transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "CT to MR")
+        table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "CT-MR metrics")
+        after = logic.process(mrT1, ct, output, method="average", registration="rigid",
+                              movingModality="CT", transformNode=transform, metricsTable=table)
+        miBefore = mutualInformation(before.fusion.fixed01, before.fusion.moving01)
+        miAfter = mutualInformation(after.fusion.fixed01, after.fusion.moving01)
+        self.assertGreater(miAfter, miBefore, f"MI before {miBefore:.3f}, after {miAfter:.3f}")
+        rotation = slicer.util.arrayFromTransformMatrix(transform)[:3, :3]
+        np.testing.assert_allclose(rotation.T @ rotation, np.eye(3), atol=1e-6)
+        self.assertEqual(ct.GetTransformNodeID(), transform.GetID())
+        self.assertEqual(output.GetImageData().GetDimensions(), mrT1.GetImageData().GetDimensions())
+        self.assertGreater(table.GetNumberOfRows(), 3)
+        self.delayDisplay(f"CT-MR brain: mutual information {miBefore:.3f} -> {miAfter:.3f}")
 
     def test_MedFusionCancelLeavesOutputsUntouched(self):
         """A progress callback that returns False stops the run before any node is written."""

@@ -43,6 +43,7 @@ __all__ = [
     "contribution_color_node",
     "node_colour_table",
     "add_colour_legend",
+    "show_result",
     "fuse_nodes",
     "headless_scene",
 ]
@@ -582,6 +583,27 @@ def node_colour_table(volume_node, n: int = 256) -> np.ndarray | None:
     return None if np.allclose(table, table[:, :1]) else table
 
 
+def show_result(outputVolume, fixedVolume, *, contributionVolume=None, colourVolume=None) -> None:
+    """Show a fusion result in every slice view; the one place that sets MedFusion's display.
+
+    Background: the colour fusion when there is one, else the fused volume. Foreground: the
+    contribution map at 40 % opacity with a colour legend when there is one, else the fixed
+    volume at opacity 0, so that the slice views' fader compares the fused and the fixed volume.
+    With the Slicer application's layout manager the views are then fitted to the result.
+    """
+    import slicer
+
+    background = colourVolume if colourVolume is not None else outputVolume
+    if contributionVolume is not None:
+        add_colour_legend(contributionVolume)
+        foreground, opacity = contributionVolume, 0.4
+    else:
+        foreground, opacity = fixedVolume, 0.0
+    app = getattr(slicer, "app", None)  # absent with slicer-core alone
+    slicer.util.setSliceViewerLayers(background=background, foreground=foreground,
+                                     foregroundOpacity=opacity, fit=app is not None)
+
+
 def add_colour_legend(volume_node):
     """Show a colour legend for a volume node in the views (Slicer's Colors module logic).
 
@@ -729,7 +751,7 @@ def _compute_metrics(result, keys, max_slices: int, progress: ProgressCallback |
     report(progress, None, f"computing quality metrics on {int(np.ceil(n_slices / step))} slices")
     values = metrics_module.volume_metrics(
         result.fixed01, result.moving01, np.asarray(fused01), axis=result.axis, keys=fitting,
-        data_range=1.0, slice_step=step)
+        data_range=1.0, slice_step=step, progress=progress)  # per slice: shown, and cancellable
     metrics = {k: float(v) for k, v in values.items() if k in metrics_module.METRICS}
     directions = {k: metrics_module.METRICS[k].direction for k in metrics}
     return metrics, directions
@@ -793,9 +815,10 @@ def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = 
     max_metric_slices : int, optional
         Score at most this many evenly spaced slices (default 24).
     show : bool, optional
-        Show the fused volume in the slice views (background; the colour one when computed) with,
-        as foreground, the contribution map at 40 % opacity with a colour legend when computed,
-        else the fixed volume at opacity 0, ready for the fader (default True).
+        Show the result in the slice views with :func:`show_result` (default True): the fused
+        volume as background (the colour one when computed) and, as foreground, the contribution
+        map at 40 % opacity with a colour legend when computed, else the fixed volume at opacity
+        0, ready for the fader; views fitted when the application has a layout manager.
     colourVolume : vtkMRMLVectorVolumeNode, optional
         Receives the colour fusion (RGB, see :mod:`MedFusionLib.colour`): the PET/SPECT source
         keeps its colours over the anatomical detail. ``outputVolume`` then holds the fused
@@ -918,14 +941,8 @@ def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = 
         write_metrics_table(metricsTable, metrics, directions)
 
     if show:
-        background = colourVolume if colourVolume is not None else outputVolume
-        if contributionVolume is not None:
-            add_colour_legend(contributionVolume)
-            slicer.util.setSliceViewerLayers(background=background, foreground=contributionVolume,
-                                             foregroundOpacity=0.4, fit=False)
-        else:
-            slicer.util.setSliceViewerLayers(background=background, foreground=fixedVolume,
-                                             foregroundOpacity=0.0, fit=False)
+        show_result(outputVolume, fixedVolume, contributionVolume=contributionVolume,
+                    colourVolume=colourVolume)
 
     seconds = time.perf_counter() - t0
     report(progress, 1.0, f"Fusion completed in {seconds:.2f} seconds")

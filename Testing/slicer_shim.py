@@ -32,12 +32,59 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "MedFusion"
 
 
-def new_scene():
-    """A fresh MRML scene with application logic, default colours and one slice view ("Red")."""
+#: The slice logics of the current scene's views (``{name: vtkMRMLSliceLogic}``).
+SLICE_LOGICS: dict = {}
+
+
+def new_scene(views=("Red",)):
+    """A fresh MRML scene with application logic, default colours and slice views ("Red")."""
     from MedFusionLib.slicer_bridge import headless_scene
 
-    scene, _ = headless_scene(views=("Red",))
+    scene, logics = headless_scene(views=views)
+    SLICE_LOGICS.clear()
+    SLICE_LOGICS.update(logics)
     return scene
+
+
+class LayoutManager:
+    """Stand-in for ``qSlicerLayoutManager`` (a Qt widget): the current layout is the real
+    ``vtkMRMLLayoutNode``'s view arrangement, and the slice logics are the scene's real ones.
+
+    Only what MedFusion and ``slicer.util.setSliceViewerLayers`` use: ``layout``,
+    ``setLayout``, ``mrmlSliceLogics``.
+    """
+
+    def __init__(self, scene, layout):
+        self.layoutNode = scene.AddNewNodeByClass("vtkMRMLLayoutNode")
+        self.layoutNode.SetViewArrangement(layout)
+
+    @property
+    def layout(self):
+        return self.layoutNode.GetViewArrangement()
+
+    def setLayout(self, layout):
+        self.layoutNode.SetViewArrangement(layout)
+
+    def mrmlSliceLogics(self):
+        import vtk
+
+        collection = vtk.vtkCollection()
+        for logic in SLICE_LOGICS.values():
+            collection.AddItem(logic)
+        return collection
+
+
+def with_main_window(layout):
+    """Make ``slicer.app`` look like an application with a main window: a layout manager in
+    ``layout`` (a ``vtkMRMLLayoutNode.SlicerLayout*`` value), the real application logic and the
+    Tables module's real logic as ``slicer.modules.tables.logic()``. Returns the layout manager."""
+    manager = LayoutManager(slicer.mrmlScene, layout)
+    slicer.app.layoutManager.return_value = manager
+    slicer.app.applicationLogic.return_value = slicer.appLogic
+    tables_logic = slicer.vtkSlicerTablesLogic()
+    tables_logic.SetMRMLScene(slicer.mrmlScene)
+    slicer.modules = types.SimpleNamespace(tables=types.SimpleNamespace(logic=lambda: tables_logic))
+    return manager
 
 
 @pytest.fixture
@@ -350,4 +397,27 @@ def import_module_under_shim(name: str = "MedFusion"):
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
+    sys.modules["SampleData"] = _sample_data_stand_in(module)
     return module
+
+
+def _sample_data_stand_in(module):
+    """``SampleData`` stand-in (a Slicer module, absent from slicer-core; its data would need the
+    network): ``downloadSamples("CTMRBrain")`` returns the nodes CTBrain, MRBrainT1, MRBrainT2 in
+    the order and with the names of Slicer's sample, made from the module's synthetic pair (the
+    CT misaligned on the MR by a known rigid transform)."""
+    sample_data = types.ModuleType("SampleData")
+
+    def downloadSamples(sampleName):
+        if sampleName != "CTMRBrain":
+            raise ValueError(f"the test stand-in of SampleData has no sample '{sampleName}'")
+        mr, ct, mr_ijk_to_ras, ct_ijk_to_ras, _ = module.makeSyntheticPair(
+            shape=(30, 34, 32), spacing=(3.0, 3.0, 2.6))
+        return [slicer.util.addVolumeFromArray(ct, ijkToRAS=ct_ijk_to_ras, name="CTBrain"),
+                slicer.util.addVolumeFromArray(mr, ijkToRAS=mr_ijk_to_ras, name="MRBrainT1"),
+                slicer.util.addVolumeFromArray(mr[:, :, ::-1].copy(), ijkToRAS=mr_ijk_to_ras,
+                                               name="MRBrainT2")]
+
+    sample_data.downloadSamples = downloadSamples
+    sample_data.downloadSample = lambda sampleName: downloadSamples(sampleName)[0]
+    return sample_data

@@ -268,3 +268,22 @@ def test_headless_slice_view_shows_the_fused_volume():
         assert np.array_equal(rgba[..., 0], rgba[..., 1])  # grey colour table, no foreground tint
     finally:
         scene.Clear(1)
+
+
+def test_metrics_step_reports_progress_and_can_be_cancelled(mrml_scene, aligned_pair):
+    """#14 defect 3: the metrics are scored slice by slice with progress, and a cancel there
+    stops the run before any node is written (it used to run to its end unseen)."""
+    fixed, moving = aligned_pair
+    out = mrml_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "fused")
+    table = mrml_scene.AddNewNodeByClass("vtkMRMLTableNode", "metrics")
+    messages = []
+
+    def cancel_in_metrics(fraction, message):
+        messages.append(message)
+        return not message.startswith("metrics: slice 2/")
+
+    with pytest.raises(CancelledError, match="metrics: slice 2/"):
+        sb.fuse_nodes(fixed, moving, out, method="maximum", registration="none",
+                      metricsTable=table, progress=cancel_in_metrics)
+    assert any(m.startswith("metrics: slice 1/") for m in messages)
+    assert out.GetImageData() is None and table.GetNumberOfColumns() == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import fnmatch
 import re
+import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -283,13 +284,41 @@ def test_extension_cmake_metadata():
     assert (ROOT / "LICENSE").read_text().lstrip().startswith("Apache License")
 
 
+# "Firstname Lastname (Organization)", comma separated: the form of Slicer's extension template
+_CONTRIBUTOR = r"[^,()]+ \([^()]+\)"
+
+
+def test_metadata_follows_the_extension_index_conventions(module):
+    """#14 defect 8: contributors in Slicer's "Name (Organization)" form, only variables that
+    Slicer's extension description template and catalog know, supported versions stated."""
+    text = TOP_CMAKE.read_text()
+    meta = dict(re.findall(r'set\((EXTENSION_\w+)\s+"([^"]*)"\)', text))
+    assert re.fullmatch(rf"{_CONTRIBUTOR}(, {_CONTRIBUTOR})*", meta["EXTENSION_CONTRIBUTORS"])
+    known = {"EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS",
+             "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS",
+             "EXTENSION_DEPENDS", "EXTENSION_STATUS", "EXTENSION_ENABLED", "EXTENSION_TIER",
+             "EXTENSION_BUILD_SUBDIRECTORY", "EXTENSION_DICOM_SUPPORT_RULE"}
+    assert set(re.findall(r"set\((EXTENSION_\w+)", text)) <= known
+    assert "5.10 and 5.12" in meta["EXTENSION_DESCRIPTION"]
+    assert re.search(r'VERSION_LESS "5\.10"\)\s*\n\s*message\(FATAL_ERROR', text)
+    parent = types.SimpleNamespace()
+    module.MedFusion(parent)
+    assert all(re.fullmatch(_CONTRIBUTOR, c) for c in parent.contributors)
+    assert "5.10 and 5.12" in parent.helpText
+    # Slicer bundles scipy: the module must not say otherwise, nor install it
+    source = MODULE_PY.read_text()
+    assert "scipy" not in module.ENGINE_REQUIREMENTS
+    assert not re.search(r"scipy[^\n]*(not bundle|lacks|does not (ship|have))", source, re.I)
+
+
 def test_engine_imports_with_only_what_slicer_has_plus_engine_requirements(module):
-    """Slicer bundles numpy and SimpleITK; the module installs ENGINE_REQUIREMENTS on first use.
+    """Slicer bundles numpy, scipy and SimpleITK; the module installs ENGINE_REQUIREMENTS on first use.
     The engine path the module runs must import with nothing else (no torch, matplotlib, ...)."""
     import subprocess
     import sys
 
-    assert set(module.ENGINE_REQUIREMENTS) == {"scipy", "pywt"}
+    # Slicer 5.10 and 5.12 bundle numpy, scipy, pydicom and SimpleITK; only PyWavelets is missing
+    assert set(module.ENGINE_REQUIREMENTS) == {"pywt"}
     blocked = ["torch", "torchvision", "matplotlib", "nilearn", "pydicom", "PIL", "tqdm", "pandas",
                "skimage", "requests"]
     code = (
@@ -301,3 +330,51 @@ def test_engine_imports_with_only_what_slicer_has_plus_engine_requirements(modul
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# -------------------------------------------------------------------------------------------------
+# #14 defect 7: the self-test never installs unasked
+# -------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def engine_missing(module, monkeypatch):
+    """As in a Slicer without PyWavelets: the engine requirement is not importable; installing
+    is recorded instead of done."""
+    monkeypatch.setattr(module, "ENGINE_REQUIREMENTS", {"medfusion_absent_for_test": "PyWavelets>=1.5"})
+    installs = []
+    monkeypatch.setattr(module.MedFusionLogic, "installPythonRequirements",
+                        lambda self: installs.append("install"))
+    return installs
+
+
+def test_self_test_in_testing_mode_skips_with_a_message_and_installs_nothing(module, engine_missing, caplog):
+    import logging
+    import unittest
+
+    slicer_shim.new_scene()
+    case = module.MedFusionTest()
+    with caplog.at_level(logging.WARNING):
+        case.runTest()  # Reload & Test / SelfTests path
+    assert "self-test skipped" in caplog.text and "PyWavelets>=1.5" in caplog.text
+    # ctest path (unittest): reported as skipped, with the reason
+    result = unittest.TestResult()
+    module.MedFusionTest("test_MedFusionColour").run(result)
+    assert len(result.skipped) == 1 and "PyWavelets" in result.skipped[0][1]
+    assert not result.errors and not result.failures
+    assert engine_missing == []
+
+
+@pytest.mark.parametrize("answer", [False, True])
+def test_self_test_outside_testing_mode_asks_before_installing(module, engine_missing, monkeypatch,
+                                                               answer):
+    import slicer
+
+    asked = []
+    monkeypatch.setattr(slicer.app.testingEnabled, "return_value", False)
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay",
+                        lambda text, **kwargs: asked.append(text) or answer)
+    slicer_shim.new_scene()
+    case = module.MedFusionTest()
+    assert case._engineReady() is False  # declined, or installed but still not importable here
+    assert len(asked) == 1 and "PyWavelets>=1.5" in asked[0]
+    assert engine_missing == (["install"] if answer else [])

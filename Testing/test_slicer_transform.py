@@ -57,6 +57,7 @@ def _run(fixed, moving, transform_node, registration="rigid"):
                   transformNode=transform_node, show=False)
 
 
+@pytest.mark.slow  # rigid registrations of a 48x56x52 pair
 def test_second_run_refines_the_first(mrml_scene, synthetic):
     """The issue's case: run 1, the moving volume under the output transform, run 2 (the old code
     overwrote the node with the small remaining correction: 6.4 mm off)."""
@@ -71,6 +72,7 @@ def test_second_run_refines_the_first(mrml_scene, synthetic):
     assert first < 0.5 and second < 0.5, (first, second)
 
 
+@pytest.mark.slow  # rigid registrations of a 48x56x52 pair
 def test_moving_under_its_own_parent_and_output_under_another(mrml_scene, synthetic):
     fixed, moving, ct_to_mr = _pair(synthetic)
     # the CT already sits under a (wrong) manual pre-alignment, the output node under a rotation
@@ -89,6 +91,7 @@ def test_moving_under_its_own_parent_and_output_under_another(mrml_scene, synthe
     assert _error_mm(moving, ct_to_mr) < 0.5
 
 
+@pytest.mark.slow  # rigid registrations of a 48x56x52 pair
 def test_output_node_above_the_moving_parent_is_refined_in_place(mrml_scene, synthetic):
     fixed, moving, ct_to_mr = _pair(synthetic)
     tx = mrml_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "result")

@@ -9,6 +9,7 @@ method/parameter synchronisation, the Apply flow with progress, Cancel and error
 from __future__ import annotations
 
 import sys
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
@@ -167,3 +168,123 @@ def test_reload_forgets_the_engine(make_widget):
         assert w.reloaded
     finally:
         sys.modules.update(saved)
+
+
+# -------------------------------------------------------------------------------------------------
+# #14: the defects found by reading the module against Slicer's sources
+# -------------------------------------------------------------------------------------------------
+
+def _composite():
+    return slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode")[0]
+
+
+def test_apply_leaves_the_display_to_the_logic_and_fits_the_views(make_widget):
+    """Defect 2: the bridge shows the contribution map over the fused volume; the widget used to
+    overwrite that with the fixed volume at opacity 0. The views are fitted (layout manager)."""
+    from MedFusionLib import slicer_bridge as sb
+
+    mr, _ = _volume("MR"), _volume("PET", seed=1)
+    w = make_widget()
+    layout = slicer_shim.with_main_window(slicer.vtkMRMLLayoutNode.SlicerLayoutConventionalView)
+    red = slicer_shim.SLICE_LOGICS["Red"].GetSliceNode()
+    fov_before = red.GetFieldOfView()
+    p = w.logic.getParameterNode()
+    p.method, p.registration = "maximum", "none"
+    p.contributionVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "weights")
+    w.ui.applyButton.click()
+    composite = _composite()
+    assert composite.GetBackgroundVolumeID() == p.outputVolume.GetID()
+    assert composite.GetForegroundVolumeID() == p.contributionVolume.GetID()
+    assert composite.GetForegroundOpacity() == pytest.approx(0.4)
+    assert red.GetFieldOfView() != fov_before  # FitSliceToBackground ran on the real slice logic
+    assert layout.layout == slicer.vtkMRMLLayoutNode.SlicerLayoutConventionalView  # no table asked
+    # without a contribution map: fused as background, fixed at opacity 0 for the fader
+    p.contributionVolume = None
+    w.ui.applyButton.click()
+    assert (composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID()) == \
+        (p.outputVolume.GetID(), mr.GetID())
+    assert composite.GetForegroundOpacity() == 0.0
+    assert sb.show_result.__doc__ and "one place" in sb.show_result.__doc__
+
+
+def test_colour_result_stays_the_background(make_widget):
+    _volume("MR"), _volume("PET", seed=1)
+    w = make_widget()
+    p = w.logic.getParameterNode()
+    p.method, p.registration, p.movingModality = "maximum", "none", "PET"
+    p.colourVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "colour")
+    w.ui.applyButton.click()
+    assert _composite().GetBackgroundVolumeID() == p.colourVolume.GetID()
+
+
+def test_panel_is_locked_during_a_run_and_the_run_keeps_its_settings(make_widget):
+    """Defect 4: every section is disabled while the engine runs (processEvents lets the user
+    click), and what happens after the run uses the settings the run started with."""
+    _volume("MR"), _volume("PET", seed=1)
+    w = make_widget()
+    slicer_shim.with_main_window(slicer.vtkMRMLLayoutNode.SlicerLayoutConventionalView)
+    p = w.logic.getParameterNode()
+    p.method, p.registration = "maximum", "none"
+    table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "metrics")
+    other = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "other")
+    p.metricsTable = table
+    sections = (w.ui.inputsCollapsibleButton, w.ui.outputsCollapsibleButton,
+                w.ui.advancedCollapsibleButton)
+    seen = []
+
+    def during_run():
+        if w._running:
+            seen.append([s.enabled for s in sections] + [w.ui.applyButton.enabled,
+                                                          w.ui.cancelButton.enabled])
+            p.metricsTable = other  # e.g. a script, or a click that reached a selector
+
+    slicer.app.processEvents.side_effect = during_run
+    try:
+        w.ui.applyButton.click()
+    finally:
+        slicer.app.processEvents.side_effect = None
+    assert seen and all(s == [False, False, False, False, True] for s in seen)
+    assert all(s.enabled for s in sections) and w.ui.applyButton.enabled
+    assert table.GetNumberOfRows() > 0 and other.GetNumberOfRows() == 0
+    assert slicer.appLogic.GetSelectionNode().GetActiveTableID() == table.GetID()
+
+
+@pytest.mark.parametrize("current, expected", [
+    ("SlicerLayoutOneUp3DView", "SlicerLayout3DTableView"),
+    ("SlicerLayoutFourUpTableView", "SlicerLayoutFourUpTableView"),
+    ("SlicerLayoutOneUpRedSliceView", None),
+])
+def test_metrics_table_layout_comes_from_the_tables_module(make_widget, current, expected):
+    """Defect 5: the layout is the Tables module's GetLayoutWithTable(current layout), not
+    always four-up-table; the table becomes the active one."""
+    _volume("MR"), _volume("PET", seed=1)
+    w = make_widget()
+    start = getattr(slicer.vtkMRMLLayoutNode, current)
+    layout = slicer_shim.with_main_window(start)
+    p = w.logic.getParameterNode()
+    p.method, p.registration = "maximum", "none"
+    p.metricsTable = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "metrics")
+    w.ui.applyButton.click()
+    want = slicer.vtkSlicerTablesLogic.GetLayoutWithTable(start) if expected is None else \
+        getattr(slicer.vtkMRMLLayoutNode, expected)
+    assert layout.layout == want
+    assert slicer.appLogic.GetSelectionNode().GetActiveTableID() == p.metricsTable.GetID()
+
+
+def test_vector_and_tensor_volumes_are_not_inputs(make_widget):
+    """Defect 6: vector (RGB) and tensor volumes derive from scalar volumes; they are neither
+    preselected nor accepted as inputs (the selectors hide child classes as well)."""
+    rgb = np.zeros((4, 8, 8, 3), np.uint8)
+    slicer.util.addVolumeFromArray(rgb, nodeClassName="vtkMRMLVectorVolumeNode", name="photo")
+    slicer.mrmlScene.AddNewNodeByClass("vtkMRMLDiffusionTensorVolumeNode", "dti")
+    a, b = _volume("a"), _volume("b", seed=1)
+    w = make_widget()
+    p = w.logic.getParameterNode()
+    assert (p.fixedVolume.GetID(), p.movingVolume.GetID()) == (a.GetID(), b.GetID())
+    p.movingVolume = slicer.util.getNode("photo")  # e.g. from a script or a saved scene
+    assert not w.ui.applyButton.enabled
+    assert "moving volume is a vtkMRMLVectorVolumeNode" in w.ui.applyButton.toolTip
+    ui = ET.parse(slicer_shim.MODULE_DIR / "Resources" / "UI" / "MedFusion.ui").getroot()
+    for name in ("fixedVolumeSelector", "movingVolumeSelector"):
+        widget = ui.find(f".//widget[@name='{name}']")
+        assert widget.find("property[@name='showChildNodeTypes']/bool").text == "false"
