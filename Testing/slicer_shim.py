@@ -1,15 +1,21 @@
 """Test-only support for running MedFusion's Slicer code headless on the ``slicer-core`` wheel.
 
-Two things live here:
+Everything real that slicer-core provides is used as is: MRML scenes and nodes, the application,
+slice, colour and Tables logics, and ``slicer.util`` (slicer-core 5.13 ships ``slicer/util.py``
+and the compiled ``vtkMRML*``/``vtkSlicer*`` classes, nothing else). Stand-ins exist only for
+what it lacks, each written from the API shape Slicer documents:
 
-- :func:`new_scene` builds a real MRML scene with an application logic and the default colour
-  tables (the pieces of the Slicer application that MRML logic needs) and makes it
-  ``slicer.mrmlScene``. The fixture :func:`mrml_scene` wraps it for pytest.
-- :func:`import_module_under_shim` imports ``MedFusion/MedFusion.py`` with minimal stand-ins for
-  the parts of Slicer that need Qt (``qt``, ``ctk``, ``slicer.app``, ``slicer.i18n``,
-  ``slicer.ScriptedLoadableModule``, ``slicer.parameterNodeWrapper``). The stand-ins are written
-  from the documented API shape; they let the module's Logic and Test classes run on a real scene.
-  The Widget is not exercised by them (it needs the real application).
+- :func:`new_scene`: a real scene with application logic, default colours and real slice views
+  (``SLICE_LOGICS``); the fixture :func:`mrml_scene` wraps it for pytest;
+- :func:`import_module_under_shim` imports ``MedFusion/MedFusion.py`` with stand-ins for the
+  Qt-dependent modules: ``qt``/``ctk`` (mocks), ``slicer.app`` (a mock in testing mode, no main
+  window), ``slicer.i18n``, ``slicer.ScriptedLoadableModule``, ``slicer.parameterNodeWrapper``
+  (values stored in the real parameter node as Slicer's serializers store them) and
+  ``SampleData`` (its ``CTMRBrain`` replaced by the synthetic pair: no network);
+- :func:`with_main_window`: a layout manager on a real ``vtkMRMLLayoutNode`` with the real slice
+  logics, the real application logic and ``slicer.modules.tables.logic()``;
+- :func:`load_fake_ui`: the ``.ui`` file's widgets as plain Python objects (names, classes,
+  properties, signals), so the Widget's own Python code runs.
 
 Nothing here is used by the product.
 """
@@ -181,31 +187,62 @@ class _ShimTest(unittest.TestCase):
 
 
 class _WrappedParameterNode:
-    """Stand-in for a ``@parameterNodeWrapper`` instance: typed attributes kept with the node.
+    """Stand-in for an instance of a ``@parameterNodeWrapper`` class (``slicer.parameterNodeWrapper``
+    is not in slicer-core: it imports Qt). Values live in the MRML parameter node itself, in the
+    form Slicer's serializers use, so that a saved or reloaded scene, the node's parameters and
+    its events are the real ones:
 
-    Setting an attribute stores it and fires the node's ModifiedEvent (as the real wrapper does
-    through ``SetParameter``); ``AddObserver``/``RemoveObserver`` go to the node. ``connectGui``
-    records which widgets carry a ``SlicerParameterName`` and checks that each names a parameter.
+    - a node: an empty parameter plus the node reference of the same name (``None``: no reference);
+    - ``bool``: ``"True"``/``"False"``; ``str``: the string; ``int``/``float``: ``str(value)``.
+
+    Missing parameters get their defaults when the wrapper is made. Writes are checked as the
+    real validators do (the node class, a ``Choice`` list) and fire one ModifiedEvent.
+    ``connectGui`` binds the widgets that carry a ``SlicerParameterName`` and refuses a name
+    that is not a parameter.
     """
 
-    def __init__(self, cls, node):
+    def __init__(self, fields, node):
         object.__setattr__(self, "parameterNode", node)
-        object.__setattr__(self, "_fields", tuple(cls._shim_defaults))
-        if not hasattr(node, "_shimValues"):
-            node._shimValues = dict(cls._shim_defaults)
-            node._shimGuis = {}
+        object.__setattr__(self, "_fields", fields)
+        object.__setattr__(self, "_guis", {})
+        with slicer.util.NodeModify(node):
+            for name, field in fields.items():
+                if not node.HasParameter(name):
+                    self._write(name, field["default"])
+
+    def _write(self, name, value):
+        node, kind = self.parameterNode, self._fields[name]["kind"]
+        if kind == "node":
+            node.SetParameter(name, "")
+            node.SetNodeReferenceID(name, value.GetID() if value is not None else None)
+        elif kind is bool:
+            node.SetParameter(name, "True" if value else "False")
+        else:
+            node.SetParameter(name, str(value))
 
     def __getattr__(self, name):
-        values = self.parameterNode._shimValues
-        if name in values:
-            return values[name]
-        raise AttributeError(name)
+        fields = object.__getattribute__(self, "_fields")
+        if name not in fields:
+            raise AttributeError(name)
+        node, kind = self.parameterNode, fields[name]["kind"]
+        if kind == "node":
+            return node.GetNodeReference(name)
+        text = node.GetParameter(name)
+        return text == "True" if kind is bool else kind(text)
 
     def __setattr__(self, name, value):
         if name not in self._fields:
             raise AttributeError(f"'{name}' is not a parameter of the parameter node")
-        self.parameterNode._shimValues[name] = value
-        self.parameterNode.Modified()
+        field = self._fields[name]
+        if field["kind"] == "node":
+            if value is not None and not isinstance(value, field["type"]):
+                raise ValueError(f"{name}: expected a {field['type'].__name__}, got {type(value).__name__}")
+        elif not isinstance(value, field["type"]):
+            raise ValueError(f"{name}: expected {field['type'].__name__}, got {type(value).__name__}")
+        for validator in field["validators"]:
+            validator.validate(value)
+        with slicer.util.NodeModify(self.parameterNode):
+            self._write(name, value)
 
     def AddObserver(self, event, callback, priority=0.0):
         return self.parameterNode.AddObserver(event, callback, priority)
@@ -213,28 +250,71 @@ class _WrappedParameterNode:
     def RemoveObserver(self, tag):
         self.parameterNode.RemoveObserver(tag)
 
+    def StartModify(self):
+        return self.parameterNode.StartModify()
+
+    def EndModify(self, wasModified):
+        return self.parameterNode.EndModify(wasModified)
+
+    def Modified(self):
+        self.parameterNode.Modified()
+
     def connectGui(self, gui):
         bound = {}
         for widget in vars(gui).values():
             name = widget.property("SlicerParameterName")
             if name:
                 if name not in self._fields:
-                    raise RuntimeError(f"SlicerParameterName '{name}' is not a parameter")
+                    raise ValueError(f"Cannot find a param with the given name: {name}")
                 bound[name] = widget
         tag = object()
-        self.parameterNode._shimGuis[tag] = bound
+        self._guis[tag] = bound
         return tag
 
     def disconnectGui(self, tag):
-        self.parameterNode._shimGuis.pop(tag, None)
+        self._guis.pop(tag, None)
 
 
 def _parameter_node_wrapper(cls):
-    defaults = {}
-    for name in getattr(cls, "__annotations__", {}):
-        defaults[name] = getattr(cls, name, None)
-    cls._shim_defaults = defaults
-    return lambda node: _WrappedParameterNode(cls, node)
+    import typing
+
+    fields = {}
+    for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+        validators = ()
+        if typing.get_origin(hint) is typing.Annotated:
+            hint, *extras = typing.get_args(hint)
+            validators = tuple(e for e in extras if hasattr(e, "validate"))
+        if isinstance(hint, type) and issubclass(hint, slicer.vtkMRMLNode):
+            kind, default = "node", None
+        elif hint in (bool, str, int, float):
+            kind, default = hint, hint()
+        else:
+            raise TypeError(f"the parameter node stand-in has no serializer for {name}: {hint}")
+        fields[name] = {"kind": kind, "type": (int, float) if hint is float else hint,
+                        "default": getattr(cls, name, default), "validators": validators}
+    return lambda node: _WrappedParameterNode(fields, node)
+
+
+class _Choice:
+    """``slicer.parameterNodeWrapper.Choice`` stand-in: the value must be one of ``choices``."""
+
+    def __init__(self, choices):
+        self.choices = list(choices)
+
+    def validate(self, value):
+        if value not in self.choices:
+            raise ValueError(f"Value '{value}' is not in the valid choices {self.choices}")
+
+
+class _WithinRange:
+    """``slicer.parameterNodeWrapper.WithinRange`` stand-in."""
+
+    def __init__(self, minimum, maximum):
+        self.minimum, self.maximum = minimum, maximum
+
+    def validate(self, value):
+        if not self.minimum <= value <= self.maximum:
+            raise ValueError(f"Value {value} is not within [{self.minimum}, {self.maximum}]")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -381,13 +461,8 @@ def import_module_under_shim(name: str = "MedFusion"):
     pnw = types.ModuleType("slicer.parameterNodeWrapper")
     pnw.parameterNodeWrapper = _parameter_node_wrapper
 
-    class _Validator:
-        def __init__(self, *args, **kwargs):
-            self.args = args
-
-    pnw.WithinRange = _Validator
-    pnw.Choice = _Validator
-    pnw.Default = _Validator
+    pnw.WithinRange = _WithinRange
+    pnw.Choice = _Choice
     sys.modules["slicer.parameterNodeWrapper"] = pnw
     slicer.parameterNodeWrapper = pnw
 
