@@ -855,6 +855,7 @@ def test_in_memory_sheared_image_is_refused():
     check_direction(img, "scan")
 
 
+@pytest.mark.requires_torch
 def test_forged_weights_get_no_unsafe_advice(tmp_path):
     import torch
 
