@@ -422,16 +422,7 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return True
 
     def installTorch(self) -> bool:
-        """Install PyTorch through the PyTorch extension (asks for confirmation first)."""
-        try:
-            import PyTorchUtils
-        except ModuleNotFoundError:
-            raise RuntimeError(_(
-                "The CNN method needs the PyTorch extension. Install 'PyTorch' from the Extensions "
-                "Manager, restart Slicer and try again, or choose a method that does not need PyTorch."))
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if torchLogic.torchInstalled():
-            return True
+        """Ask, then install PyTorch through the logic (the PyTorch extension)."""
         if not slicer.util.confirmOkCancelDisplay(
                 _("The CNN method needs PyTorch, which is not installed. Download and install it now? "
                   "This can take several minutes and a few GB of disk space."),
@@ -439,10 +430,7 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return False
         self.ui.statusLabel.text = _("Installing PyTorch (this can take several minutes)...")
         slicer.app.processEvents()
-        torch = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=">=2.0")
-        if torch is None:
-            raise RuntimeError(_("PyTorch was not installed; use the 'PyTorch Utils' module to install it."))
-        importlib.invalidate_caches()
+        self.logic.installTorch()
         return True
 
     def onApplyButton(self) -> None:
@@ -535,6 +523,24 @@ class MedFusionLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def torchInstalled() -> bool:
         return importlib.util.find_spec("torch") is not None
+
+    def installTorch(self) -> None:
+        """Install PyTorch through the PyTorch extension's logic (no confirmation: the caller asks).
+
+        :raises RuntimeError: if the PyTorch extension is missing or the installation failed.
+        """
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError:
+            raise RuntimeError(_(
+                "The CNN method needs the PyTorch extension. Install 'PyTorch' from the Extensions "
+                "Manager, restart Slicer and try again, or choose a method that does not need PyTorch."))
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled():
+            torch = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=">=2.0")
+            if torch is None:
+                raise RuntimeError(_("PyTorch was not installed; use the 'PyTorch Utils' module to install it."))
+        importlib.invalidate_caches()
 
     def process(self, fixedVolume, movingVolume, outputVolume, *, method="cnn", registration="rigid",
                 device="auto", transformNode=None, contributionVolume=None, metricsTable=None,

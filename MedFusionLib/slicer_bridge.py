@@ -386,8 +386,9 @@ def set_transform_node(transform_node, transform: sitk.Transform, *,
                        reference: sitk.Image | None = None) -> None:
     """Store an ITK registration transform (fixed -> moving, LPS) in a Slicer transform node.
 
-    After this, ``movingVolume.SetAndObserveTransformNodeID(transform_node.GetID())`` shows the
-    moving volume aligned on the fixed one.
+    This stores the registration alone: putting a moving volume that has no parent transform
+    under the node shows it aligned on the fixed one. :func:`fuse_nodes` also composes the
+    result with the moving volume's parents and the node's own place (and re-parents the volume).
 
     Parameters
     ----------

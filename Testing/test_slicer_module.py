@@ -31,6 +31,7 @@ def module():
 # The module's own self-test, run as Slicer's Reload & Test / SelfTests would (runTest)
 # -------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # registrations of the synthetic pairs, as Reload & Test runs them
 def test_runtest_runs_every_test_method_and_they_pass(module):
     slicer_shim.new_scene()
     case = module.MedFusionTest()
