@@ -242,20 +242,37 @@ def _nifti_header(path: Path, ext: str) -> dict | None:
             "offset": offset, "bytes": int(np.prod(shape, dtype=np.int64)) * max(int(bitpix), 0) // 8}
 
 
-def _check_nifti(path: Path, ext: str) -> None:
+def _check_nifti(path: Path, ext: str) -> np.ndarray | None:
+    """Declared against held bytes of a NIfTI file, in one pass over its data; returns the raw
+    data of a floating-point file that holds NaN/Inf (see :func:`nifti_nonfinite`), else None."""
     hdr = _nifti_header(path, ext)
     if hdr is None:
-        return  # not a NIfTI header we understand: ITK decides
+        return None  # not a NIfTI header we understand: ITK decides
+    floating = hdr["datatype"] in (16, 64)
     try:
         if ext == ".nii.gz":
-            available = _stream_length(path, codec="gzip-file") - hdr["offset"]
+            with gzip.open(path, "rb") as fh:
+                data = fh.read()
+            available = len(data) - hdr["offset"]
         else:
             available = path.stat().st_size - hdr["offset"]
-    except (EOFError, OSError, zlib.error):
+            data = None
+            if floating and available >= hdr["bytes"]:
+                with path.open("rb") as fh:
+                    data = fh.read()
+    except (EOFError, zlib.error):
         raise InvalidInputError(f"{path}: the file is cut off or damaged (its gzip stream ends "
                                 "early); copy the file again.") from None
     if available < hdr["bytes"]:
         raise _short(str(path), hdr["bytes"], max(available, 0))
+    if not floating or data is None:
+        return None
+    dtype = np.dtype(_NIFTI_DTYPES[hdr["datatype"]]).newbyteorder(hdr["endian"])
+    raw = np.frombuffer(data, dtype=dtype, count=hdr["bytes"] // dtype.itemsize,
+                        offset=hdr["offset"])
+    if np.all(np.isfinite(raw)):
+        return None
+    return raw.reshape(hdr["shape"][::-1]).astype(np.float64)
 
 
 def _check_meta(path: Path) -> None:
@@ -358,13 +375,19 @@ def _check_jpeg(path: Path) -> None:
                                 "the file again.")
 
 
-def check_complete(path: str | os.PathLike) -> None:
+def check_complete(path: str | os.PathLike) -> np.ndarray | None:
     """Raise if ``path`` holds fewer bytes of pixel data than its header declares.
 
     Handles NIfTI (``.nii``, ``.nii.gz``, NIfTI-1 and -2), MetaImage (``.mha``, ``.mhd`` with its
     data file, raw or compressed), NRRD (``.nrrd``, ``.nhdr`` with its data file; raw or gzip
     encoding), BMP and JPEG; other formats are left to their reader. A header this module does not
     understand is left to ITK too.
+
+    Returns
+    -------
+    ndarray or None
+        For a floating-point NIfTI file with NaN/Inf voxels, its raw data (as
+        :func:`nifti_nonfinite`; read in the same pass); None otherwise.
 
     Raises
     ------
@@ -374,8 +397,8 @@ def check_complete(path: str | os.PathLike) -> None:
     p = Path(path)
     ext = _ext(p)
     if ext in (".nii", ".nii.gz"):
-        _check_nifti(p, ext)
-    elif ext in (".mha", ".mhd"):
+        return _check_nifti(p, ext)
+    if ext in (".mha", ".mhd"):
         _check_meta(p)
     elif ext in (".nrrd", ".nhdr"):
         _check_nrrd(p)
@@ -394,14 +417,6 @@ def nifti_nonfinite(path: str | os.PathLike) -> np.ndarray | None:
     """
     p = Path(path)
     ext = _ext(p)
-    hdr = _nifti_header(p, ext)
-    if hdr is None or hdr["datatype"] not in (16, 64):
+    if ext not in (".nii", ".nii.gz"):
         return None
-    dtype = np.dtype(_NIFTI_DTYPES[hdr["datatype"]]).newbyteorder(hdr["endian"])
-    opener = gzip.open if ext == ".nii.gz" else open
-    with opener(p, "rb") as fh:
-        fh.seek(hdr["offset"])
-        raw = np.frombuffer(fh.read(hdr["bytes"]), dtype=dtype)
-    if raw.size * dtype.itemsize < hdr["bytes"] or np.all(np.isfinite(raw)):
-        return None
-    return raw.reshape(hdr["shape"][::-1]).astype(np.float64)
+    return _check_nifti(p, ext)

@@ -27,7 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InvalidInputError, OutputError
-from .imagefiles import check_complete, nifti_nonfinite
+from .imagefiles import check_complete
 from .outputs import atomic_output
 
 __all__ = ["read_image", "write_image", "write_transform", "check_image_output", "check_direction",
@@ -238,8 +238,8 @@ def check_same_grid(reference: sitk.Image, image: sitk.Image, reference_name: st
                                     "first.")
 
 
-def _restore_nifti_nonfinite(image: sitk.Image, path: Path) -> sitk.Image:
-    raw = nifti_nonfinite(path)
+def _restore_nifti_nonfinite(image: sitk.Image, raw: np.ndarray | None) -> sitk.Image:
+    """Put a NIfTI file's NaN/Inf values (``raw``, :func:`check_complete`) back into ``image``."""
     if raw is None:
         return image
     arr = sitk.GetArrayFromImage(image)
@@ -300,7 +300,7 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None,
             from .dicom import read_series
 
             return read_series(p, series_uid=series_uid)
-        check_complete(p)
+        nonfinite = check_complete(p)
     except OSError as exc:
         raise InvalidInputError(f"{p}: cannot read the file: {exc.strerror or exc}.") from None
     itk_lines: list[str] = []
@@ -320,8 +320,7 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None,
     except MemoryError:
         raise InvalidInputError(f"{p}: the image its header declares is too large for this "
                                 "machine's memory.") from None
-    if extension_of(p) in (".nii", ".nii.gz"):
-        image = _restore_nifti_nonfinite(image, p)
+    image = _restore_nifti_nonfinite(image, nonfinite)
     if "complex" in image.GetPixelIDTypeAsString():
         raise InvalidInputError(f"{p}: the pixels are complex-valued; MedFusion fuses real "
                                 "images: give the magnitude (or the real part) as a scalar image.")

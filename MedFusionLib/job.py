@@ -220,6 +220,23 @@ def preflight(spec: PairSpec) -> None:
                   folders=[spec.output] if spec.dicom else [])
 
 
+def check_raster_outputs(spec: PairSpec, fixed: sitk.Image) -> None:
+    """Refuse a 2D raster output (PNG, JPEG, TIFF, BMP) for a volume, once ``fixed`` is read.
+
+    Raises
+    ------
+    InvalidInputError
+    """
+    from .io import RASTER_EXTENSIONS, extension_of, is_2d
+
+    if is_2d(fixed):
+        return
+    for o in (None if spec.dicom else spec.output, spec.weights_map):
+        if o and extension_of(o) in RASTER_EXTENSIONS:
+            raise InvalidInputError(f"{o}: {spec.fixed} is a 3D volume, which cannot be written as "
+                                    f"{extension_of(o)}; use .nii.gz, .nrrd or .mha.")
+
+
 def volume_metrics_for(result, keys: str | None) -> dict:
     """Metrics of a :class:`~MedFusionLib.pipeline.FusionResult`, per slice along its axis.
 
@@ -382,6 +399,7 @@ def _run(spec: PairSpec, record: PairRecord, progress) -> None:
                                 "(or leave out --color).")
     if colour:
         kwargs["table"] = spec.color or "heat"
+    check_raster_outputs(spec, fixed)  # before registration and fusion, not after
     fuse = fuse_colour if colour else fuse_images
     result = fuse(fixed, moving, return_weights=bool(spec.weights_map), progress=progress,
                   fixed_name=spec.fixed, moving_name=spec.moving, **kwargs)
@@ -396,8 +414,10 @@ def _run(spec: PairSpec, record: PairRecord, progress) -> None:
         record.metrics = volume_metrics_for(result, spec.metrics_keys)
         record.stages["metrics"] = time.perf_counter() - t0
     if spec.metrics:
+        from .metrics import GREY_SCALE
+
         report = {"fixed": spec.fixed, "moving": spec.moving, "output": spec.output,
-                  **result.summary(), "metrics": record.metrics}
+                  **result.summary(), "grey_scale": GREY_SCALE, "metrics": record.metrics}
     t0 = time.perf_counter()
     with outputs:
         if spec.dicom:

@@ -524,6 +524,16 @@ def case_output_extension(d):
     return ["fuse", "a.nii.gz", "b.nii.gz", "-o", "f.xyz", *FAST]
 
 
+@case(expect=("f.png", "a.nii.gz is a 3D volume"))
+def case_volume_to_png(d):
+    return ["fuse", "a.nii.gz", "b.nii.gz", "-o", "f.png", "--method", "average", "--quiet"]
+
+
+@case(expect=("w.png", "a.nii.gz is a 3D volume"))
+def case_volume_weights_to_png(d):
+    return ["fuse", "a.nii.gz", "b.nii.gz", "-o", "f.nii.gz", "--weights-map", "w.png", *FAST]
+
+
 @case(expect=("w.xyz", "unsupported output format"))
 def case_weights_extension(d):
     return ["fuse", "a.nii.gz", "b.nii.gz", "-o", "f.nii.gz", "--weights-map", "w.xyz", *FAST]
