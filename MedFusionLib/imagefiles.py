@@ -10,7 +10,7 @@ the pixels through ITK:
   a DICOM folder), so outputs can be checked against all of them;
 - :func:`companion_files` -- the data files that writing a header-only format creates;
 - :func:`check_complete` -- the bytes a file declares against the bytes it holds (NIfTI, NIfTI
-  ``.gz``, MetaImage, NRRD, BMP, JPEG); raises :class:`~MedFusionLib.errors.InvalidInputError`;
+  ``.gz``, MetaImage, NRRD, BMP, TIFF, JPEG); raises :class:`~MedFusionLib.errors.InvalidInputError`;
 - :func:`nifti_nonfinite` -- the NaN/Inf voxels of a floating-point NIfTI file (ITK's NIfTI reader
   turns them into 0, so they have to be looked up in the raw data).
 """
@@ -364,6 +364,54 @@ def _check_bmp(path: Path) -> None:
         raise _short(str(path), declared - offbits, max(size - offbits, 0))
 
 
+def _check_tiff(path: Path) -> None:
+    """Every strip or tile of the first image directory must lie inside the file."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(8)
+        if head[:4] not in (b"II*\x00", b"MM\x00*"):
+            return
+        e = "<" if head[:2] == b"II" else ">"
+        ifd = struct.unpack(e + "I", head[4:8])[0]
+        if ifd + 2 > size:
+            raise InvalidInputError(f"{path}: the TIFF file is cut off (its image directory lies "
+                                    "beyond the end of the file); copy the file again.")
+        fh.seek(ifd)
+        (n,) = struct.unpack(e + "H", fh.read(2))
+        entries = fh.read(12 * n)
+        if len(entries) < 12 * n:
+            raise InvalidInputError(f"{path}: the TIFF file is cut off inside its image directory; "
+                                    "copy the file again.")
+        fields = {}
+        for k in range(n):
+            tag, typ, count, value = struct.unpack(e + "HHI4s", entries[12 * k:12 * k + 12])
+            fields[tag] = (typ, count, value)
+
+        def values(tag):
+            if tag not in fields:
+                return []
+            typ, count, value = fields[tag]
+            fmt = {3: "H", 4: "I"}.get(typ)
+            if fmt is None:
+                return []
+            width = struct.calcsize(fmt) * count
+            if width <= 4:
+                return list(struct.unpack(e + fmt * count, value[:width]))
+            (where,) = struct.unpack(e + "I", value)
+            fh.seek(where)
+            data = fh.read(width)
+            if len(data) < width:
+                return [size + 1]  # the offsets table itself is cut off
+            return list(struct.unpack(e + fmt * count, data))
+
+    for offsets, counts in ((273, 279), (324, 325)):  # strips, tiles
+        starts, lengths = values(offsets), values(counts)
+        if starts and lengths and len(starts) == len(lengths):
+            end = max(a + b for a, b in zip(starts, lengths))
+            if end > size:
+                raise _short(str(path), sum(lengths), max(0, sum(lengths) - (end - size)))
+
+
 def _check_jpeg(path: Path) -> None:
     with path.open("rb") as fh:
         if fh.read(2) != b"\xff\xd8":
@@ -380,7 +428,7 @@ def check_complete(path: str | os.PathLike) -> np.ndarray | None:
 
     Handles NIfTI (``.nii``, ``.nii.gz``, NIfTI-1 and -2), MetaImage (``.mha``, ``.mhd`` with its
     data file, raw or compressed), NRRD (``.nrrd``, ``.nhdr`` with its data file; raw or gzip
-    encoding), BMP and JPEG; other formats are left to their reader. A header this module does not
+    encoding), BMP, TIFF (strips and tiles) and JPEG; other formats are left to their reader. A header this module does not
     understand is left to ITK too.
 
     Returns
@@ -404,6 +452,8 @@ def check_complete(path: str | os.PathLike) -> np.ndarray | None:
         _check_nrrd(p)
     elif ext == ".bmp":
         _check_bmp(p)
+    elif ext in (".tif", ".tiff"):
+        _check_tiff(p)
     elif ext in (".jpg", ".jpeg"):
         _check_jpeg(p)
 

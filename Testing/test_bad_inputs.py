@@ -352,8 +352,8 @@ def _cut(name, maker, fraction=0.6, expect=None):
     def setup(d):
         target = maker(d)
         truncate(target, fraction)
-        return ["fuse", name, "b.nii.gz" if not name.endswith((".png", ".bmp", ".jpg")) else "q.png",
-                "-o", "f.nii.gz" if not name.endswith((".png", ".bmp", ".jpg")) else "f.png", *FAST]
+        return ["fuse", name, "b.nii.gz" if not name.endswith((".png", ".bmp", ".jpg", ".tif")) else "q.png",
+                "-o", "f.nii.gz" if not name.endswith((".png", ".bmp", ".jpg", ".tif")) else "f.png", *FAST]
     setup.__name__ = "case_cut_" + name.replace(".", "_")
     return case(expect=expect or (name, "cut off"))(setup)
 
@@ -372,6 +372,7 @@ _cut("tg.nhdr", lambda d: (write(vol(7), d / "tg.nhdr", useCompression=True), d 
      expect=("tg.nhdr", "tg.raw.gz", "cut off"))
 _cut("t.bmp", lambda d: write(png(7), d / "t.bmp"))
 _cut("t.jpg", lambda d: write(png(7), d / "t.jpg"))
+_cut("t.tif", lambda d: write(png(7), d / "t.tif"))
 _cut("t.png", lambda d: write(png(7), d / "t.png"), expect=("t.png", "cannot read"))
 
 
@@ -1024,3 +1025,27 @@ def test_write_image_from_worker_threads_keeps_stderr(tmp_path, capfd):
     assert "still here" in capfd.readouterr().err
     assert all(np.array_equal(sitk.GetArrayFromImage(read_image(tmp_path / f"f{k}.nii.gz")), vol(43))
                for k in range(8))
+
+
+def test_tiff_with_strips_after_its_directory_cut_off(tmp_path):
+    """A TIFF laid out directory-first (as many scanners write it), cut inside its strip data."""
+    from MedFusionLib.imagefiles import check_complete
+    from MedFusionLib.io import read_image
+
+    w = h = 16
+    n = 8
+    data_at = 8 + 2 + 12 * n + 4
+    entries = [(256, 3, 1, w), (257, 3, 1, h), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+               (273, 4, 1, data_at), (278, 3, 1, h), (279, 4, 1, w * h)]
+    ifd = struct.pack("<H", n) + b"".join(
+        struct.pack("<HHI", t, typ, c) + (struct.pack("<HH", v, 0) if typ == 3 else struct.pack("<I", v))
+        for t, typ, c, v in entries) + struct.pack("<I", 0)
+    pixels = png(44, (h, w)).tobytes()
+    whole = tmp_path / "whole.tif"
+    whole.write_bytes(b"II*\x00" + struct.pack("<I", 8) + ifd + pixels)
+    check_complete(whole)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(whole)), png(44, (h, w)))
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole.read_bytes()[:-100])
+    with pytest.raises(InvalidInputError, match="cut.tif: the file is cut off"):
+        read_image(cut)
