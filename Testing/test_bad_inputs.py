@@ -308,6 +308,21 @@ def case_batch_row_writes_another_rows_data_file(d):
     return ["batch", "rows.csv", *FAST]
 
 
+@case(expect=("rows.csv", "lines 2 and 3"))
+def case_batch_two_rows_one_output(d):
+    (d / "rows.csv").write_text("fixed,moving,output\na.nii.gz,b.nii.gz,f.nii.gz\n"
+                                "b.nii.gz,a.nii.gz,f.nii.gz\n")
+    return ["batch", "rows.csv", *FAST]
+
+
+@case(expect=("rows.csv", "line 2", "line 3 reads"))
+def case_batch_row_writes_a_later_rows_input(d):
+    (d / "rows.csv").write_text("fixed,moving,output\na.nii.gz,b.nii.gz,c.nii.gz\n"
+                                "c.nii.gz,b.nii.gz,g.nii.gz\n")
+    shutil.copy(d / "a.nii.gz", d / "c.nii.gz")
+    return ["batch", "rows.csv", *FAST]
+
+
 @case(expect=("two outputs",))
 def case_weights_map_is_the_output(d):
     return ["fuse", "a.nii.gz", "b.nii.gz", "-o", "f.nii.gz", "--weights-map", "./f.nii.gz", *FAST]
