@@ -385,6 +385,8 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, mode: str | None = None, 
         starts = [rigid_transform(dim, centre, [0.0] * (1 if dim == 2 else 3) + list(t)) for t in cands]
 
     rigid_levels = levels[1:] if optima is not None else list(levels)
+    if not rigid_levels and len(spacings) == 1:
+        rigid_levels = list(levels)  # one level only (a small image): refine the search's best there
     trace, R_last = [], None
 
     def _refine(lv, best, samples, step):
