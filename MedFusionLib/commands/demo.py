@@ -17,7 +17,7 @@ import SimpleITK as sitk
 
 from ..datasets import SAMPLE_KINDS, SYNTHETIC_NOTE, sample_pair
 from ..figures import save_planes_figure
-from ..io import write_image
+from ..io import write_image, write_transform
 from ..methods import get_method
 from ..colour import ColourFusionResult, fuse_colour
 from ..pipeline import fuse_images
@@ -79,7 +79,7 @@ def run(args) -> int:
             "moving": write_image(moving, out / f"{src}_moved_synthetic.nii.gz"),
             "fused": write_image(result.fused, out / f"{kind}_fused.nii.gz"),
         }
-        sitk.WriteTransform(result.registration.transform, str(out / f"{kind}_transform.tfm"))
+        write_transform(result.registration.transform, out / f"{kind}_transform.tfm")
         files["transform"] = out / f"{kind}_transform.tfm"
         overlay = None
         fused = sitk.GetArrayFromImage(result.fused)
