@@ -159,14 +159,15 @@ def ijk_to_ras_matrix(volume_node, *, world: bool = True) -> np.ndarray:
     return ijk_to_ras
 
 
-def _check_volume(node, what: str) -> None:
-    """Raise InvalidInputError unless ``node`` is a scalar volume node with voxels."""
+def _check_volume(node, what: str, labelmap: bool = False) -> None:
+    """Raise InvalidInputError unless ``node`` is a scalar volume node with voxels (a labelmap
+    node too when ``labelmap``)."""
     import slicer
 
     if node is None:
         raise InvalidInputError(f"no {what} volume was given; select one.")
-    if not isinstance(node, slicer.vtkMRMLScalarVolumeNode) or isinstance(
-            node, slicer.vtkMRMLLabelMapVolumeNode):
+    if not isinstance(node, slicer.vtkMRMLScalarVolumeNode) or (
+            not labelmap and isinstance(node, slicer.vtkMRMLLabelMapVolumeNode)):
         raise InvalidInputError(
             f"{_node_label(node, what + ' volume')} is a {node.GetClassName()}; a scalar volume "
             "(vtkMRMLScalarVolumeNode) is needed."
@@ -199,7 +200,7 @@ def dicom_modality(volume_node) -> str | None:
     return value.strip().upper() or None
 
 
-def image_from_volume(volume_node, *, world: bool = True) -> sitk.Image:
+def image_from_volume(volume_node, *, world: bool = True, labelmap: bool = False) -> sitk.Image:
     """Copy a scalar volume node into a SimpleITK image (LPS geometry, same voxel type).
 
     A volume with a single slice along k whose k axis is the superior axis becomes a 2D image,
@@ -211,6 +212,8 @@ def image_from_volume(volume_node, *, world: bool = True) -> sitk.Image:
         The volume; never modified.
     world : bool, optional
         Include the node's (linear) parent transforms in the geometry (default).
+    labelmap : bool, optional
+        Also accept a labelmap volume node (registration masks).
 
     Returns
     -------
@@ -226,7 +229,7 @@ def image_from_volume(volume_node, *, world: bool = True) -> sitk.Image:
     """
     import slicer
 
-    _check_volume(volume_node, "input")
+    _check_volume(volume_node, "input", labelmap=labelmap)
     array = np.array(slicer.util.arrayFromVolume(volume_node), copy=True)  # (k, j, i)
     ijk_to_lps = LPS_RAS @ ijk_to_ras_matrix(volume_node, world=world)
     axes = ijk_to_lps[:3, :3]
@@ -764,7 +767,8 @@ def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = 
                fixed_modality: str | None = None, moving_modality: str | None = None,
                ct_window=None, metric_keys=DEFAULT_METRIC_KEYS, max_metric_slices: int = 24,
                show: bool = True, colourVolume=None, colour_table=None,
-               **params) -> NodeFusionResult:
+               fixedMask=None, movingMask=None, initial_transform: sitk.Transform | None = None,
+               strict_registration: bool = False, **params) -> NodeFusionResult:
     """Register and fuse two volume nodes; write the fused volume and optional outputs as nodes.
 
     The inputs' voxels and geometry are never modified (only the moving volume's parent
@@ -827,12 +831,21 @@ def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = 
     colour_table : str or array_like, optional
         Colour table for the functional source: a name (``heat``, ``rainbow``) or ``(N, 3)`` RGB
         rows. Default: the colour table its display node uses in Slicer, else ``heat``.
+    fixedMask, movingMask : vtkMRMLLabelMapVolumeNode or vtkMRMLScalarVolumeNode, optional
+        Label volumes (non-zero = use) limiting the registration to these regions.
+    initial_transform : SimpleITK.Transform, optional
+        Start of the registration (fixed -> moving points, LPS) instead of the global search.
+    strict_registration : bool, optional
+        Raise instead of writing when the registration's self-check gives low confidence.
     **params
         Parameters of the fusion method (e.g. the CNN's fusion level and rule).
 
     Returns
     -------
     NodeFusionResult
+        The registration's confidence (``fusion.registration.confidence`` and its reason) is
+        also in the final progress message and the output's ``MedFusion.RegistrationConfidence``
+        attribute.
 
     Raises
     ------
@@ -882,7 +895,10 @@ def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = 
     common = dict(method=info.name, registration=registration, device=device,
                   fixed_modality=fixed_modality, moving_modality=moving_modality,
                   ct_window=ct_window, return_weights=contributionVolume is not None,
-                  progress=progress)
+                  progress=progress, initial_transform=initial_transform,
+                  strict_registration=strict_registration,
+                  fixed_mask=None if fixedMask is None else image_from_volume(fixedMask, labelmap=True),
+                  moving_mask=None if movingMask is None else image_from_volume(movingMask, labelmap=True))
     if colourVolume is not None:
         from .colour import functional_source, fuse_colour
 
@@ -914,6 +930,7 @@ def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = 
     _show_volume(outputVolume, lower, upper, "vtkMRMLColorTableNodeGrey")
     for key, value in (("Method", info.name), ("Device", str(result.device)),
                        ("Registration", result.registration.mode),
+                       ("RegistrationConfidence", result.registration.confidence),
                        ("FixedVolume", fixedVolume.GetID() or ""),
                        ("MovingVolume", movingVolume.GetID() or "")):
         outputVolume.SetAttribute(f"MedFusion.{key}", value)
@@ -946,5 +963,8 @@ def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = 
                     colourVolume=colourVolume)
 
     seconds = time.perf_counter() - t0
-    report(progress, 1.0, f"Fusion completed in {seconds:.2f} seconds")
+    reg = result.registration
+    report(progress, 1.0, f"Fusion completed in {seconds:.2f} seconds; {reg.mode} registration "
+                          f"confidence {reg.confidence}"
+                          + (f" ({reg.confidence_reason})" if reg.confidence == "low" else ""))
     return NodeFusionResult(fusion=result, metrics=metrics, seconds=seconds)

@@ -108,6 +108,9 @@ def report(progress, fraction, message):
     return _report(progress, fraction, message)
 optimise.report = report
 from MedFusionLib.cli import main
+
+#: 3D registrations of several seconds each: not in the quick (pinned-versions) run.
+pytestmark = pytest.mark.slow
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -5,8 +5,9 @@ so a registration can be scored by its target registration error (:func:`tre`). 
 is the source volume moved by a known rigid transform and resampled on a grid that follows the
 anatomy (as a technologist centres the field of view on the head), optionally anisotropic and
 oblique. :func:`ct_with_neck_and_couch` adds what a head CT brings beyond a brain-only MR: neck,
-cervical spine, shoulders and the couch. All of it is SYNTHETIC (see
-:mod:`MedFusionLib.datasets`).
+cervical spine, shoulders and the couch; :func:`colin_t1_t2` pairs the Colin27 T1 (a different
+subject, fetched by ``make data``) with a T2-like contrast made from its tissue classes. The CT,
+PET and T2-like volumes are SYNTHETIC (see :mod:`MedFusionLib.datasets`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-__all__ = ["random_rigid", "moved_copy", "ct_with_neck_and_couch", "brain_only", "tre",
-           "brain_points"]
+__all__ = ["random_rigid", "rigid", "moved_copy", "ct_with_neck_and_couch", "brain_only",
+           "colin_t1_t2", "tre", "brain_points"]
 
 
 def random_rigid(rng: np.random.Generator, max_deg: float = 30.0, max_mm: float = 50.0,
@@ -132,6 +133,19 @@ def ct_with_neck_and_couch(ct: sitk.Image) -> sitk.Image:
     for key in ct.GetMetaDataKeys():
         out.SetMetaData(key, ct.GetMetaData(key))
     return out
+
+
+def colin_t1_t2(path) -> tuple[sitk.Image, sitk.Image]:
+    """The Colin27 brain-extracted T1 (``ch2bet.nii.gz``) and a SYNTHETIC T2-like volume on its
+    grid: CSF bright (1000), grey matter 600, white matter 350, from the tissue classes of
+    :func:`MedFusionLib.functional_phantoms.colin_tissue_maps` (k-means of the T1)."""
+    from ..functional_phantoms import colin_tissue_maps
+
+    maps = colin_tissue_maps(path)
+    t1 = sitk.Cast(sitk.ReadImage(str(path)), sitk.sitkFloat32)
+    t2 = sitk.GetImageFromArray((1000.0 * maps.csf + 600.0 * maps.gm + 350.0 * maps.wm).astype(np.float32))
+    t2.CopyInformation(t1)
+    return t1, t2
 
 
 def brain_only(mr: sitk.Image, margin_mm: float = 5.0) -> sitk.Image:
