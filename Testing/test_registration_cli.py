@@ -20,6 +20,9 @@ from MedFusionLib.datasets import sample_volumes
 
 REPO = Path(__file__).resolve().parent.parent
 
+#: 3D registrations of several seconds each: not in the quick (pinned-versions) run.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
@@ -108,9 +111,6 @@ def report(progress, fraction, message):
     return _report(progress, fraction, message)
 optimise.report = report
 from MedFusionLib.cli import main
-
-#: 3D registrations of several seconds each: not in the quick (pinned-versions) run.
-pytestmark = pytest.mark.slow
 sys.exit(main(sys.argv[1:]))
 """
 
