@@ -397,8 +397,6 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, mode: str | None = None, 
     for lv in rigid_levels:
         report(progress, 0.3, f"rigid registration at {lv.spacing:g} mm")
         best, _, R_last, trace = _refine(lv, best, MIDDLE_SAMPLES, lv.spacing)
-    if len(spacings) == 1 and R_last is None:  # one small level: refine the search's best there
-        best, _, R_last, trace = _refine(levels[0], best, FINEST_SAMPLES, 0.5 * levels[0].spacing)
     if len(spacings) > 1:
         report(progress, 0.5, f"rigid registration at {spacings[-1]:g} mm")
         rough = best if base is None else _composite(base, best)
