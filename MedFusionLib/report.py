@@ -234,7 +234,10 @@ def run_comparison(pairs: list[PairInput], *, methods=None, keys=None, registrat
             with_weights = get_method(m).provides_weights
             try:
                 fused = fuse_arrays(a, b, method=m, axis=axis, device=device,
-                                    return_weights=with_weights)
+                                    return_weights=with_weights,
+                                    **get_method(m).with_modalities(
+                                        {}, (aligned.fixed_norm.modality,
+                                             aligned.moving_norm.modality)))
             except MedFusionError as exc:
                 out.errors[m] = str(exc)
                 done += 1

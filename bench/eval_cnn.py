@@ -62,6 +62,8 @@ MNI_SLICES = list(range(80, 110, 3))
 #: (group, slice) -> boolean mask (or list of masks, one per lesion) of the functional image's
 #: lesions (Colin27 cases)
 LESIONS: dict = {}
+#: (group, slice) -> (uptake in [0, 1], colour table) of the pseudo-colour cases, for display
+RENDERED: dict = {}
 COLIN = ROOT / ".data" / "mricron" / "ch2bet.nii.gz"
 COLIN_SLICES = list(range(75, 111, 5))
 
@@ -166,6 +168,7 @@ def functional_cases():
             ph = phantoms[i % len(phantoms)]
             func = ph.values[z]
             if group.endswith("colour"):
+                RENDERED[(group, z)] = (func, tables[i % len(tables)])
                 func = fp.pseudo_colour_luminance(func, tables[i % len(tables)])
             LESIONS[(group, z)] = _lesion_list(ph, z)
             cases.append((group, tissues.t1[z], func, z))
@@ -285,6 +288,45 @@ def save_pngs(cases, methods, out: Path) -> None:
         plt.close(fig)
 
 
+def save_functional_figure(cases, methods: dict, out: Path, picks=None) -> None:
+    """Before/after figure of issue #16: one MR-FDG slice (greyscale, as fused) and one MR-SPECT
+    slice in colour (the fused luminance with the SPECT's own chroma, as the colour path shows
+    it), each fused by the ``methods`` ``{label: (method, params)}``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from MedFusionLib import functional_phantoms as fp
+    from MedFusionLib.colour import apply_colour_table, rgb_to_ycbcr, ycbcr_to_rgb
+
+    picks = picks or {"colin-mr-fdg": 95, "colin-mr-spect-colour": 85}
+    rows = [c for c in cases if picks.get(c[0]) == c[3]]
+    cols = ["MR (Colin27 T1)", "functional"] + list(methods)
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.3 * len(cols), 2.5 * len(rows)),
+                             squeeze=False)
+    for r, (group, a, b, z) in enumerate(rows):
+        colour = (group, z) in RENDERED
+        if colour:
+            uptake, table = RENDERED[(group, z)]
+            _, cb, cr = rgb_to_ycbcr(apply_colour_table(uptake, fp.clinical_table(table)))
+        images = [a, b] + [fuse_arrays(a, b, method=m, device="cpu", **p)
+                           for m, p in methods.values()]
+        for c, img in enumerate(images):
+            ax = axes[r, c]
+            if colour and c > 0:
+                ax.imshow(ycbcr_to_rgb(img, cb, cr), origin="lower")
+            else:
+                ax.imshow(img, cmap="gray", vmin=0, vmax=1, origin="lower")
+            title = cols[c] if c != 1 else (f"SPECT-like ({table})" if colour else "FDG-PET-like")
+            ax.set_title(f"{title}\n{group} z={z}" if c == 0 else title, fontsize=7)
+            ax.axis("off")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="default", help="CNN model (registry name or .pt)")
@@ -294,6 +336,8 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", action="store_true", help="also score every CNN level/rule")
     ap.add_argument("--png", type=Path, default=None, help="write one montage per group here")
     ap.add_argument("--json", type=Path, default=None, help="write the results as JSON")
+    ap.add_argument("--figure", type=Path, default=None,
+                    help="write issue #16's before/after figure (MR-FDG and MR-SPECT) here")
     args = ap.parse_args(argv)
 
     cases = validation_cases([g for g in args.groups.split(",") if g])
@@ -323,6 +367,12 @@ def main(argv=None) -> int:
               + ", ".join(f"{k} {'ok' if v else 'NO'}" for k, v in checks.items()) + ")")
     if args.png:
         save_pngs(cases, methods, args.png)
+    if args.figure:
+        save_functional_figure(cases, {"pixel maximum": ("maximum", {}),
+                                       f"before ({args.reference or 'default'})":
+                                           ("cnn", {"model": args.reference or "default"}),
+                                       f"after ({args.model})": ("cnn", {"model": args.model})},
+                               args.figure)
     if args.json:
         args.json.write_text(json.dumps({"results": results, "bar_met": ok,
                                          "functional_goal": goal}, indent=2))
