@@ -213,3 +213,14 @@ def test_the_pipeline_passes_the_modalities_it_normalised_with(pair_registry):
     expected = fuse_arrays(res_ct.fixed01, res_ct.moving01, method="cnn", device="cpu",
                            model=W.default_model())
     np.testing.assert_allclose(sitk.GetArrayFromImage(res_ct.fused), expected, atol=1e-6)
+
+
+def test_the_functional_training_config_is_valid():
+    """The issue #16 experiment's config: functional pairs, the saliency term, the same held-out
+    slab as the default model."""
+    from MedFusionLib.training import load_config
+
+    cfg = load_config(W.models_dir() / "fusionnet-functional-train.json")
+    base = load_config(W.models_dir() / "fusionnet-train.json")
+    assert cfg.bank == "functional" and cfg.loss.get("functional", 0) > 0
+    assert cfg.residual and cfg.holdout_z == base.holdout_z

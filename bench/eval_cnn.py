@@ -256,6 +256,8 @@ def verdict(results: dict, cnn: str = "cnn", group: str = "all") -> tuple[int, l
 
 def print_table(results: dict, groups) -> None:
     for g in groups:
+        if not any(g in res for res in results.values()):
+            continue
         print(f"\n[{g}]")
         print(f"{'method':22s}" + "".join(f"{k:>8s}" for k in COLUMNS))
         for label, res in results.items():
@@ -371,7 +373,8 @@ def main(argv=None) -> int:
         save_functional_figure(cases, {"pixel maximum": ("maximum", {}),
                                        f"before ({args.reference or 'default'})":
                                            ("cnn", {"model": args.reference or "default"}),
-                                       f"after ({args.model})": ("cnn", {"model": args.model})},
+                                       f"after ({Path(args.model).stem})":
+                                           ("cnn", {"model": args.model})},
                                args.figure)
     if args.json:
         args.json.write_text(json.dumps({"results": results, "bar_met": ok,
