@@ -793,3 +793,13 @@ def test_written_files_are_conformant_on_this_pydicom(tmp_path):
     ds = pydicom.dcmread(tmp_path / "ct" / "IM0000.dcm")
     assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert dicom.read_series(tmp_path / "ct").GetSize() == (6, 6, 2)
+
+
+def test_cut_off_pixel_data_gives_one_message_on_every_pydicom(tmp_path):
+    """pydicom 2.4 and 3.x word a short PixelData differently; the reader checks it itself."""
+    make_series(tmp_path / "ct", ramp((3, 6, 6)))
+    f = tmp_path / "ct" / "IM0001.dcm"
+    f.write_bytes(f.read_bytes()[:-20])
+    with pytest.raises(InvalidInputError, match=r"IM0001\.dcm: PixelData \(7FE0,0010\) holds \d+ bytes, "
+                                                r"less than expected \(72 bytes"):
+        dicom.read_series(tmp_path / "ct")

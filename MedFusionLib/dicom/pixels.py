@@ -27,6 +27,29 @@ def _check_decoder(path: Path, ds) -> None:
         )
 
 
+def _check_native_length(path: Path, ds) -> None:
+    """Refuse uncompressed pixel data shorter than its header says (a cut-off file), with the
+    same message on every pydicom release (their own errors differ between 2.4 and 3.x)."""
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    if ts is None or ts.is_compressed or "PixelData" not in ds:
+        return
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        bits = int(ds.BitsAllocated)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        actual = len(ds.PixelData)
+    except Exception as exc:  # a missing tag or an unreadable (deferred) value
+        raise InvalidInputError(f"{path}: cannot read {_tag('PixelData')}: {exc}") from None
+    expected = (rows * cols * _n_frames(ds) * samples * bits + 7) // 8
+    if actual < expected:
+        raise InvalidInputError(
+            f"{path}: {_tag('PixelData')} holds {actual} bytes, less than expected ({expected} "
+            f"bytes for {_n_frames(ds)} frame(s) of {cols}x{rows} at {bits} bits): the file is "
+            "cut off or damaged; copy it again."
+        )
+
+
 def _pixels(path: Path, ds) -> np.ndarray:
     """Stored values of every frame as an array (frames, rows, columns)."""
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
@@ -35,6 +58,7 @@ def _pixels(path: Path, ds) -> np.ndarray:
             "per pixel) series can be read as a volume."
         )
     _check_decoder(path, ds)
+    _check_native_length(path, ds)
     try:
         arr = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for corrupt pixel data
