@@ -171,6 +171,9 @@ def run_jobs(jobs: Iterable[tuple[int, PairSpec]], on_record: Callable[[int, Pai
             with LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
                               dashboard_address=None, resources={RESOURCE: 1}) as cluster, \
                     Client(cluster) as client:
+                # Ctrl-C reaches the whole process group: the workers leave it to this process,
+                # which stops their rows cleanly (restarted workers get the plugin too)
+                client.register_plugin(_IgnoreInterrupts())
                 _run_on(client, jobs, on_record, threads=threads, resources={RESOURCE: 1},
                         max_tries=max_tries)
         else:
@@ -180,6 +183,24 @@ def run_jobs(jobs: Iterable[tuple[int, PairSpec]], on_record: Callable[[int, Pai
                     RESOURCE in (w.get("resources") or {}) for w in info["workers"].values())
                 _run_on(client, jobs, on_record, threads=-1 if one_at_a_time else 1,
                         resources={RESOURCE: 1} if one_at_a_time else None, max_tries=max_tries)
+
+
+def _IgnoreInterrupts():
+    """A Dask worker plugin that makes each worker process ignore SIGINT (built here so that
+    this module imports without Dask)."""
+    from distributed import WorkerPlugin
+
+    class IgnoreInterrupts(WorkerPlugin):
+        name = "medfusion-ignore-sigint"
+
+        def setup(self, worker):
+            import signal
+            import threading
+
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    return IgnoreInterrupts()
 
 
 def _connect(Client, scheduler: str):
@@ -216,37 +237,47 @@ def _run_on(client, jobs, on_record, *, threads, resources, max_tries) -> None:
         fut = client.submit(pair_task, spec, threads, cancel, key=f"medfusion-{run_id}-{key}",
                             pure=False, resources=resources)
         futures[fut] = (key, spec)
-    pending = as_completed(list(futures))
+    delivered = set()
+
+    def deliver(fut) -> None:
+        key, spec = futures[fut]
+        delivered.add(fut)
+        try:
+            record = fut.result()
+        except KilledWorker:
+            record = _failed(spec, f"the worker running this pair died {max_tries} times "
+                                   "(out of memory? see the worker logs); not retried again")
+        except FutureCancelledError:
+            return
+        except Exception as exc:  # e.g. the worker cannot import MedFusionLib
+            record = _failed(spec, f"Dask could not run this pair: {type(exc).__name__}: {exc}")
+        fut.release()
+        on_record(key, record)
+
     try:
-        for fut in pending:
-            key, spec = futures[fut]
-            try:
-                record = fut.result()
-            except KilledWorker:
-                record = _failed(spec, f"the worker running this pair died {max_tries} times "
-                                       "(out of memory? see the worker logs); not retried again")
-            except FutureCancelledError:
-                continue
-            except Exception as exc:  # e.g. the worker cannot import MedFusionLib
-                record = _failed(spec, f"Dask could not run this pair: {type(exc).__name__}: {exc}")
-            fut.release()
-            on_record(key, record)
+        for fut in as_completed(list(futures)):
+            deliver(fut)
     except KeyboardInterrupt:
-        _stop(client, event, futures)
+        _stop(client, event, [f for f in futures if f not in delivered])
+        for fut in futures:  # rows that finished while stopping are complete: hand them over
+            if fut not in delivered and fut.status == "finished":
+                try:
+                    deliver(fut)
+                except KeyboardInterrupt:
+                    pass
         raise
 
 
 def _stop(client, event, futures) -> None:
-    """Ask running jobs to stop (they clean up their outputs) and cancel the rest."""
-    waiting = [f for f in futures if f.status == "pending"]
+    """Ask running jobs to stop (they clean up their outputs), cancel the others, and wait up to
+    :data:`CANCEL_GRACE_S` for the running ones to return."""
     try:
         event.set()
-        running = _processing(client, [f.key for f in waiting])
-        client.cancel([f for f in waiting if f.key not in running])
+        running = _processing(client, [f.key for f in futures])
+        client.cancel([f for f in futures if f.key not in running])
         deadline = time.monotonic() + CANCEL_GRACE_S
-        while any(f.status == "pending" for f in waiting) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        client.cancel(waiting)
+        while any(f.status == "pending" for f in futures) and time.monotonic() < deadline:
+            time.sleep(0.1)
     except Exception as exc:  # the cluster is going down anyway
         print(f"medfusion: while stopping the Dask jobs: {exc}", file=sys.stderr)
 

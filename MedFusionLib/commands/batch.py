@@ -14,7 +14,10 @@ the manifest itself is unusable (nothing runs), 130 when interrupted (finished r
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import time
 
 from ..cohort import ResultsFile, read_cohort
@@ -79,6 +82,24 @@ class BatchProgress:
                  + (f", {c['skipped']} skipped" if c["skipped"] else "") + eta)
 
 
+@contextlib.contextmanager
+def _flag_interrupts(flag: threading.Event):
+    """While active, Ctrl-C (SIGINT) also sets ``flag`` before raising KeyboardInterrupt."""
+    def handler(signum, frame):
+        flag.set()
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: Ctrl-C cannot reach this run anyway
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _duration(s: float) -> str:
     s = int(round(s))
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (
@@ -118,16 +139,26 @@ def run(args) -> int:
     failed: list[tuple[int, str]] = []
     t0 = time.perf_counter()
 
+    interrupted = threading.Event()
+
     def on_record(line: int, record: PairRecord) -> None:
+        if interrupted.is_set() and record.status != "ok":
+            # stopped by the interrupt (which an ITK callback may have turned into an error):
+            # that row did not finish, so it is not recorded
+            raise KeyboardInterrupt
         if results is not None:
             results.write(line, record)
         if record.status == "failed":
             failed.append((line, record.error))
             print(f"medfusion batch: line {line}: failed: {record.error}", file=sys.stderr)
         progress.add(record.status)
+        if interrupted.is_set():
+            raise KeyboardInterrupt
 
     if results is not None:
         results.open(kept=[dict(done[r.line], line=r.line) for r in rows if r.line in done])
+    stack = contextlib.ExitStack()
+    stack.enter_context(_flag_interrupts(interrupted))
     try:
         for r in rows:
             if r.line in done:
@@ -145,6 +176,7 @@ def run(args) -> int:
               + "; the row(s) in progress left no output.", file=sys.stderr)
         return 130
     finally:
+        stack.close()
         if results is not None:
             results.close()
     c = progress.counts
