@@ -62,7 +62,7 @@ def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
 def fuse_arrays(a: np.ndarray, b: np.ndarray, *, method: str, axis: int = 0,
                 device: str = "auto", batch_size: int | None = None,
                 return_weights: bool = False, progress: ProgressCallback | None = None,
-                **params):
+                sink=None, **params):
     """Fuse two co-registered, normalised images slice by slice with a registered method.
 
     Parameters
@@ -82,6 +82,11 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, method: str, axis: int = 0,
         Also return the per-pixel contribution of ``a`` (needs a method that provides it).
     progress : callable, optional
         ``progress(fraction, message)``; returning False cancels (raises CancelledError).
+    sink : callable, optional
+        ``sink(start, stop, fused, weights)`` receives each batch instead of the driver
+        assembling a volume: ``fused`` (and ``weights``, or None) are ``float32 (k, h, w)`` arrays
+        of slices ``start:stop`` along ``axis``, already in [0, 1]. The function then returns
+        None; memory stays bounded by one batch (the caller stores the slices where it wants).
     **params
         The method's own parameters.
 
@@ -121,8 +126,9 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, method: str, axis: int = 0,
         a3, b3 = np.moveaxis(a, axis, 0), np.moveaxis(b, axis, 0)
     n, h, w = a3.shape
     bs = batch_size or batch_size_for(info.slices_per_batch, h, w)
-    fused = np.empty((n, h, w), dtype=np.float32)
-    weights = np.empty((n, h, w), dtype=np.float32) if return_weights else None
+    if sink is None:
+        fused = np.empty((n, h, w), dtype=np.float32)
+        weights = np.empty((n, h, w), dtype=np.float32) if return_weights else None
     kwargs = dict(params)
     if info.provides_weights:
         kwargs["return_weights"] = return_weights
@@ -142,14 +148,21 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, method: str, axis: int = 0,
                           RuntimeWarning, stacklevel=2)
             dev = "cpu"
             continue
-        if return_weights:
-            out, wa = out
-            weights[start:stop] = wa
-        fused[start:stop] = out
+        out, wa = out if return_weights else (out, None)
+        if sink is not None:
+            out = np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
+            sink(start, stop, out, None if wa is None else np.asarray(wa, dtype=np.float32))
+        else:
+            fused[start:stop] = out
+            if return_weights:
+                weights[start:stop] = wa
         start = stop
         report(progress, stop / n, f"slice {stop}/{n}")
-    np.clip(fused, 0.0, 1.0, out=fused)
     elapsed = time.perf_counter() - t0
+    if sink is not None:
+        report(progress, 1.0, f"fusion completed in {elapsed:.2f} s ({n / max(elapsed, 1e-9):.1f} slices/s)")
+        return None
+    np.clip(fused, 0.0, 1.0, out=fused)
     report(progress, 1.0, f"fusion completed in {elapsed:.2f} s ({n / max(elapsed, 1e-9):.1f} slices/s)")
 
     if two_d:

@@ -273,13 +273,17 @@ def package_versions() -> dict:
     return out
 
 
-def _model_of(method: str, params: dict) -> tuple[str, str]:
-    """``(model name, registry SHA-256)`` of the CNN weights a job used; empty for other methods."""
-    if method != "cnn":
+def _model_of(result) -> tuple[str, str]:
+    """``(model name, registry SHA-256)`` of the CNN weights a result used; empty for other
+    methods. The model is the one the method chose: given, or picked from the pair's modalities."""
+    if result.method != "cnn":
         return "", ""
-    from .nets.weights import model_entry
+    from .nets.weights import model_entry, model_for_modalities
 
-    _, entry = model_entry(params.get("model", "default"))
+    model = result.params.get("model", "default")
+    if model in (None, "", "default"):
+        model = model_for_modalities((result.fixed_norm.modality, result.moving_norm.modality))
+    _, entry = model_entry(model)
     return entry["name"], entry.get("sha256", "")
 
 
@@ -384,7 +388,7 @@ def _run(spec: PairSpec, record: PairRecord, progress) -> None:
     from .commands._common import OutputSet
     from .io import is_colour, write_image, write_transform
     from .outputs import write_json
-    from .pipeline import fuse_images
+    from .pipeline import align_pair, check_method, fuse_aligned
 
     preflight(spec)
     outputs = OutputSet(spec.outputs())
@@ -397,17 +401,30 @@ def _run(spec: PairSpec, record: PairRecord, progress) -> None:
     if colour and spec.dicom:
         raise InvalidInputError(f"{spec.output}: --dicom writes a greyscale series; add --grey "
                                 "(or leave out --color).")
-    if colour:
-        kwargs["table"] = spec.color or "heat"
     check_raster_outputs(spec, fixed)  # before registration and fusion, not after
-    fuse = fuse_colour if colour else fuse_images
-    result = fuse(fixed, moving, return_weights=bool(spec.weights_map), progress=progress,
-                  fixed_name=spec.fixed, moving_name=spec.moving, **kwargs)
-    del fixed, moving
+    if colour:
+        result = fuse_colour(fixed, moving, table=spec.color or "heat",
+                             return_weights=bool(spec.weights_map), progress=progress,
+                             fixed_name=spec.fixed, moving_name=spec.moving, **kwargs)
+    else:
+        # fuse_images in two steps, so that the sources read here are freed once normalised:
+        # a 3D pair then peaks at its two normalised arrays, the result and one batch of slices
+        import inspect
+
+        takes = inspect.signature(align_pair).parameters
+        align = {k: kwargs.pop(k) for k in list(kwargs) if k in takes}
+        fusion = {k: kwargs.pop(k) for k in ("method", "device") if k in kwargs}
+        check_method(fusion.get("method"), kwargs, return_weights=bool(spec.weights_map),
+                     device=fusion.get("device", "auto"))
+        pair = align_pair(fixed, moving, progress=progress, fixed_name=spec.fixed,
+                          moving_name=spec.moving, **align)
+        del fixed, moving
+        result = fuse_aligned(pair, return_weights=bool(spec.weights_map), progress=progress,
+                              **fusion, **kwargs)
     record.stages.update(result.timings)
     record.method, record.device, record.colour = result.method, result.device, colour
     record.registration = result.registration.to_dict()
-    record.model, record.model_sha256 = _model_of(result.method, result.params)
+    record.model, record.model_sha256 = _model_of(result)
     report = None
     if spec.metrics or spec.score:
         t0 = time.perf_counter()

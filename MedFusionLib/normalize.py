@@ -177,6 +177,30 @@ def replace_nonfinite(arr: np.ndarray, name: str = "image") -> tuple[np.ndarray,
     return out, count
 
 
+def _percentile(arr: np.ndarray, q, dtype=np.float32):
+    """``np.percentile`` of ``arr`` taken as ``dtype``, with one scratch copy."""
+    return np.percentile(arr.astype(dtype), q, overwrite_input=True)
+
+
+def _scaled(arr: np.ndarray, dtype, lower: float, upper: float, chunk: int = 1 << 20) -> np.ndarray:
+    """``(arr - lower) / (upper - lower)`` computed in ``dtype`` and stored as float32, a chunk at
+    a time (no volume-sized temporary)."""
+    out = np.empty(arr.shape, dtype=np.float32)
+    src, dst = arr.reshape(-1), out.reshape(-1)
+    lo, scale = dtype(lower), dtype(1.0 / (upper - lower))
+    for i in range(0, src.size, chunk):
+        dst[i:i + chunk] = (src[i:i + chunk].astype(dtype) - lo) * scale
+    return out
+
+
+def _all_finite(arr: np.ndarray, chunk: int = 1 << 22) -> bool:
+    """``np.isfinite(arr).all()`` without a volume-sized mask (integer arrays are always finite)."""
+    if not np.issubdtype(arr.dtype, np.floating):
+        return True
+    flat = arr.reshape(-1)
+    return all(np.isfinite(flat[i:i + chunk]).all() for i in range(0, flat.size, chunk))
+
+
 def normalize(image: sitk.Image, modality: str | None = None, *, window=None,
               name: str = "image", source: str = "user") -> tuple[np.ndarray, NormalizationInfo]:
     """Map an image's intensities to [0, 1] by its modality's rule.
@@ -210,13 +234,17 @@ def normalize(image: sitk.Image, modality: str | None = None, *, window=None,
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InvalidInputError(f"{name}: a scalar image is needed, got a vector image with "
                                 f"{image.GetNumberOfComponentsPerPixel()} components per pixel.")
-    arr = sitk.GetArrayFromImage(image)
+    # a read-only view of the image's buffer: the volume-sized arrays made here are ``out`` and
+    # the scratch copy np.percentile works on (plus a copy when NaN/Inf voxels are replaced)
+    arr = sitk.GetArrayViewFromImage(image)
     if np.iscomplexobj(arr):
         raise InvalidInputError(f"{name}: the pixels are complex-valued; give the magnitude (or the "
                                 "real part) as a scalar image.")
     # float64 data is worked on in float64: values beyond the float32 range are not Inf
-    arr = arr.astype(np.float64 if arr.dtype == np.float64 else np.float32, copy=False)
-    arr, nonfinite = replace_nonfinite(arr, str(name))
+    work = np.float64 if arr.dtype == np.float64 else np.float32
+    nonfinite = 0
+    if not _all_finite(arr):
+        arr, nonfinite = replace_nonfinite(arr.astype(work), str(name))
     amin, amax = float(arr.min()), float(arr.max())
     if amax <= amin:
         raise InvalidInputError(f"{name}: the image is constant (every voxel is {amin:g}); nothing to fuse.")
@@ -235,16 +263,16 @@ def normalize(image: sitk.Image, modality: str | None = None, *, window=None,
         lower, upper = 0.0, 255.0
         rule = "8-bit scale (x / 255)"
     elif modality == "MR":
-        lower, upper = (float(v) for v in np.percentile(arr, [0.5, 99.5]))
+        lower, upper = (float(v) for v in _percentile(arr, [0.5, 99.5], work))
         rule = "robust percentiles [p0.5, p99.5]"
     else:  # PET, SPECT
         lower = 0.0
-        upper = float(np.percentile(arr, 99.9))
+        upper = float(_percentile(arr, 99.9, work))
         rule = "uptake [0, p99.9]"
     if upper <= lower:  # sparse images: fall back to the full range
         lower, upper = amin, amax
         rule += " (degenerate percentiles: full range used)"
-    out = ((arr - arr.dtype.type(lower)) * arr.dtype.type(1.0 / (upper - lower))).astype(np.float32)
+    out = _scaled(arr, work, lower, upper)
     np.clip(out, 0.0, 1.0, out=out)
     if float(out.max()) <= float(out.min()):
         raise InvalidInputError(

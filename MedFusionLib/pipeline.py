@@ -20,9 +20,9 @@ from .io import copy_geometry
 from .methods import default_method, get_method
 from .normalize import NormalizationInfo, normalize, resolve_modality
 from .progress import ProgressCallback, report, scaled
-from .registration import RegistrationResult, register, resample_to
+from .registration import RegistrationResult, default_mode, register, resample_to, same_grid
 
-__all__ = ["AlignedPair", "FusionResult", "align_pair", "fuse_images"]
+__all__ = ["AlignedPair", "FusionResult", "align_pair", "fuse_aligned", "fuse_images", "check_method"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,8 @@ class AlignedPair:
         Numpy axis of the slices to fuse (the acquisition axis; 0 for 2D images).
     timings : dict
         Seconds spent in ``normalise``, ``register`` and ``resample``.
+    grid : tuple
+        The fixed image's ``(size, origin, spacing, direction)``: where results are put.
     """
 
     fixed01: np.ndarray
@@ -101,6 +103,16 @@ class AlignedPair:
     moving_norm: NormalizationInfo
     axis: int
     timings: dict = field(default_factory=dict)
+    grid: tuple = ()
+
+    def empty_image(self) -> sitk.Image:
+        """A ``float32`` image of zeros on the fixed grid."""
+        size, origin, spacing, direction = self.grid
+        image = sitk.Image(size, sitk.sitkFloat32)
+        image.SetOrigin(origin)
+        image.SetSpacing(spacing)
+        image.SetDirection(direction)
+        return image
 
 
 def align_pair(fixed: sitk.Image, moving: sitk.Image, *, registration: str | None = None,
@@ -140,15 +152,26 @@ def align_pair(fixed: sitk.Image, moving: sitk.Image, *, registration: str | Non
                            name=fixed_name, source=fsrc)
     m01, mnorm = normalize(moving, mmod, window=ct_window if mmod == "CT" else None,
                            name=moving_name, source=msrc)
-    fixed_n = copy_geometry(f01, fixed)
-    moving_n = copy_geometry(m01, moving)
     t["normalise"] = time.perf_counter() - t0
 
+    # Memory: the normalised sources exist once as arrays (f01, m01); SimpleITK copies of them
+    # are made only where registration or resampling needs an image, and dropped right after.
     t0 = time.perf_counter()
-    reg = register(fixed_n, moving_n, mode=registration, seed=seed,
-                   progress=scaled(progress, 0.02, 0.5), fixed_name=fixed_name,
-                   moving_name=moving_name, fixed_mask=fixed_mask, moving_mask=moving_mask,
-                   initial_transform=initial_transform)
+    only_check = (registration or default_mode(fixed)).strip().lower() == "none"
+    if only_check:
+        # no optimisation: the overlap check needs the geometry only
+        fixed_n = moving_n = None
+        reg = register(fixed, moving, mode="none", seed=seed, progress=scaled(progress, 0.02, 0.5),
+                       fixed_name=fixed_name, moving_name=moving_name,
+                       initial_transform=initial_transform)
+    else:
+        fixed_n = copy_geometry(f01, fixed)
+        moving_n = copy_geometry(m01, moving)
+        reg = register(fixed_n, moving_n, mode=registration, seed=seed,
+                       progress=scaled(progress, 0.02, 0.5), fixed_name=fixed_name,
+                       moving_name=moving_name, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                       initial_transform=initial_transform)
+    del fixed_n
     t["register"] = time.perf_counter() - t0
     if reg.warning():
         if strict_registration:
@@ -164,11 +187,33 @@ def align_pair(fixed: sitk.Image, moving: sitk.Image, *, registration: str | Non
                        "x".join(map(str, fixed.GetSize())))
     t0 = time.perf_counter()
     report(progress, 0.5, "resampling the moving image on the fixed grid")
-    moved = resample_to(moving_n, fixed_n, reg.transform, default=0.0)
-    m01_on_fixed = np.clip(sitk.GetArrayFromImage(moved).astype(np.float32, copy=False), 0.0, 1.0)
+    if only_check and initial_transform is None and same_grid(moving, fixed):
+        m01_on_fixed = m01  # 'none' on the same grid: already float32 in [0, 1] there
+    else:
+        if moving_n is None:
+            moving_n = copy_geometry(m01, moving)
+        del m01
+        moved = resample_to(moving_n, fixed, reg.transform, default=0.0)
+        del moving_n
+        m01_on_fixed = sitk.GetArrayFromImage(moved).astype(np.float32, copy=False)
+        del moved
+        np.clip(m01_on_fixed, 0.0, 1.0, out=m01_on_fixed)
     t["resample"] = time.perf_counter() - t0
     axis = 0 if fixed.GetDimension() == 2 else acquisition_axis(fixed.GetSpacing()[::-1])
-    return AlignedPair(f01, m01_on_fixed, reg, fnorm, mnorm, axis, t)
+    grid = (fixed.GetSize(), fixed.GetOrigin(), fixed.GetSpacing(), fixed.GetDirection())
+    return AlignedPair(f01, m01_on_fixed, reg, fnorm, mnorm, axis, t, grid)
+
+
+def _paste_slices(image: sitk.Image, axis: int, start: int, stop: int, batch: np.ndarray) -> None:
+    """Write ``batch`` (``(k, h, w)``: slices ``start:stop`` along numpy ``axis``) into ``image``
+    in place (SimpleITK's slice assignment pastes without copying the volume)."""
+    if image.GetDimension() == 2:
+        image[:, :] = sitk.GetImageFromArray(batch[0])
+        return
+    block = sitk.GetImageFromArray(np.moveaxis(batch, 0, axis))
+    index = [slice(None)] * 3
+    index[2 - axis] = slice(start, stop)  # numpy axes 0, 1, 2 are SimpleITK indices 2, 1, 0
+    image[tuple(index)] = block
 
 
 def fuse_images(fixed: sitk.Image, moving: sitk.Image, *, method: str | None = None,
@@ -223,31 +268,68 @@ def fuse_images(fixed: sitk.Image, moving: sitk.Image, *, method: str | None = N
     InvalidInputError, UnknownOptionError, RegistrationError, DeviceUnavailableError,
     MissingDependencyError, CancelledError
     """
-    method = default_method() if method is None else method
-    info = get_method(method)
-    info.validate_params(method_params)
-    if return_weights and not info.provides_weights:
-        raise InvalidInputError(
-            f"method '{info.name}' does not produce a contribution map; choose one of the methods "
-            "marked 'weights' in medfusion list-methods.")
-    dev = resolve_device(device)
+    check_method(method, method_params, return_weights=return_weights, device=device)
     pair = align_pair(fixed, moving, registration=registration, fixed_modality=fixed_modality,
                       moving_modality=moving_modality, ct_window=ct_window, seed=seed,
                       progress=progress, fixed_name=fixed_name, moving_name=moving_name,
                       fixed_mask=fixed_mask, moving_mask=moving_mask,
                       initial_transform=initial_transform,
                       strict_registration=strict_registration)
+    return fuse_aligned(pair, method=method, device=device, return_weights=return_weights,
+                        progress=progress, **method_params)
+
+
+def check_method(method: str | None, method_params: dict, *, return_weights: bool = False,
+                 device: str = "auto") -> str:
+    """Check a fusion method, its parameters and the device before any work; the method's name.
+
+    Raises
+    ------
+    UnknownOptionError, InvalidInputError, DeviceUnavailableError
+    """
+    info = get_method(default_method() if method is None else method)
+    info.validate_params(method_params)
+    if return_weights and not info.provides_weights:
+        raise InvalidInputError(
+            f"method '{info.name}' does not produce a contribution map; choose one of the methods "
+            "marked 'weights' in medfusion list-methods.")
+    resolve_device(device)
+    return info.name
+
+
+def fuse_aligned(pair: AlignedPair, *, method: str | None = None, device: str = "auto",
+                 return_weights: bool = False, progress: ProgressCallback | None = None,
+                 **method_params) -> FusionResult:
+    """Fuse an :class:`AlignedPair` slice by slice (the second half of :func:`fuse_images`).
+
+    The fused batches go straight into the result image, so besides the pair's two arrays the
+    memory used is one batch of slices and the result. Parameters are those of
+    :func:`fuse_images`; progress fractions run from 0.55 to 1.
+
+    Returns
+    -------
+    FusionResult
+    """
+    info = get_method(check_method(method, method_params, return_weights=return_weights,
+                                   device=device))
+    dev = resolve_device(device)
     t = dict(pair.timings)
     t0 = time.perf_counter()
     run_params = info.with_modalities(method_params, (pair.fixed_norm.modality,
                                                       pair.moving_norm.modality))
-    out = fuse_arrays(pair.fixed01, pair.moving01, method=info.name, axis=pair.axis, device=dev,
-                      return_weights=return_weights, progress=scaled(progress, 0.55, 1.0),
-                      **run_params)
+    fused = pair.empty_image()
+    weights = pair.empty_image() if return_weights else None
+
+    def sink(start, stop, f, w):
+        _paste_slices(fused, pair.axis, start, stop, f)
+        if weights is not None:
+            _paste_slices(weights, pair.axis, start, stop, w)
+
+    fuse_arrays(pair.fixed01, pair.moving01, method=info.name, axis=pair.axis, device=dev,
+                return_weights=return_weights, progress=scaled(progress, 0.55, 1.0), sink=sink,
+                **run_params)
     t["fuse"] = time.perf_counter() - t0
-    fused, weights = out if return_weights else (out, None)
-    return FusionResult(fused=copy_geometry(fused, fixed),
-                        weights=copy_geometry(weights, fixed) if weights is not None else None,
+    return FusionResult(fused=fused, weights=weights,
                         fixed01=pair.fixed01, moving01=pair.moving01,
                         registration=pair.registration, fixed_norm=pair.fixed_norm,
                         moving_norm=pair.moving_norm, axis=pair.axis, method=info.name,
