@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +126,22 @@ def test_ctrl_c_during_registration_exits_130_without_output(files, tmp_path):
     assert "cancelled" in proc.stderr
     assert "Traceback" not in proc.stderr and "Python Callable" not in proc.stderr, proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_batch_rows_take_initial_transform_and_mask_columns(itk_data, tmp_path, capfd):
+    """Per-row registration inputs reach the pair job: an initial transform applied as is, and a
+    missing mask failing only its own row with a one-line error naming it."""
+    given = sitk.Euler2DTransform((90.0, 108.0), 0.05, (33.0, 37.0))
+    sitk.WriteTransform(given, str(tmp_path / "in.tfm"))
+    fixed = itk_data / "BrainT1Slice.png"
+    moving = itk_data / "BrainProtonDensitySliceShifted13x17y.png"
+    (tmp_path / "m.csv").write_text(
+        "fixed,moving,output,register,initial_transform,transform,fixed_mask\n"
+        f"{fixed},{moving},a.png,none,in.tfm,a.tfm,\n"
+        f"{fixed},{moving},b.png,rigid,,,no-such-mask.nii.gz\n")
+    rc = main(["batch", str(tmp_path / "m.csv"), "--method", "average", "--quiet"])
+    assert rc == 3  # one row failed
+    np.testing.assert_allclose(sitk.ReadTransform(str(tmp_path / "a.tfm")).GetParameters(),
+                               given.GetParameters(), atol=1e-9)
+    assert (tmp_path / "a.png").exists() and not (tmp_path / "b.png").exists()
+    assert "no-such-mask.nii.gz" in capfd.readouterr().err

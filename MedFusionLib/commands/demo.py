@@ -103,7 +103,8 @@ def run(args) -> int:
                     "files": {k: str(v) for k, v in files.items()},
                     "seconds": time.perf_counter() - t0},
                    out / f"{kind}_metrics.json")
-        print(f"{kind}: registration error {tre['mean_mm']:.2f} mm mean / {tre['max_mm']:.2f} mm max; "
+        print(f"{kind}: registration error {tre['mean_mm']:.2f} mm mean / {tre['max_mm']:.2f} mm max "
+              f"(self-check: confidence {result.registration.confidence}); "
               f"fused with {result.method} in {result.timings['fuse']:.2f} s; "
               f"Qabf={metrics.get('Qabf', float('nan')):.3f} SSIM={metrics.get('SSIM', float('nan')):.3f} "
               f"-> {files['fused']}, {files['figure']}")

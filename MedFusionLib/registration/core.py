@@ -39,7 +39,7 @@ from .geometry import flatten, linear_part, mean_distance, overlap_fraction
 from .optimise import Level, evaluate, execute, exhaustive, metric_method
 from .search import (COARSE_SAMPLES, global_search, local_rigid, rigid_transform,
                      translation_candidates)
-from .selfcheck import PROBE_DEG, PROBE_MM, Assessment, assess
+from .selfcheck import PROBE_DEG, PROBE_MM, assess
 from .working import foreground_mask, label_mask, mask_points, working_image
 
 __all__ = ["REGISTRATION_MODES", "RegistrationResult", "register", "default_mode"]
@@ -151,10 +151,6 @@ def _mask_image(mask: np.ndarray, like: sitk.Image) -> sitk.Image:
     return img
 
 
-def _on_grid(mask_img: sitk.Image, ref: sitk.Image) -> np.ndarray:
-    return label_mask(mask_img, ref)
-
-
 def _pyramid(f: sitk.Image, m: sitk.Image, fixed_mask, moving_mask, names):
     """The coarse and middle working levels, and the foreground masks at the middle level.
 
@@ -246,7 +242,7 @@ def _check_mask(mask, image, what: str, name: str):
     return sitk.Cast(mask, sitk.sitkUInt8) if mask.GetPixelID() != sitk.sitkUInt8 else mask
 
 
-def _containment(levels: list[Level], fg: dict, tx: sitk.Transform) -> float:
+def _containment(fg: dict, tx: sitk.Transform) -> float:
     """Share of the smaller foreground that lies inside the other one through ``tx``."""
     f_arr, f_img = fg["fixed"]
     m_arr, m_img = fg["moving"]
@@ -445,7 +441,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, mode: str | None = None, 
         search_start = min(starts, key=lambda st: mean_distance(st, best, probe_pts))
     check = assess(final_value=coarse_value, others=optima, transform=best,
                    probe_base=probe_base, probe_values=probe_values, points=probe_pts,
-                   containment=_containment(levels, fg, tx), trace=trace, start=search_start,
+                   containment=_containment(fg, tx), trace=trace, start=search_start,
                    dim=dim, stop_reason=R_last.GetOptimizerStopConditionDescription())
     result = RegistrationResult(
         transform=tx, mode=mode, metric_value=float(last.GetMetricValue()),
