@@ -70,6 +70,7 @@ def test_affine_and_bspline_refine_a_rigid_result(itk_data, mode):
     np.testing.assert_allclose(result.transform.TransformPoint(centre),
                                np.add(centre, (BORDER + 13, BORDER + 17)), atol=1.0)
     assert result.mode == mode
+    assert 0.0 <= result.checks["departure_from_rigid_mm"] < 1.0  # a pure shift: ~ the rigid result
 
 
 def test_none_keeps_an_aligned_pair_pixel_exact(phantom2d):

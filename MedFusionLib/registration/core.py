@@ -88,7 +88,9 @@ class RegistrationResult:
     confidence_reason : str
         Why: the checks that failed, or the figures that support the result.
     checks : dict
-        The self-check's figures (runner-up ratio, sharpness, foreground overlap, ...).
+        The self-check's figures (runner-up ratio, sharpness, foreground overlap, ...), which are
+        of the rigid stage; for ``affine``/``bspline`` also ``departure_from_rigid_mm``, the mean
+        distance between where the result and the rigid result send the fixed foreground.
     start : str
         How the optimisation started: ``global search`` or ``initial transform``.
     """
@@ -443,6 +445,10 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, mode: str | None = None, 
                    probe_base=probe_base, probe_values=probe_values, points=probe_pts,
                    containment=_containment(fg, tx), trace=trace, start=search_start,
                    dim=dim, stop_reason=R_last.GetOptimizerStopConditionDescription())
+    if mode != "rigid" and base is None:
+        # how far the extra degrees of freedom moved the anatomy from the rigid result (the
+        # checks above are of the rigid result)
+        check.checks["departure_from_rigid_mm"] = round(mean_distance(tx, best, probe_pts), 3)
     result = RegistrationResult(
         transform=tx, mode=mode, metric_value=float(last.GetMetricValue()),
         iterations=int(last.GetOptimizerIteration()),
