@@ -27,7 +27,7 @@ $(OLD_STAMP): pyproject.toml $(OLD_PINS) $(STAMP)
 	$(PY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
 	  reqs = p["dependencies"] + [r for e in "$(EXTRAS)".split(",") for r in p["optional-dependencies"][e]]; \
 	  print("\n".join(r for r in reqs if not r.startswith("torch")))' > $(OLD)/requirements.txt
-	$(OLD_PY) -m pip install -q -c $(OLD_PINS) -r $(OLD)/requirements.txt
+	$(OLD_PY) -m pip install -q --no-compile -c $(OLD_PINS) -r $(OLD)/requirements.txt
 	$(OLD_PY) -m pip install -q --no-deps -e .
 	touch $@
 
