@@ -82,19 +82,13 @@ def test_batch_rows_are_byte_identical_to_fuse(tmp_path, grey_pair, colour_pair,
          [mr.name, pet.name, "batch/colour.png", "", "", "", "", ""],
          [v1.name, v2.name, "batch/vol.nii.gz", "rigid", "CT", "batch/vol.json", '"EN,SSIM,Qabf"', "batch/vol.tfm"]])
     assert main(["batch", str(manifest), "--method", "dwt", "--quiet"]) == 0
-    for name in ("grey.png", "colour.png", "vol.nii.gz"):
+    for name in ("grey.png", "colour.png", "vol.nii.gz", "vol.tfm"):
         assert _digest(tmp_path / "fuse" / name) == _digest(tmp_path / "batch" / name), name
-    # ITK's multi-threaded metric sums make the last bits of a transform vary from run to run,
-    # fuse against fuse too; the same transform to 1e-12 (and the same fused voxels, above)
-    t_fuse, t_batch = (sitk.ReadTransform(str(tmp_path / d / "vol.tfm")) for d in ("fuse", "batch"))
-    np.testing.assert_allclose(t_batch.GetParameters(), t_fuse.GetParameters(), rtol=1e-12, atol=1e-12)
     colour = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "batch/colour.png")))
     assert colour.shape == (96, 80, 3) and np.ptp(colour[..., 0].astype(int) - colour[..., 2]) > 50
     f, b_ = (_metrics_without_timings(tmp_path / d / "vol.json") for d in ("fuse", "batch"))
     for d in (f, b_):
         d.pop("fixed"), d.pop("moving"), d.pop("output")
-    for d in (f, b_):
-        d["registration"].pop("transform_parameters"), d["registration"].pop("metric_value")
     assert f == b_ and set(f["metrics"]) >= {"EN", "SSIM", "Qabf"}
 
 
