@@ -421,6 +421,7 @@ def _run(spec: PairSpec, record: PairRecord, progress) -> None:
         del fixed, moving
         result = fuse_aligned(pair, return_weights=bool(spec.weights_map), progress=progress,
                               **fusion, **kwargs)
+        del pair
     record.stages.update(result.timings)
     record.method, record.device, record.colour = result.method, result.device, colour
     record.registration = result.registration.to_dict()
@@ -435,6 +436,8 @@ def _run(spec: PairSpec, record: PairRecord, progress) -> None:
 
         report = {"fixed": spec.fixed, "moving": spec.moving, "output": spec.output,
                   **result.summary(), "grey_scale": GREY_SCALE, "metrics": record.metrics}
+    # the normalised sources are not written: free them before the (verified) writes
+    result.fixed01 = result.moving01 = None
     t0 = time.perf_counter()
     with outputs:
         if spec.dicom:

@@ -7,7 +7,7 @@ row, and the peak memory of one large 3D pair job.
    rigid transform, ``dwt``).
 2. Dask overhead per row: the same tiny rows (32x32, ``average``) through ``pair_task`` in
    process and on a one-worker ``LocalCluster`` already started; the difference per row.
-3. Peak resident memory (``ru_maxrss``) of one pair job on a 512x512x400 float32 pair with the
+3. Peak resident memory (``VmHWM``) of one pair job on a 512x512x400 float32 pair with the
    CNN, ``--register none`` and ``rigid``, each in its own process so the peak is its own.
 
     python bench/bench_batch.py [--rows2d 24] [--rows3d 4] [--workers 1,2]
@@ -169,13 +169,27 @@ def overhead(rows: int) -> None:
           f"LocalCluster start {d['cluster_start_s']:.1f} s ({_load()})")
 
 
+def _peak_rss_bytes() -> int:
+    """This process's peak resident memory: VmHWM, which starts afresh at exec (ru_maxrss would
+    also count the memory of the parent that forked it)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, kB elsewhere
+
+
 def _memory_child(method: str, registration: str, fixed: str, moving: str, out: str) -> dict:
     from MedFusionLib.job import PairSpec, run_pair
 
     rec = run_pair(PairSpec(fixed, moving, out, fusion={"method": method,
                                                           "registration": registration,
                                                           "device": "cpu"}))
-    return {"peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+    return {"peak_gb": _peak_rss_bytes() / 1e9,
             "seconds": rec.seconds, "stages": {k: round(v, 1) for k, v in rec.stages.items()}}
 
 
