@@ -178,6 +178,7 @@ def test_hand_started_cluster_killed_worker_and_crashing_row(tmp_path):
         assert (tmp_path / "c1.png").is_file() and not (tmp_path / "c0.png").exists()
 
 
+@pytest.mark.requires_torch  # nsct runs in torch: slow enough per row for Ctrl-C to land mid-run
 @pytest.mark.parametrize("where", [[], ["--workers", "2"]], ids=["in-process", "local-cluster"])
 def test_ctrl_c_keeps_finished_rows_and_leaves_no_partial_file(tmp_path, volume_image, where):
     folder = tmp_path / "vols"

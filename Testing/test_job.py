@@ -13,6 +13,7 @@ from MedFusionLib.normalize import normalize
 from MedFusionLib.pipeline import align_pair, fuse_images
 
 
+@pytest.mark.requires_torch  # the record names the CNN weights' digest
 def test_record_names_model_digest_stages_and_versions(tmp_path, phantom2d):
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     sitk.WriteImage(sitk.GetImageFromArray((phantom2d * 255).astype(np.uint8)), str(a))
