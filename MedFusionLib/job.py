@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 
 import SimpleITK as sitk
@@ -27,7 +27,7 @@ import SimpleITK as sitk
 from .errors import InvalidInputError, MedFusionError
 from .progress import ProgressCallback
 
-__all__ = ["PairSpec", "PairRecord", "run_pair", "read_sources", "check_outputs_distinct", "preflight",
+__all__ = ["PairSpec", "PairRecord", "run_pair", "align_spec", "read_sources", "check_outputs_distinct", "preflight",
            "volume_metrics_for",
            "SLOW_VOLUME_KEYS", "package_versions", "STATUSES"]
 
@@ -336,6 +336,44 @@ def _read_input_options(kwargs: dict) -> dict:
     return out
 
 
+def _alignment_options(kwargs: dict) -> dict:
+    """Pop the options of :func:`~MedFusionLib.pipeline.align_pair` (registration, modalities,
+    CT window, seed, masks, initial transform, strictness) out of a spec's pipeline keywords."""
+    import inspect
+
+    from .pipeline import align_pair
+
+    takes = inspect.signature(align_pair).parameters
+    return {k: kwargs.pop(k) for k in list(kwargs) if k in takes}
+
+
+def align_spec(spec: PairSpec, *, progress: ProgressCallback | None = None):
+    """The first half of a pair job: read the sources and the input-file options (masks, initial
+    transform), normalise both sources and register ``moving`` onto ``fixed``.
+
+    ``fuse`` and ``batch`` (:func:`run_pair`) go on to fuse the pair with the spec's method;
+    ``compare`` fuses the same aligned pair with every method. An RGB source is read as its
+    luminance (as with ``grey``); the spec's outputs are not written.
+
+    Returns
+    -------
+    MedFusionLib.pipeline.AlignedPair
+
+    Raises
+    ------
+    InvalidInputError, UnknownOptionError, RegistrationError, CancelledError
+        As :func:`run_pair` with ``errors="raise"``.
+    """
+    from .pipeline import align_pair
+
+    kwargs = spec.pipeline_kwargs()
+    kwargs.update(_read_input_options(kwargs))
+    align = _alignment_options(kwargs)
+    fixed, moving = read_sources(replace(spec, grey=True))
+    return align_pair(fixed, moving, progress=progress, fixed_name=spec.fixed,
+                      moving_name=spec.moving, **align)
+
+
 def run_pair(spec: PairSpec, *, progress: ProgressCallback | None = None,
              errors: str = "raise") -> PairRecord:
     """Run one pair job: read, register, fuse, score, write.
@@ -409,10 +447,7 @@ def _run(spec: PairSpec, record: PairRecord, progress) -> None:
     else:
         # fuse_images in two steps, so that the sources read here are freed once normalised:
         # a 3D pair then peaks at its two normalised arrays, the result and one batch of slices
-        import inspect
-
-        takes = inspect.signature(align_pair).parameters
-        align = {k: kwargs.pop(k) for k in list(kwargs) if k in takes}
+        align = _alignment_options(kwargs)
         fusion = {k: kwargs.pop(k) for k in ("method", "device") if k in kwargs}
         check_method(fusion.get("method"), kwargs, return_weights=bool(spec.weights_map),
                      device=fusion.get("device", "auto"))

@@ -1,6 +1,7 @@
 """Method comparison: run every fusion method on the same registered pair(s), score and report.
 
-:func:`run_comparison` aligns each pair once (:func:`MedFusionLib.pipeline.align_pair`), fuses it
+:func:`run_comparison` aligns each pair once (:func:`MedFusionLib.pipeline.align_pair`, or for a
+pair given as a job spec the pair job's own first half, :func:`MedFusionLib.job.align_spec`), fuses it
 with every requested method (:func:`MedFusionLib.driver.fuse_arrays`) and scores each result
 with :func:`MedFusionLib.metrics.volume_metrics`. :func:`write_report` writes, into one folder:
 
@@ -74,15 +75,21 @@ class PairInput:
         Where they came from (paths), for messages and the report.
     fixed_modality, moving_modality : str or None
         Modality overrides (``CT``, ``MR``, ``PET``, ``SPECT``, ``8BIT``).
+    spec : MedFusionLib.job.PairSpec, optional
+        Instead of ``fixed`` and ``moving`` (then None): a pair job's spec, read and aligned as
+        every pair job is (:func:`MedFusionLib.job.align_spec`: paths, DICOM series, masks,
+        initial transform, strict registration), when its turn comes. The spec's fusion options
+        (registration, modalities, CT window, seed) then replace the comparison's.
     """
 
     name: str
-    fixed: object
-    moving: object
+    fixed: object = None
+    moving: object = None
     fixed_name: str = "fixed image"
     moving_name: str = "moving image"
     fixed_modality: str | None = None
     moving_modality: str | None = None
+    spec: object = None
 
 
 @dataclass
@@ -194,6 +201,7 @@ def run_comparison(pairs: list[PairInput], *, methods=None, keys=None, registrat
     InvalidInputError
         If no pair is given, a pair cannot be aligned, or every method failed on every pair.
     """
+    from .job import align_spec
     from .pipeline import align_pair
 
     if not pairs:
@@ -212,10 +220,13 @@ def run_comparison(pairs: list[PairInput], *, methods=None, keys=None, registrat
     outcomes = []
     for p in pairs:
         report(progress, done / steps, f"{p.name}: normalising and registering")
-        aligned = align_pair(p.fixed, p.moving, registration=registration,
-                             fixed_modality=p.fixed_modality, moving_modality=p.moving_modality,
-                             ct_window=ct_window, seed=seed, fixed_name=p.fixed_name,
-                             moving_name=p.moving_name)
+        if p.spec is not None:
+            aligned = align_spec(p.spec)
+        else:
+            aligned = align_pair(p.fixed, p.moving, registration=registration,
+                                 fixed_modality=p.fixed_modality, moving_modality=p.moving_modality,
+                                 ct_window=ct_window, seed=seed, fixed_name=p.fixed_name,
+                                 moving_name=p.moving_name)
         done += 1
         a, b, axis = aligned.fixed01, aligned.moving01, aligned.axis
         n_slices = a.shape[axis] if a.ndim == 3 else 1

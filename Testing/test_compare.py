@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedFusionLib.cli import main
+from MedFusionLib.cli import build_parser, main
+from MedFusionLib.commands.compare import pair_spec
 from MedFusionLib.errors import InvalidInputError, UnknownOptionError
 from MedFusionLib.methods import get_method
 from MedFusionLib.metrics import ALL_KEYS, REVIEW_KEYS
@@ -201,3 +202,49 @@ def test_api_validation():
         resolve_methods("nope")
     with pytest.raises(InvalidInputError, match="no source pair"):
         run_comparison([], methods=["average"])
+
+
+def test_compare_reads_and_registers_each_pair_as_the_pair_job_does(itk_data, tmp_path, capsys):
+    """compare's pairs go through the pair job's first half (job.align_spec): a per-row initial
+    transform is applied as fuse applies it, the aligned pair is the one fuse fuses (the
+    'average' result equals fuse's output), and a row's missing mask is a one-line input error
+    naming the file, before any report is written."""
+    fixed = itk_data / "BrainT1Slice.png"
+    moving = itk_data / "BrainProtonDensitySliceShifted13x17y.png"
+    given = sitk.Euler2DTransform((90.0, 108.0), 0.05, (13.0, 17.0))
+    sitk.WriteTransform(given, str(tmp_path / "in.tfm"))
+    fused = tmp_path / "fused.mha"
+    assert main(["fuse", str(fixed), str(moving), "-o", str(fused), "--method", "average",
+                 "--register", "none", "--initial-transform", str(tmp_path / "in.tfm"),
+                 "--quiet"]) == 0
+    (tmp_path / "pairs.csv").write_text(
+        "fixed,moving,name,initial_transform\n"
+        f"{fixed},{moving},given,in.tfm\n"
+        f"{fixed},{moving},plain,\n")
+    out = tmp_path / "cmp"
+    assert main(["compare", "--manifest", str(tmp_path / "pairs.csv"), "--out", str(out),
+                 "--methods", "average", "--metrics", "SCD", "--register", "none",
+                 "--quiet"]) == 0
+    pairs = {p["name"]: p for p in json.loads((out / "results.json").read_text())["pairs"]}
+    reg = pairs["given"]["settings"]["registration"]
+    np.testing.assert_allclose(reg["transform_parameters"], given.GetParameters(), atol=1e-9)
+    assert np.allclose(pairs["plain"]["settings"]["registration"]["transform_parameters"], 0.0)
+
+    # the same aligned pair as fuse: the same 'average' fusion, value for value
+    args = build_parser().parse_args(["compare", str(fixed), str(moving), "--out", str(out),
+                                      "--register", "none", "--initial-transform",
+                                      str(tmp_path / "in.tfm")])
+    spec = pair_spec(args, {"fixed": str(fixed), "moving": str(moving)})
+    result = run_comparison([PairInput("p", spec=spec)], methods=["average"], keys=["SCD"])
+    np.testing.assert_array_equal(result.pairs[0].display["average"],
+                                  sitk.GetArrayFromImage(sitk.ReadImage(str(fused))))
+
+    (tmp_path / "bad.csv").write_text(
+        "fixed,moving,fixed_mask\n"
+        f"{fixed},{moving},no-such-mask.nii.gz\n")
+    capsys.readouterr()
+    assert main(["compare", "--manifest", str(tmp_path / "bad.csv"), "--out",
+                 str(tmp_path / "cmp2"), "--methods", "average", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no-such-mask.nii.gz" in err[0]
+    assert not (tmp_path / "cmp2").exists()

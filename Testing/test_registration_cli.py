@@ -145,3 +145,25 @@ def test_batch_rows_take_initial_transform_and_mask_columns(itk_data, tmp_path, 
                                given.GetParameters(), atol=1e-9)
     assert (tmp_path / "a.png").exists() and not (tmp_path / "b.png").exists()
     assert "no-such-mask.nii.gz" in capfd.readouterr().err
+
+
+def test_compare_registers_as_fuse_and_honours_strict_registration(files, tmp_path, capfd):
+    """compare runs the pair job's registration: the same transform as fuse's, to 1e-9; and
+    with --strict-registration an unrelated pair is an error (exit 2) with no report written."""
+    rc, _ = _fuse(files, tmp_path, "ct", "--transform", str(tmp_path / "t.tfm"))
+    assert rc == 0
+    out = tmp_path / "cmp"
+    assert main(["compare", str(files["mr"]), str(files["ct"]), "--out", str(out), "--methods",
+                 "average", "--metrics", "SCD", "--fixed-modality", "MR", "--moving-modality",
+                 "CT", "--max-slices", "2", "--quiet"]) == 0
+    reg = json.loads((out / "results.json").read_text())["pairs"][0]["settings"]["registration"]
+    np.testing.assert_allclose(reg["transform_parameters"],
+                               sitk.ReadTransform(str(tmp_path / "t.tfm")).GetParameters(),
+                               atol=1e-9)
+    capfd.readouterr()
+    out2 = tmp_path / "cmp-unrelated"
+    assert main(["compare", str(files["mr"]), str(files["blob"]), "--out", str(out2), "--methods",
+                 "average", "--strict-registration", "--quiet"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not trustworthy" in err[0]
+    assert not out2.exists()

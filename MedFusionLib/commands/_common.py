@@ -13,7 +13,7 @@ from ..errors import InvalidInputError
 from ..normalize import CT_WINDOWS, MODALITIES
 from ..registration import REGISTRATION_MODES
 
-__all__ = ["add_fusion_options", "fusion_options", "add_pair_options", "method_params", "OutputSet", "write_json", "read_manifest"]
+__all__ = ["add_fusion_options", "add_alignment_options", "fusion_options", "add_pair_options", "method_params", "OutputSet", "write_json", "read_manifest"]
 
 #: Manifest columns that hold paths (resolved against the manifest's folder).
 PATH_COLUMNS = ("fixed", "moving", "output")
@@ -81,16 +81,23 @@ def add_fusion_options(p: argparse.ArgumentParser) -> None:
 def _add_fusion_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default=None,
                    help="fusion method (medfusion list-methods); default: cnn where available")
+    p.add_argument("--device", default="auto", help=f"compute device: {'|'.join(DEVICES)} (default auto)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a parameter of the method (repeatable), e.g. --param wavelet=db4")
+    add_alignment_options(p)
+
+
+def add_alignment_options(p: argparse.ArgumentParser) -> None:
+    """How a pair is read into [0, 1] and registered (every fusing command and ``compare``):
+    registration mode, modalities, CT window, seed, masks, initial transform, strictness. Their
+    destinations are the keyword names of :func:`MedFusionLib.pipeline.align_pair`."""
     p.add_argument("--register", dest="registration", default=None, choices=REGISTRATION_MODES,
                    help="registration of MOVING onto FIXED; default rigid for 3D, none for 2D")
-    p.add_argument("--device", default="auto", help=f"compute device: {'|'.join(DEVICES)} (default auto)")
     p.add_argument("--fixed-modality", default=None, metavar="M",
                    help=f"modality of FIXED: {'|'.join(MODALITIES)} (default: DICOM header or a guess)")
     p.add_argument("--moving-modality", default=None, metavar="M", help="modality of MOVING (as above)")
     p.add_argument("--ct-window", default=None, metavar="W",
                    help=f"CT window: {'|'.join(CT_WINDOWS)} or LEVEL,WIDTH in HU (default bone)")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="a parameter of the method (repeatable), e.g. --param wavelet=db4")
     p.add_argument("--seed", type=int, default=0, help="registration sampling seed (default 0)")
     p.add_argument("--fixed-mask", metavar="LABELS",
                    help="label image (non-zero = use) limiting registration to this part of FIXED")
