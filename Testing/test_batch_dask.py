@@ -178,6 +178,37 @@ def test_hand_started_cluster_killed_worker_and_crashing_row(tmp_path):
         assert (tmp_path / "c1.png").is_file() and not (tmp_path / "c0.png").exists()
 
 
+@pytest.mark.requires_torch
+def test_each_worker_loads_the_cnn_once_not_per_row(tmp_path):
+    """The model cache lives in the worker process: a worker that fuses several rows with the
+    CNN reads and builds the model from its file once (counted by the workers' preload)."""
+    manifest = _make_pairs(tmp_path / "pairs", 6)
+    with hand_started_cluster(tmp_path) as (sched_file, client):
+        results = tmp_path / "r.jsonl"
+        proc = _cli("batch", str(manifest), "--method", "cnn", "--scheduler", str(sched_file),
+                    "--results", str(results), "--quiet")
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        recs = _records(results)
+        assert len(recs) == 6 and {r["status"] for r in recs} == {"ok"}
+        assert {r["model"] for r in recs} == {"fusionnet"}
+
+        def builds():
+            import os
+
+            from MedFusionLib.nets import weights
+
+            return os.getpid(), weights.build_model.calls
+
+        per_worker = dict(client.run(builds).values())
+        rows = {}
+        for r in recs:
+            pid = int(r["worker"].rsplit(":", 1)[1])
+            rows[pid] = rows.get(pid, 0) + 1
+        assert max(rows.values()) >= 2  # some worker ran several rows
+        assert {pid: per_worker[pid] for pid in rows} == {pid: 1 for pid in rows}
+
+
 @pytest.mark.requires_torch  # nsct runs in torch: slow enough per row for Ctrl-C to land mid-run
 @pytest.mark.parametrize("where", [[], ["--workers", "2"]], ids=["in-process", "local-cluster"])
 def test_ctrl_c_keeps_finished_rows_and_leaves_no_partial_file(tmp_path, volume_image, where):
