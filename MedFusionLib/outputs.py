@@ -8,6 +8,10 @@ metrics JSON, reports, DICOM series):
   files first, the named file last). A failure, a full disk or Ctrl-C leaves nothing behind.
 - **Verified.** The writer checks what it wrote (read back, or size) *before* the rename: some
   writers (ITK's NIfTI writer) report a full disk on stderr and return normally.
+- **No litter from dead writers.** Temporary folders are named ``.medfusion-HOST-PID-XXXX``; a
+  writer removes those beside its output that a dead process left (same host, that process no
+  longer running), and any left untouched for :data:`STALE_TEMP_S` (another host's), e.g. when a
+  Dask worker was killed while writing.
 - **Ordinary permissions.** Files are created as any program creates them, so the user's umask
   applies (0644 under the usual 0022), not the 0600 of ``mkstemp``.
 - **Inputs are never touched.** :func:`check_outputs` refuses, before any work, an output whose
@@ -32,11 +36,79 @@ from pathlib import Path
 from .errors import OutputError
 from .imagefiles import companion_files, files_of
 
-__all__ = ["atomic_output", "write_text", "write_json", "check_outputs", "check_output_folder"]
+__all__ = ["atomic_output", "write_text", "write_json", "check_outputs", "check_output_folder",
+           "make_temp_folder", "sweep_stale_temp"]
+
+
+#: Prefix of the temporary folders outputs are written in.
+TEMP_PREFIX = ".medfusion-"
+
+#: A temporary folder of another host untouched this long (seconds) is litter: no write takes a day.
+STALE_TEMP_S = 24 * 3600.0
 
 
 def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
+
+
+def _host() -> str:
+    import socket
+
+    return "".join(c if c.isalnum() else "_" for c in socket.gethostname()) or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
+def sweep_stale_temp(folder: str | os.PathLike, *, now: float | None = None) -> list[Path]:
+    """Remove the temporary folders of dead writers in ``folder``; return what was removed.
+
+    A folder ``.medfusion-HOST-PID-XXXX`` is stale when HOST is this host and process PID no longer
+    runs, or (any host) when nothing in it changed for :data:`STALE_TEMP_S`. Anything else,
+    including every other hidden file, is left alone. Errors are ignored: this is housekeeping.
+    """
+    import time
+
+    host, removed = _host(), []
+    now = time.time() if now is None else now
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for e in entries:
+        if not e.name.startswith(TEMP_PREFIX) or not e.is_dir(follow_symlinks=False):
+            continue
+        parts = e.name[len(TEMP_PREFIX):].rsplit("-", 2)
+        try:
+            dead = (len(parts) == 3 and parts[0] == host and parts[1].isdigit()
+                    and int(parts[1]) != os.getpid() and not _alive(int(parts[1])))
+            old = now - e.stat(follow_symlinks=False).st_mtime > STALE_TEMP_S
+        except OSError:
+            continue
+        if dead or old:
+            shutil.rmtree(e.path, ignore_errors=True)
+            removed.append(Path(e.path))
+    return removed
+
+
+def make_temp_folder(parent: str | os.PathLike) -> Path:
+    """A new private temporary folder in ``parent`` (named for this host and process), after
+    removing dead writers' ones there (:func:`sweep_stale_temp`).
+
+    Raises
+    ------
+    OSError
+        As :func:`tempfile.mkdtemp`.
+    """
+    sweep_stale_temp(parent)
+    return Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{_host()}-{os.getpid()}-", dir=parent))
 
 
 @contextlib.contextmanager
@@ -57,7 +129,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """
     p = Path(path)
     try:
-        tmpdir = Path(tempfile.mkdtemp(prefix=".medfusion-", dir=p.parent))
+        tmpdir = make_temp_folder(p.parent)
     except FileNotFoundError:
         raise OutputError(f"{p}: the output folder {p.parent} does not exist.") from None
     except OSError as exc:

@@ -836,6 +836,36 @@ def test_atomic_output_removes_everything_on_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_killed_writers_temporary_folder_is_removed_by_the_next_write(tmp_path):
+    """A process killed while writing (a Dask worker, the OOM killer) leaves its hidden temporary
+    folder; the next write in that folder removes it. Another host's folder is left alone until
+    it is a day old; a live writer's is never touched."""
+    from MedFusionLib.outputs import STALE_TEMP_S, write_text
+
+    code = ("import sys, time\n"
+            "from MedFusionLib.outputs import atomic_output\n"
+            "with atomic_output(sys.argv[1]) as tmp:\n"
+            "    tmp.write_bytes(b'half' * 1000)\n"
+            "    print('writing', flush=True)\n"
+            "    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "big.nii")],
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.kill()
+    proc.wait()
+    dead = [p for p in tmp_path.iterdir() if p.name.startswith(".medfusion-")]
+    assert len(dead) == 1 and dead[0].name.split("-")[-2] == str(proc.pid)
+    live = tmp_path / f".medfusion-{dead[0].name.split('-')[1]}-{os.getpid()}-live"
+    other_new = tmp_path / ".medfusion-otherhost-123-new"
+    other_old = tmp_path / ".medfusion-otherhost-123-old"
+    for d in (live, other_new, other_old):
+        d.mkdir()
+    os.utime(other_old, (0, os.stat(other_old).st_mtime - STALE_TEMP_S - 60))
+    write_text(tmp_path / "m.txt", "next row")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.txt", live.name, other_new.name])
+
+
 def test_mhd_is_written_atomically_with_its_data_file(tmp_path):
     from MedFusionLib.io import read_image, write_image
 

@@ -205,14 +205,13 @@ def write_derived_series(
         orthonormal, the reference is not a CT or MR image series, a source cannot be read, or an
         output file exists already.
     """
-    import tempfile
-
     require_pydicom()
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
     from pydicom.valuerep import format_number_as_ds
 
     from .. import __version__
+    from ..outputs import make_temp_folder
 
     if not isinstance(image, sitk.Image):
         raise TypeError(f"write_derived_series needs a SimpleITK.Image, got {type(image).__name__}.")
@@ -346,7 +345,7 @@ def write_derived_series(
     created = [d for d in (out_dir, *out_dir.parents) if not d.exists()][::-1]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".medfusion-", dir=out_dir))
+        tmp = make_temp_folder(out_dir)
     except OSError as exc:
         _remove_empty(created)
         raise OutputError(f"{out_dir}: cannot write the DICOM series there: "
