@@ -412,15 +412,44 @@ def _check_tiff(path: Path) -> None:
                 raise _short(str(path), sum(lengths), max(0, sum(lengths) - (end - size)))
 
 
+#: In a JPEG's entropy-coded data, 0xFF followed by anything but a stuffed 0x00, a restart
+#: marker (0xD0-0xD7) or a fill byte (0xFF) starts the next marker.
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
 def _check_jpeg(path: Path) -> None:
-    with path.open("rb") as fh:
-        if fh.read(2) != b"\xff\xd8":
+    """Raise if the JPEG ends before its end-of-image marker.
+
+    Walks the marker segments from the start of image (skipping each scan's entropy-coded data)
+    to the end-of-image marker, so data that some cameras and tools append after it is accepted.
+    """
+    data = path.read_bytes()
+    if data[:2] != b"\xff\xd8":
+        return
+    pos, n = 2, len(data)
+    while pos + 1 < n:
+        if data[pos] != 0xFF:
+            if data[pos:].strip(b"\x00"):
+                return  # not a marker where one belongs: the decoder's own error will say more
+            break  # zeros where the next segment belongs: cut off and zero-padded
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0xD9:  # end of image: complete
             return
-        fh.seek(max(path.stat().st_size - 4096, 0))
-        tail = fh.read().rstrip(b"\x00")
-    if b"\xff\xd9" not in tail[-64:]:
-        raise InvalidInputError(f"{path}: the JPEG file is cut off (no end-of-image marker); copy "
-                                "the file again.")
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # segments without a length
+            pos += 2
+        else:
+            if pos + 4 > n:
+                break
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+            if marker == 0xDA:  # start of scan: its entropy-coded data runs to the next marker
+                found = _JPEG_MARKER.search(data, min(pos, n))
+                if found is None:
+                    break
+                pos = found.start()
+    raise InvalidInputError(f"{path}: the JPEG file is cut off (no end-of-image marker); copy "
+                            "the file again.")
 
 
 def check_complete(path: str | os.PathLike) -> np.ndarray | None:

@@ -866,6 +866,23 @@ def test_a_killed_writers_temporary_folder_is_removed_by_the_next_write(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.txt", live.name, other_new.name])
 
 
+def test_jpeg_with_data_after_its_end_marker_is_complete(tmp_path):
+    """Some cameras and tools append data after a JPEG's end-of-image marker: such a file is
+    complete and reads; the same file cut inside its scan data is refused as cut off."""
+    from MedFusionLib.errors import InvalidInputError
+    from MedFusionLib.io import read_image
+
+    write(png(7, (64, 64)), tmp_path / "t.jpg")
+    data = (tmp_path / "t.jpg").read_bytes()
+    (tmp_path / "trailer.jpg").write_bytes(data + b"EXIF-like trailer " * 40 + bytes(300))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(tmp_path / "trailer.jpg")),
+                                  sitk.GetArrayFromImage(read_image(tmp_path / "t.jpg")))
+    for cut in (len(data) - 2, len(data) // 2, 40):
+        (tmp_path / "cut.jpg").write_bytes(data[:cut] + bytes(100))  # cut, zero-padded
+        with pytest.raises(InvalidInputError, match="cut off"):
+            read_image(tmp_path / "cut.jpg")
+
+
 def test_mhd_is_written_atomically_with_its_data_file(tmp_path):
     from MedFusionLib.io import read_image, write_image
 
