@@ -3,8 +3,10 @@
 Pairs built from the shipped sample data (MNI152 T1, synthetic CT and PET; the Colin27 T1 that
 `make data` fetches against a T2-like contrast from its tissue classes), down-sampled to 2 mm
 to stay fast: large combined rotations and translations (the issue's (-9, 7, -15) deg with
-(-15, 12, -10) mm, and others near 30 deg / 50 mm), a CT with neck, spine, shoulders and couch
-against a brain-only MR, anisotropic oblique 5 mm slices. The target error is the mean distance
+(-15, 12, -10) mm, others near 30 deg / 50 mm and beyond, to 88 deg / 80 mm), a CT with neck, spine,
+shoulders and couch
+against a brain-only MR, anisotropic oblique 5 mm slices; misalignments outside the search are
+flagged. The target error is the mean distance
 over brain points between the transform found and the truth. The full grid of seeded random
 transforms is bench/bench_registration.py.
 """
@@ -62,6 +64,12 @@ CASES = {
                               dict(spacing=(2.0, 2.0, 3.0))),
     "anisotropic oblique 5 mm mr vs ct": ("ct", "mr", "MR", (-24, 17, 21), (33, -22, -28),
                                           dict(spacing=(1.0, 1.0, 5.0), direction=OBLIQUE)),
+    # beyond the issue's 30 deg / 50 mm: the grid reaches 90 deg about each axis
+    "ct-mr near 55 deg / 80 mm": ("mr", "ct", "CT", (-52, 48, 41), (-46, 50, 44), dict(spacing=(2.0, 2.0, 3.0))),
+    "ct-mr 88 / 73 deg, gimbal lock of the Euler angles": ("mr", "ct", "CT", (88, 73, 13), (20, -25, 22),
+                                                         dict(spacing=(2.0, 2.0, 3.0))),
+    "brain-only mr vs ct with neck, 45 deg / 70 mm": ("mr_brain", "ct_neck", "CT", (40, -44, 33), (38, -41, -43),
+                                                      dict(spacing=(2.0, 2.0, 3.0))),
 }
 
 
@@ -78,6 +86,17 @@ def test_large_misalignment_converges_within_half_a_mm(vols, brain, name):
     assert mean < TOLERANCE_MM, f"{name}: mean TRE {mean:.2f} mm (max {worst:.2f})"
     assert result.converged and result.confidence == "high", result.confidence_reason
     assert result.start == "global search"
+
+
+def test_a_misalignment_beyond_the_search_is_flagged_not_passed_off(vols, brain):
+    """A half turn about the vertical axis plus 60 deg (beyond the 90 deg grid): whatever the
+    optimiser finds, a result off by more than the tolerance must say low confidence."""
+    truth = cases.rigid((60, -20, 160), (20, -30, 25))
+    fixed = _norm(vols["mr"], "MR")
+    moving = _norm(cases.moved_copy(vols["ct"], truth, spacing=(2.0, 2.0, 3.0)), "CT")
+    result = register(fixed, moving, mode="rigid")
+    mean, _ = cases.tre(result.transform, truth, brain)
+    assert mean < TOLERANCE_MM or result.confidence == "low", (mean, result.confidence_reason)
 
 
 def _unrelated(shape=(80, 100, 90), seed=5) -> sitk.Image:

@@ -36,8 +36,8 @@ from MedFusionLib.io import copy_geometry  # noqa: E402
 from MedFusionLib.normalize import normalize  # noqa: E402
 from MedFusionLib.registration import cases, register  # noqa: E402
 
-ROTATION_BANDS = ((0, 10), (10, 20), (20, 30))
-TRANSLATION_BANDS = ((0, 25), (25, 50))
+ROTATION_BANDS = ((0, 10), (10, 20), (20, 30), (30, 45), (45, 60), (60, 90))
+TRANSLATION_BANDS = ((0, 25), (25, 50), (50, 90))
 SUCCESS_MM = 0.5
 OBLIQUE = sitk.VersorTransform((0.2, 0.1, 0.9), np.radians(12)).GetMatrix()
 
@@ -89,7 +89,7 @@ def capture(per_cell: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     rows = []
     print(f"\n== capture range: {len(pairs)} pairs x {len(ROTATION_BANDS) * len(TRANSLATION_BANDS)} "
-          f"cells x {per_cell} = {len(pairs) * 6 * per_cell} seeded transforms (seed {seed})")
+          f"cells x {per_cell} = {len(pairs) * len(ROTATION_BANDS) * len(TRANSLATION_BANDS) * per_cell} seeded transforms (seed {seed})")
     print(f"{'pair':32s} {'angles (deg)':>22s} {'shift (mm)':>22s} {'TRE mean/max':>13s} {'s':>5s} "
           f"{'CPU s':>5s} confidence")
     for rb in ROTATION_BANDS:

@@ -38,7 +38,9 @@ NOT_OPTIMUM = 0.01
 MIN_CONTAINMENT = 0.6
 SETTLE_ITERATIONS = 10
 SETTLE_MM = 0.1
-MAX_ROTATION_DEG = 50.0
+#: The rotation grid reaches 90 degrees about each axis (:data:`.search.ROTATION_RANGE_DEG`):
+#: up to 180 degrees of rotation at its corners, 110-150 along most of its faces.
+MAX_ROTATION_DEG = 150.0
 MAX_TRANSLATION_MM = 80.0
 
 
