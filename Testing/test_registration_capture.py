@@ -68,6 +68,8 @@ CASES = {
     "ct-mr near 55 deg / 80 mm": ("mr", "ct", "CT", (-52, 48, 41), (-46, 50, 44), dict(spacing=(2.0, 2.0, 3.0))),
     "ct-mr 88 / 73 deg, gimbal lock of the Euler angles": ("mr", "ct", "CT", (88, 73, 13), (20, -25, 22),
                                                          dict(spacing=(2.0, 2.0, 3.0))),
+    "brain-only mr vs ct with neck tilted 49 deg": ("mr_brain", "ct_neck", "CT", (-8, -49, 3), (-18, -12, -6),
+                                                    dict(spacing=(2.0, 2.0, 3.0))),
     "brain-only mr vs ct with neck, 45 deg / 70 mm": ("mr_brain", "ct_neck", "CT", (40, -44, 33), (38, -41, -43),
                                                       dict(spacing=(2.0, 2.0, 3.0))),
 }

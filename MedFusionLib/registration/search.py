@@ -4,10 +4,10 @@ The local optimiser of :mod:`.register` converges from about 15 degrees and 20 m
 repositioning between two sessions and different fields of view bring more. The start is
 therefore found at the coarsest working level:
 
-1. Translation candidates: the foreground centres of mass aligned; and, along every axis where
+1. Translation candidates: the foreground centres of mass aligned; and, for the axes where
    the two foregrounds' extents differ by more than :data:`FOV_DIFFERENCE_MM` (a CT with neck and
-   shoulders against a brain-only MR, a partial field of view), their low ends or their high ends
-   aligned instead.
+   shoulders against a brain-only MR, a partial field of view), every combination of their
+   centres, low ends or high ends aligned along each of those axes.
 2. Around each candidate an exhaustive grid of translations (+-20 mm, 10 mm steps) is scored
    with the metric (no optimisation; a thousand samples); about the best
    :data:`TRANSLATION_BASES` distinct translations an exhaustive grid of rotations
@@ -70,20 +70,22 @@ def translation_candidates(fixed_pts: np.ndarray, moving_pts: np.ndarray) -> lis
     Returns
     -------
     list of ndarray
-        Centres of mass aligned first; then, per axis whose extents differ by more than
-        :data:`FOV_DIFFERENCE_MM`, the low ends and the high ends aligned along that axis.
+        Centres of mass aligned first; then, for the axes whose extents differ by more than
+        :data:`FOV_DIFFERENCE_MM`, every combination of centres, low ends or high ends aligned
+        along each of them (a tilted head CT with neck and shoulders is off in two axes at once).
     """
+    import itertools
+
     com = moving_pts.mean(0) - fixed_pts.mean(0)
-    out = [com]
     flo, fhi = np.percentile(fixed_pts, [1, 99], axis=0)
     mlo, mhi = np.percentile(moving_pts, [1, 99], axis=0)
+    options = []
     for axis in range(fixed_pts.shape[1]):
+        choices = [com[axis]]
         if abs((fhi[axis] - flo[axis]) - (mhi[axis] - mlo[axis])) > FOV_DIFFERENCE_MM:
-            for shift in (mlo[axis] - flo[axis], mhi[axis] - fhi[axis]):
-                t = com.copy()
-                t[axis] = shift
-                out.append(t)
-    return out
+            choices += [mlo[axis] - flo[axis], mhi[axis] - fhi[axis]]
+        options.append(choices)
+    return [np.array(t, float) for t in itertools.product(*options)]
 
 
 def _grids(dim: int):
