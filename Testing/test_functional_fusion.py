@@ -224,3 +224,41 @@ def test_the_functional_training_config_is_valid():
     base = load_config(W.models_dir() / "fusionnet-train.json")
     assert cfg.bank == "functional" and cfg.loss.get("functional", 0) > 0
     assert cfg.residual and cfg.holdout_z == base.holdout_z
+
+
+def _frontier():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "functional_frontier.py"
+    spec = importlib.util.spec_from_file_location("functional_frontier", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_frontier_changes_keep_identity_and_move_towards_the_functional_source():
+    """bench/functional_frontier.py's role-aware changes of the default fusion (issue #16): each
+    keeps F(A, A) = A, and each moves a fused image that lacks the functional source's blob towards
+    it (the evidence in the model card rests on these families doing what they say)."""
+    ff = _frontier()
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:96, :96].astype(np.float32)
+    a = (0.5 + 0.1 * rng.standard_normal((96, 96))).astype(np.float32).clip(0, 1)
+    blob = np.exp(-((yy - 48) ** 2 + (xx - 48) ** 2) / (2 * 6.0 ** 2)).astype(np.float32)
+    u = (0.2 + 0.6 * blob).astype(np.float32)
+    lesion = [blob > 0.6]
+    assert np.abs(ff.add_detail(a, a, 2.0, scales=(4.0, 8.0, 16.0)) - a).max() < 0.005  # ~1 grey level
+    assert np.abs(ff.mix(a, a, 1.0) - a).max() < 1e-6
+    assert np.abs(ff.mix_max(a, a, a, 1.0) - a).max() < 1e-6
+    f_id, _ = ff.net_fusion(a, a, 2.0)
+    f0, _ = ff.net_fusion(a, a, 0.0)
+    assert np.abs(f_id - f0).max() < 0.05  # the logit bias changes weights, not F(A, A)
+    lc = ff.E.lesion_contrast
+    assert abs(lc(a, u, lesion)) < 0.1
+    assert lc(ff.add_detail(a, u, 1.0, scales=(4.0, 8.0, 16.0)), u, lesion) > 0.3
+    assert lc(ff.mix(a, u, 1.0), u, lesion) > 0.3
+    assert lc(ff.mix_max(a, a, u, 1.0), u, lesion) > 0.1
+    f_bias, _ = ff.net_fusion(a, u, 2.0)
+    f_plain, _ = ff.net_fusion(a, u, 0.0)
+    assert lc(f_bias, u, lesion) > lc(f_plain, u, lesion) + 0.05
