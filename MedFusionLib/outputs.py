@@ -8,7 +8,7 @@ metrics JSON, reports, DICOM series):
   files first, the named file last). A failure, a full disk or Ctrl-C leaves nothing behind.
 - **Verified.** The writer checks what it wrote (read back, or size) *before* the rename: some
   writers (ITK's NIfTI writer) report a full disk on stderr and return normally.
-- **No litter from dead writers.** Temporary folders are named ``.medfusion-HOST-PID-XXXX``; a
+- **No litter from dead writers.** Temporary folders are named ``.medfusion-HOST-PID-RANDOM``; a
   writer removes those beside its output that a dead process left (same host, that process no
   longer running), and any left untouched for :data:`STALE_TEMP_S` (another host's), e.g. when a
   Dask worker was killed while writing.
@@ -70,7 +70,7 @@ def _alive(pid: int) -> bool:
 def sweep_stale_temp(folder: str | os.PathLike, *, now: float | None = None) -> list[Path]:
     """Remove the temporary folders of dead writers in ``folder``; return what was removed.
 
-    A folder ``.medfusion-HOST-PID-XXXX`` is stale when HOST is this host and process PID no longer
+    A folder ``.medfusion-HOST-PID-RANDOM`` is stale when HOST is this host and process PID no longer
     runs, or (any host) when nothing in it changed for :data:`STALE_TEMP_S`. Anything else,
     including every other hidden file, is left alone. Errors are ignored: this is housekeeping.
     """
