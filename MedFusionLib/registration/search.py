@@ -18,6 +18,8 @@ therefore found at the coarsest working level:
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import SimpleITK as sitk
 
@@ -74,7 +76,6 @@ def translation_candidates(fixed_pts: np.ndarray, moving_pts: np.ndarray) -> lis
         :data:`FOV_DIFFERENCE_MM`, every combination of centres, low ends or high ends aligned
         along each of them (a tilted head CT with neck and shoulders is off in two axes at once).
     """
-    import itertools
 
     com = moving_pts.mean(0) - fixed_pts.mean(0)
     flo, fhi = np.percentile(fixed_pts, [1, 99], axis=0)
