@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from . import optional
 from .errors import DeviceUnavailableError
 from .options import look_up
@@ -23,8 +25,15 @@ def cuda_available() -> bool:
 
 
 def available_devices() -> list[str]:
-    """Devices that can run here, for menus: always ``cpu``, plus ``cuda`` when present."""
-    return ["cpu", "cuda"] if cuda_available() else ["cpu"]
+    """Devices to offer in a menu, without importing torch: always ``cpu``; ``cuda`` when torch is
+    installed and, if it is already imported, sees a GPU (before torch is first used a menu
+    cannot know, and a panel must not import a multi-GB package, or a broken one, to draw
+    itself: choosing ``cuda`` where there is none then gives :func:`resolve_device`'s error)."""
+    if not optional.available("torch"):
+        return ["cpu"]
+    if "torch" in sys.modules:
+        return ["cpu", "cuda"] if cuda_available() else ["cpu"]
+    return ["cpu", "cuda"]
 
 
 def resolve_device(device: str = "auto") -> str:

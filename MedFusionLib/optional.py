@@ -31,8 +31,8 @@ __all__ = ["PACKAGES", "require", "lazy", "available", "problem", "pyplot"]
 
 #: The optional packages: import name -> (name a user knows, how to install it).
 PACKAGES = {
-    "torch": ("PyTorch", "pip install torch==2.13.0 (in 3D Slicer: the PyTorch extension, "
-                         "or the MedFusion panel's prompt)"),
+    "torch": ("PyTorch", "pip install torch==2.13.0 (in 3D Slicer: the PyTorch extension's "
+                         "PyTorch Utils module)"),
     "pywt": ("PyWavelets", "pip install PyWavelets"),
     "dask": ("Dask", "pip install 'medfusion[dask]'"),
     "distributed": ("Dask", "pip install 'medfusion[dask]'"),

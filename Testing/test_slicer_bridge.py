@@ -87,7 +87,7 @@ def test_non_linear_parent_transform_is_refused(mrml_scene):
     warp = mrml_scene.AddNewNodeByClass("vtkMRMLTransformNode")
     sb.set_transform_node(warp, bspline, reference=grid)
     node.SetAndObserveTransformNodeID(warp.GetID())
-    with pytest.raises(InvalidInputError, match="non-linear transform"):
+    with pytest.raises(InvalidInputError, match="non-linear .*transform .*output transform.*harden"):
         sb.image_from_volume(node)
 
 
@@ -111,12 +111,14 @@ def test_invalid_volumes_are_named(mrml_scene):
         sb.image_from_volume(empty)
     rgb = slicer.util.addVolumeFromArray(np.zeros((2, 3, 4, 3), np.uint8), name="rgb",
                                          nodeClassName="vtkMRMLVectorVolumeNode")
-    with pytest.raises(InvalidInputError, match="'rgb'"):
+    with pytest.raises(InvalidInputError, match="'rgb' is not a greyscale image volume.*Vector to "
+                                                "Scalar Volume") as error:
         sb.image_from_volume(rgb)
     label = slicer.util.addVolumeFromArray(np.zeros((2, 3, 4), np.uint8), name="seg",
                                            nodeClassName="vtkMRMLLabelMapVolumeNode")
-    with pytest.raises(InvalidInputError, match="labelmap|vtkMRMLLabelMapVolumeNode"):
+    with pytest.raises(InvalidInputError, match="'seg' is a label map") as error2:
         sb.image_from_volume(label)
+    assert "vtkMRML" not in str(error.value) + str(error2.value)
 
 
 def _euler(angles=(0.1, -0.05, 0.2), translation=(4.0, -3.0, 2.5), center=(10.0, 20.0, -5.0)):

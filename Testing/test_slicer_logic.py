@@ -178,8 +178,6 @@ def test_bad_nodes_are_refused_with_names(mrml_scene, aligned_pair):
     out = mrml_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "fused")
     with pytest.raises(InvalidInputError, match="output volume and the fixed volume|fixed volume and the output"):
         sb.fuse_nodes(fixed, moving, fixed, method="average", registration="none")
-    with pytest.raises(InvalidInputError, match="no output volume"):
-        sb.fuse_nodes(fixed, moving, None, method="average", registration="none")
     with pytest.raises(InvalidInputError, match="'dwt' gives no contribution map.*maximum"):
         sb.fuse_nodes(fixed, moving, out, method="dwt", registration="none",
                       contributionVolume=mrml_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode"))
@@ -187,9 +185,20 @@ def test_bad_nodes_are_refused_with_names(mrml_scene, aligned_pair):
     with pytest.raises(InvalidInputError, match="'labels' is a labelmap"):
         sb.fuse_nodes(fixed, moving, label, method="average", registration="none")
     table = mrml_scene.AddNewNodeByClass("vtkMRMLTableNode", "not a transform")
-    with pytest.raises(InvalidInputError, match="vtkMRMLTransformNode is needed"):
+    with pytest.raises(InvalidInputError, match="output transform 'not a transform' is not a "
+                                                 "transform; choose a transform") as error:
         sb.fuse_nodes(fixed, moving, out, method="average", registration="none", transformNode=table)
+    assert "vtkMRML" not in str(error.value)  # messages in the user's words, not VTK class names
     assert out.GetImageData() is None
+
+
+def test_no_output_volume_creates_one_named_after_the_moving_volume(mrml_scene, aligned_pair):
+    fixed, moving = aligned_pair
+    before = mrml_scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    result = sb.fuse_nodes(fixed, moving, None, method="average", registration="none")
+    assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == before + 1
+    assert result.outputVolume.GetName() == f"{moving.GetName()} fused"
+    assert result.outputVolume.GetImageData().GetDimensions() == fixed.GetImageData().GetDimensions()
 
 
 def test_fixed_under_linear_transform_output_in_world(mrml_scene, aligned_pair):

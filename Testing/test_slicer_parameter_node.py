@@ -28,7 +28,8 @@ def test_values_live_in_the_mrml_node_as_slicer_serializes_them(module):
     node = p.parameterNode
     assert node.IsA("vtkMRMLScriptedModuleNode") and node.GetAttribute("ModuleName") == "MedFusion"
     # defaults are written when the wrapper is made
-    assert node.GetParameter("method") == "cnn" and node.GetParameter("enhance") == "False"
+    assert node.GetParameter("method") == "" and node.GetParameter("enhance") == "False"
+    assert node.GetParameter("registration") == "auto" and node.GetParameter("display") == "auto"
     p.fixedVolume, p.enhance, p.registration = a, True, "affine"
     assert node.GetParameter("fixedVolume") == "" and node.GetNodeReferenceID("fixedVolume") == a.GetID()
     assert node.GetParameter("enhance") == "True" and node.GetParameter("registration") == "affine"
@@ -44,7 +45,9 @@ def test_choices_and_node_classes_are_enforced(module):
     table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode")
     with pytest.raises(ValueError, match="vtkMRMLScalarVolumeNode"):
         p.fixedVolume = table
-    assert p.registration == "rigid" and p.fixedVolume is None
+    with pytest.raises(ValueError, match="colour"):
+        p.display = "color"
+    assert p.registration == "auto" and p.display == "auto" and p.fixedVolume is None
 
 
 def test_parameters_survive_saving_and_reloading_the_scene(module, tmp_path):

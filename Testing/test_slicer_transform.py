@@ -15,6 +15,7 @@ import slicer
 import slicer_shim
 from MedFusionLib import slicer_bridge as sb
 from MedFusionLib.slicer_bridge.placement import _matrix_to_world
+from MedFusionLib.slicer_bridge.testing import synthetic_head_pair
 from MedFusionLib.errors import InvalidInputError
 from slicer_shim import mrml_scene  # noqa: F401  (fixture)
 
@@ -23,8 +24,7 @@ POINTS = np.array([[0, 0, 0], [20, -15, 10], [-25, 20, -12], [10, 30, 15], [-15,
 
 @pytest.fixture(scope="module")
 def synthetic():
-    module = slicer_shim.import_module_under_shim()
-    return module.makeSyntheticPair()
+    return synthetic_head_pair()
 
 
 def _pair(synthetic):

@@ -260,8 +260,9 @@ def load_checkpoint(path: str | os.PathLike, *, sha256: str | None) -> dict:
                 f"registry expects {str(sha256)[:12]}... ({len(data)} bytes read); restore the "
                 "file from the repository."
             )
+    load = torch.load  # a missing or broken torch is said as such, not as a bad file
     try:
-        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        ckpt = load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
         # torch's own message advises retrying with weights_only=False, which would run whatever
         # code the file holds: keep only the line that says what was found

@@ -8,7 +8,8 @@ headless with the ``slicer-core`` wheel (a scene assigned to ``slicer.mrmlScene`
 - :mod:`.nodes`: volume nodes <-> SimpleITK images (voxels, geometry, DICOM modality);
 - :mod:`.placement`: registration results in transform nodes, where the moving volume sits;
 - :mod:`.display`: windows, colour tables and legends, the slice views, the metrics table;
-- :mod:`.fuse`: :func:`fuse_nodes`, registration and fusion of two volume nodes;
+- :mod:`.fuse`: :func:`fuse_nodes`, registration and fusion of two volume nodes, in process;
+- :mod:`.task`: :func:`fuse_nodes_async`, the same in a child process while Slicer stays usable;
 - :mod:`.scene`: an MRML scene without the application.
 
 Coordinate conventions
@@ -30,10 +31,12 @@ from __future__ import annotations
 
 from .display import (CONTRIBUTION_COLOR_NAME, add_colour_legend, contribution_color_node, node_colour_table, show_result,
                       write_metrics_table)
-from .fuse import DEFAULT_METRIC_KEYS, NodeFusionResult, fuse_nodes
+from .fuse import CLINICAL_COLOUR_TABLES, DEFAULT_METRIC_KEYS, NodeFusionResult, functional_role, \
+    fuse_nodes
 from .nodes import dicom_modality, ijk_to_ras_matrix, image_from_volume, update_volume_from_image
 from .placement import matrix_from_transform, set_transform_node
 from .scene import headless_scene
+from .task import FusionTask, fuse_nodes_async
 
 __all__ = [
     "NodeFusionResult",
@@ -51,5 +54,9 @@ __all__ = [
     "add_colour_legend",
     "show_result",
     "fuse_nodes",
+    "fuse_nodes_async",
+    "FusionTask",
+    "functional_role",
+    "CLINICAL_COLOUR_TABLES",
     "headless_scene",
 ]

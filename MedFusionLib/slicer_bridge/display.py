@@ -28,12 +28,13 @@ def _show_volume(volume_node, lower: float, upper: float, color_node_id: str) ->
 
 
 def _display_range(array: np.ndarray) -> tuple[float, float]:
-    """A window for a [0, 1] volume: the 0.5-99.5 percentiles of its non-zero voxels."""
-    values = array[array > 0]
+    """A window for a [0, 1] volume: the 0.5-99.5 percentiles of its non-zero voxels (of at most
+    about two million evenly spaced voxels, so that a large volume costs milliseconds)."""
+    flat = array.reshape(-1)
+    values = flat[:: max(1, flat.size // 2_000_000)]
+    values = values[values > 0]
     if values.size < 16:
         return 0.0, 1.0
-    if values.size > 2_000_000:
-        values = values[:: values.size // 1_000_000]
     lower, upper = np.percentile(values, [0.5, 99.5])
     if upper - lower < 1e-3:
         return 0.0, max(float(upper), 1e-3)

@@ -1,4 +1,10 @@
-"""``fuse_nodes``: register and fuse two volume nodes and write the result nodes."""
+"""Fusing two volume nodes: read and check the nodes (:func:`prepare_fusion`), run the engine,
+write the result nodes (:func:`write_result`).
+
+:func:`fuse_nodes` does all three in this process and returns when done (scripts);
+:func:`MedFusionLib.slicer_bridge.task.fuse_nodes_async` runs the engine in a child process and
+writes the same nodes the same way when it has finished (the module panel).
+"""
 
 from __future__ import annotations
 
@@ -10,45 +16,88 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 
-from .. import metrics as metrics_module
-from ..colour import functional_source, fuse_colour
 from ..errors import InvalidInputError
+from ..interactive import DEFAULT_METRIC_KEYS, run_engine
 from ..methods import default_method, get_method, list_methods
-from ..pipeline import fuse_images
 from ..progress import ProgressCallback, report
-from .display import _display_range, _show_volume, contribution_color_node, node_colour_table, \
-    show_result, write_metrics_table
-from .nodes import _check_volume, ijk_to_ras_matrix, image_from_volume, update_volume_from_image
-from .placement import _apply_node_transform, _check_output_transform, _placement
+from .display import (_display_range, _show_volume, contribution_color_node, node_colour_table,
+                      show_result, write_metrics_table)
+from .nodes import (_check_volume, dicom_modality, ijk_to_ras_matrix, image_from_volume,
+                    single_slice_axis, slice_frame, update_volume_from_image)
+from .placement import _ancestors, _apply_node_transform, _check_output_transform, _placement, \
+    lift_to_3d
 
-__all__ = ["DEFAULT_METRIC_KEYS", "NodeFusionResult", "fuse_nodes"]
+__all__ = ["DEFAULT_METRIC_KEYS", "NodeFusionResult", "FusionRequest", "prepare_fusion",
+           "write_result", "fuse_nodes", "functional_role", "CLINICAL_COLOUR_TABLES"]
 
 logger = logging.getLogger("MedFusionLib")
 
+#: The colour table a functional source is shown in when its own display is greyscale: hot iron
+#: ("heat": black-red-yellow-white) for PET, the rainbow for SPECT, as nuclear medicine reads them.
+CLINICAL_COLOUR_TABLES = {"PET": "heat", "SPECT": "rainbow"}
 
-#: Metrics written to the metrics table by default: the set the CNN is judged on (entropy,
-#: standard deviation, spatial frequency, mutual information, sum of the correlations of
-#: differences, VIF, Q^AB/F and SSIM; see MedFusionLib.metrics.METRICS for definitions).
-DEFAULT_METRIC_KEYS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
+#: DICOM Modality values of the functional sources.
+_FUNCTIONAL_DICOM = {"PT": "PET", "NM": "SPECT"}
+
+#: Node classes in the user's words (messages never show VTK class names).
+_KINDS = {"vtkMRMLScalarVolumeNode": "scalar volume", "vtkMRMLTransformNode": "transform",
+          "vtkMRMLTableNode": "table", "vtkMRMLVectorVolumeNode": "colour (RGB) volume"}
 
 
 @dataclass
 class NodeFusionResult:
-    """What :func:`fuse_nodes` did.
+    """What a fusion of two volume nodes did.
 
     Attributes
     ----------
-    fusion : MedFusionLib.pipeline.FusionResult
-        The engine's result (fused image, normalised sources, registration, timings).
+    fusion : MedFusionLib.pipeline.FusionResult or MedFusionLib.background.RemoteFusion
+        The engine's result (fused image, registration, method, device, timings; the normalised
+        sources only when the engine ran in this process).
     metrics : dict
         ``{metric: value}`` written to the metrics table (empty when no table was given).
     seconds : float
         Wall time of the whole call.
+    outputVolume, colourVolume : vtkMRMLVolumeNode or None
+        The nodes that received the fused volume and the colour fusion (created when none was
+        given).
     """
 
     fusion: object
     metrics: dict = field(default_factory=dict)
     seconds: float = 0.0
+    outputVolume: object = None
+    colourVolume: object = None
+
+
+@dataclass
+class FusionRequest:
+    """A checked fusion of two volume nodes: the engine's inputs and options, and the nodes
+    that receive the result. Made by :func:`prepare_fusion`; nothing in the scene is changed
+    until :func:`write_result`."""
+
+    fixedVolume: object
+    movingVolume: object
+    outputVolume: object
+    transformNode: object
+    contributionVolume: object
+    metricsTable: object
+    colourVolume: object
+    colour: bool
+    images: dict
+    initial_transform: sitk.Transform | None
+    options: dict
+    fixed_ijk_to_ras: np.ndarray
+    fixed_shape: tuple
+    frame: object = None
+    replace_transform: bool = False
+    show: bool = True
+    started: float = field(default_factory=time.perf_counter)
+
+    def nodes(self) -> list:
+        """Every node the run reads or writes (a run whose node is deleted must stop)."""
+        return [n for n in (self.fixedVolume, self.movingVolume, self.outputVolume,
+                            self.transformNode, self.contributionVolume, self.metricsTable,
+                            self.colourVolume) if n is not None]
 
 
 def _check_distinct(**nodes) -> None:
@@ -69,46 +118,201 @@ def _check_distinct(**nodes) -> None:
 def _check_node_class(node, class_name: str, role: str) -> None:
     if node is not None and not node.IsA(class_name):
         raise InvalidInputError(
-            f"the {role} '{node.GetName()}' is a {node.GetClassName()}; a {class_name} is needed."
+            f"the {role} '{node.GetName()}' is not a {_KINDS.get(class_name, class_name)}; choose "
+            f"a {_KINDS.get(class_name, class_name)} (or create a new one)."
         )
 
 
-def _compute_metrics(result, keys, max_slices: int, progress: ProgressCallback | None) -> tuple[dict, dict]:
-    """Quality metrics of the fused volume against both normalised sources, with directions.
+def functional_role(fixedVolume, movingVolume, fixed_modality: str | None = None,
+                    moving_modality: str | None = None) -> tuple[str, str] | None:
+    """``(role, modality)`` of the functional source of a pair -- ``("moving", "PET")`` -- when
+    exactly one of the two is PET or SPECT, by the modality given or else the DICOM header
+    (Modality PT or NM); None otherwise (intensities cannot tell PET from MR)."""
+    found = []
+    for role, node, given in (("fixed", fixedVolume, fixed_modality),
+                              ("moving", movingVolume, moving_modality)):
+        modality = str(given).upper() if given and str(given).lower() != "auto" else None
+        if modality is None and node is not None:
+            modality = _FUNCTIONAL_DICOM.get(dicom_modality(node) or "")
+        if modality in ("PET", "SPECT"):
+            found.append((role, modality))
+    return found[0] if len(found) == 1 else None
 
-    At most ``max_slices`` evenly spaced slices along the fusion axis are scored (the metrics are
-    per-slice means; a 256 x 256 slice costs about 0.1 s for the default keys).
+
+def prepare_fusion(fixedVolume, movingVolume, outputVolume=None, *, method: str | None = None,
+                   registration: str | None = "rigid", device: str = "auto", transformNode=None,
+                   contributionVolume=None, metricsTable=None, fixed_modality: str | None = None,
+                   moving_modality: str | None = None, ct_window=None,
+                   metric_keys=DEFAULT_METRIC_KEYS, max_metric_slices: int = 24,
+                   show: bool = True, colour: bool | None = None, colourVolume=None,
+                   colour_table=None, fixedMask=None, movingMask=None,
+                   initial_transform: sitk.Transform | None = None,
+                   strict_registration: bool = False, **params) -> FusionRequest:
+    """Check the nodes and options of a fusion and read the inputs (see :func:`fuse_nodes` for
+    the parameters); changes nothing in the scene.
+
+    Raises
+    ------
+    InvalidInputError
+        As :func:`fuse_nodes`.
     """
-    fused01 = sitk.GetArrayViewFromImage(result.fused)
-    n_slices = 1 if fused01.ndim == 2 else fused01.shape[result.axis]
-    slice_shape = fused01.shape if fused01.ndim == 2 else np.delete(fused01.shape, result.axis)
-    keys = metrics_module.resolve_keys(keys)
-    fitting = tuple(k for k in keys if metrics_module.METRICS[k].min_side <= min(slice_shape))
-    if len(fitting) < len(keys):
-        logger.warning("metrics %s need larger slices than %s and are left out of the table",
-                       ", ".join(k for k in keys if k not in fitting), "x".join(map(str, slice_shape)))
-    if not fitting:
-        return {}, {}
-    step = max(1, int(np.ceil(n_slices / max(1, int(max_slices)))))
-    report(progress, None, f"computing quality metrics on {int(np.ceil(n_slices / step))} slices")
-    values = metrics_module.volume_metrics(
-        result.fixed01, result.moving01, np.asarray(fused01), axis=result.axis, keys=fitting,
-        data_range=1.0, slice_step=step, progress=progress)  # per slice: shown, and cancellable
-    metrics = {k: float(v) for k, v in values.items() if k in metrics_module.METRICS}
-    directions = {k: metrics_module.METRICS[k].direction for k in metrics}
-    return metrics, directions
+    _check_volume(fixedVolume, "fixed")
+    _check_volume(movingVolume, "moving")
+    for node, name, role in ((outputVolume, "vtkMRMLScalarVolumeNode", "output volume"),
+                             (contributionVolume, "vtkMRMLScalarVolumeNode", "contribution volume"),
+                             (transformNode, "vtkMRMLTransformNode", "output transform"),
+                             (metricsTable, "vtkMRMLTableNode", "metrics table"),
+                             (colourVolume, "vtkMRMLVectorVolumeNode", "colour volume")):
+        _check_node_class(node, name, role)
+    for node, role in ((outputVolume, "output volume"), (contributionVolume, "contribution volume")):
+        if node is not None and node.IsA("vtkMRMLLabelMapVolumeNode"):
+            raise InvalidInputError(f"the {role} '{node.GetName()}' is a labelmap; choose a scalar volume.")
+    _check_distinct(fixed_volume=fixedVolume, moving_volume=movingVolume,
+                    output_volume=outputVolume, contribution_volume=contributionVolume,
+                    colour_volume=colourVolume)
+    _check_output_transform(transformNode, fixedVolume, movingVolume)
+
+    info = get_method(default_method() if method is None else method)
+    if contributionVolume is not None and not info.provides_weights:
+        with_weights = [n for n, i in list_methods(details=True).items() if i.provides_weights]
+        raise InvalidInputError(
+            f"method '{info.name}' gives no contribution map; clear the contribution volume or use "
+            f"one of: {', '.join(with_weights) or 'none installed'}."
+        )
+    # a re-run into the node that holds an earlier non-linear result starts from the moving
+    # volume's own position: that transform is left out, and replaced by the new result
+    replace = (transformNode is not None and not transformNode.IsLinear()
+               and any(t.GetID() == transformNode.GetID() for t in _ancestors(movingVolume)))
+    ignore = transformNode if replace else None
+    frame = None
+    if single_slice_axis(fixedVolume) is not None and single_slice_axis(movingVolume) is not None:
+        frame = slice_frame(fixedVolume)
+    images = {"fixed": image_from_volume(fixedVolume, frame=frame),
+              "moving": image_from_volume(movingVolume, frame=frame, ignore=ignore)}
+    for key, node in (("fixed_mask", fixedMask), ("moving_mask", movingMask)):
+        if node is not None:
+            images[key] = image_from_volume(node, labelmap=True, frame=frame,
+                                            ignore=ignore if key == "moving_mask" else None)
+
+    colour = colourVolume is not None if colour is None else bool(colour)
+    options = dict(method=info.name, registration=registration, device=device,
+                   fixed_modality=fixed_modality, moving_modality=moving_modality,
+                   ct_window=ct_window, return_weights=contributionVolume is not None,
+                   strict_registration=strict_registration,
+                   metric_keys=list(metric_keys or ()) if metricsTable is not None else None,
+                   max_metric_slices=max_metric_slices, fixed_name=fixedVolume.GetName(),
+                   moving_name=movingVolume.GetName(), **params)
+    if colour:
+        role = functional_role(fixedVolume, movingVolume, fixed_modality, moving_modality)
+        table = colour_table
+        if table is None and role is not None:
+            node = fixedVolume if role[0] == "fixed" else movingVolume
+            shown = node_colour_table(node)
+            table = shown.tolist() if shown is not None else CLINICAL_COLOUR_TABLES[role[1]]
+        options.update(colour_table=table if table is not None else "heat",
+                       functional=role[0] if role else None)
+    return FusionRequest(
+        fixedVolume=fixedVolume, movingVolume=movingVolume, outputVolume=outputVolume,
+        transformNode=transformNode, contributionVolume=contributionVolume,
+        metricsTable=metricsTable, colourVolume=colourVolume, colour=colour, images=images,
+        initial_transform=initial_transform, options=options,
+        fixed_ijk_to_ras=ijk_to_ras_matrix(fixedVolume),
+        fixed_shape=tuple(slicer.util.arrayFromVolume(fixedVolume).shape), frame=frame,
+        replace_transform=replace, show=show)
 
 
-def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = None,
+def _float32(image: sitk.Image) -> sitk.Image:
+    return image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
+
+
+def write_result(request: FusionRequest, fusion, metrics: dict, directions: dict,
+                 progress: ProgressCallback | None = None) -> NodeFusionResult:
+    """Write a finished fusion into the request's nodes (creating the output volume, and the
+    colour volume of a colour fusion, when none was given), then show it.
+
+    Everything that can fail is computed before the first node is changed.
+    """
+    if request.contributionVolume is not None and fusion.weights is None:
+        raise InvalidInputError(f"method '{fusion.method}' returned no contribution map.")
+    placement = None
+    if request.transformNode is not None:
+        transform = lift_to_3d(fusion.registration.transform, request.frame)
+        placement = _placement(request.transformNode, request.movingVolume, transform,
+                               None if request.frame is not None else request.images["fixed"],
+                               replace=request.replace_transform)
+
+    report(progress, None, "writing the results into the scene")
+    scene = request.fixedVolume.GetScene() or slicer.mrmlScene
+    output = request.outputVolume
+    if output is None:
+        output = scene.AddNewNodeByClass(
+            "vtkMRMLScalarVolumeNode",
+            scene.GenerateUniqueName(f"{request.movingVolume.GetName()} fused"))
+    shape = request.fixed_shape
+    update_volume_from_image(output, _float32(fusion.fused), ijk_to_ras=request.fixed_ijk_to_ras,
+                             shape=shape)
+    lower, upper = _display_range(slicer.util.arrayFromVolume(output))
+    _show_volume(output, lower, upper, "vtkMRMLColorTableNodeGrey")
+    reg = fusion.registration
+    for key, value in (("Method", fusion.method), ("Device", str(fusion.device)),
+                       ("Registration", reg.mode), ("RegistrationConfidence", reg.confidence),
+                       ("FixedVolume", request.fixedVolume.GetID() or ""),
+                       ("MovingVolume", request.movingVolume.GetID() or "")):
+        output.SetAttribute(f"MedFusion.{key}", value)
+
+    if placement is not None:
+        to_parent, from_parent, reparent = placement
+        _apply_node_transform(request.transformNode, to_parent, from_parent)
+        if reparent:
+            request.movingVolume.SetAndObserveTransformNodeID(request.transformNode.GetID())
+
+    if request.contributionVolume is not None:
+        update_volume_from_image(request.contributionVolume, _float32(fusion.weights),
+                                 ijk_to_ras=request.fixed_ijk_to_ras, shape=shape)
+        color = contribution_color_node(scene)
+        _show_volume(request.contributionVolume, 0.0, 1.0, color.GetID())
+        request.contributionVolume.SetAttribute("MedFusion.Meaning",
+                                                "share of the fixed source in [0, 1]")
+
+    colour_node = request.colourVolume
+    if request.colour and getattr(fusion, "rgb", None) is not None:
+        if colour_node is None:
+            colour_node = scene.AddNewNodeByClass(
+                "vtkMRMLVectorVolumeNode",
+                scene.GenerateUniqueName(f"{request.movingVolume.GetName()} fused colour"))
+        update_volume_from_image(colour_node, fusion.rgb, ijk_to_ras=request.fixed_ijk_to_ras,
+                                 shape=shape)
+        colour_node.CreateDefaultDisplayNodes()
+        colour_node.SetAttribute("MedFusion.Meaning",
+                                 f"colour fusion: {fusion.functional} source in "
+                                 f"{fusion.colour_table} over the other's detail")
+
+    if request.metricsTable is not None:
+        write_metrics_table(request.metricsTable, metrics, directions)
+    if request.show:
+        show_result(output, request.fixedVolume, contributionVolume=request.contributionVolume,
+                    colourVolume=colour_node)
+    seconds = time.perf_counter() - request.started
+    report(progress, 1.0, f"Fusion completed in {seconds:.2f} seconds; {reg.mode} registration "
+                          f"confidence {reg.confidence}"
+                          + (f" ({reg.confidence_reason})" if reg.confidence == "low" else ""))
+    return NodeFusionResult(fusion=fusion, metrics=metrics, seconds=seconds, outputVolume=output,
+                            colourVolume=colour_node)
+
+
+def fuse_nodes(fixedVolume, movingVolume, outputVolume=None, *, method: str | None = None,
                registration: str | None = "rigid", device: str = "auto", transformNode=None,
                contributionVolume=None, metricsTable=None, progress: ProgressCallback | None = None,
                fixed_modality: str | None = None, moving_modality: str | None = None,
                ct_window=None, metric_keys=DEFAULT_METRIC_KEYS, max_metric_slices: int = 24,
-               show: bool = True, colourVolume=None, colour_table=None,
-               fixedMask=None, movingMask=None, initial_transform: sitk.Transform | None = None,
+               show: bool = True, colour: bool | None = None, colourVolume=None,
+               colour_table=None, fixedMask=None, movingMask=None,
+               initial_transform: sitk.Transform | None = None,
                strict_registration: bool = False, **params) -> NodeFusionResult:
     """Register and fuse two volume nodes; write the fused volume and optional outputs as nodes.
 
+    Runs in this process and returns when done (for scripts; the module panel runs the same
+    work in a child process with :func:`~MedFusionLib.slicer_bridge.task.fuse_nodes_async`).
     The inputs' voxels and geometry are never modified (only the moving volume's parent
     transform, when ``transformNode`` is given). Nothing is written until the engine has
     finished, so a cancelled or failed run leaves every node as it was.
@@ -117,15 +321,18 @@ def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = 
     ----------
     fixedVolume : vtkMRMLScalarVolumeNode
         Reference (usually anatomical, e.g. MR); the fused volume is written on its exact grid.
+        A single slice (axial, coronal, sagittal or oblique) with a parallel single slice as
+        ``movingVolume`` is fused in 2D.
     movingVolume : vtkMRMLScalarVolumeNode
         Second source (e.g. CT, PET, SPECT), registered onto ``fixedVolume``.
-    outputVolume : vtkMRMLScalarVolumeNode
+    outputVolume : vtkMRMLScalarVolumeNode, optional
         Receives the fused volume: float32 in [0, 1], IJK->RAS equal to the fixed volume's world
-        matrix, grey colour map and a window of the 0.5-99.5 percentiles.
+        matrix, grey colour map and a window of the 0.5-99.5 percentiles. Created ("<moving>
+        fused") when not given.
     method : str, optional
         Fusion method name (``MedFusionLib.list_methods()``); default: ``cnn`` where available,
         else ``maximum``.
-    registration : {"rigid", "affine", "bspline", "none"}, optional
+    registration : {"rigid", "affine", "bspline", "none"} or None, optional
         How the moving volume is aligned before fusion (default ``rigid``; None lets the engine
         choose: rigid in 3D, none in 2D).
     device : {"auto", "cpu", "cuda"}, optional
@@ -136,19 +343,19 @@ def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = 
         node is already above the moving volume (a second run after the first placed it there,
         or a node higher in its chain), it keeps its place and its transform is refined; else
         the moving volume is put directly under it and the node absorbs the volume's previous
-        parent transforms. The node thus holds the whole mapping from the moving volume's own
-        coordinates (below the node) to the node's parent, not only the last correction.
-        Rigid/affine results are stored as a matrix, B-spline results as a displacement grid
-        (from parent). A node above the fixed volume is refused (it would move it too). The
-        moving volume's voxels and geometry are never changed.
+        parent transforms. Rigid/affine results are stored as a matrix, B-spline results as a
+        displacement grid (from parent). A run into a node that holds an earlier B-spline result
+        registers again from the moving volume's own position and replaces that result. A node
+        above the fixed volume is refused (it would move it too).
     contributionVolume : vtkMRMLScalarVolumeNode, optional
         Receives the per-voxel share of the fixed source in [0, 1] (blue = moving source, white =
         equal, orange = fixed source). Only for methods that provide weights.
     metricsTable : vtkMRMLTableNode, optional
         Receives one row per quality metric: ``Metric``, ``Value``, ``Direction``.
     progress : callable, optional
-        ``progress(fraction, message) -> bool | None``; returning False cancels
-        (:class:`MedFusionLib.errors.CancelledError` is raised and no node is written).
+        ``progress(fraction, message) -> bool | None``, one bar from 0 to 1 across registration,
+        fusion and metrics; returning False cancels (:class:`MedFusionLib.errors.CancelledError`
+        is raised and no node is written).
     fixed_modality, moving_modality : str, optional
         ``CT``, ``MR``, ``PET``, ``SPECT`` or ``8BIT`` to override the guess.
     ct_window : str or (float, float), optional
@@ -158,17 +365,18 @@ def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = 
     max_metric_slices : int, optional
         Score at most this many evenly spaced slices (default 24).
     show : bool, optional
-        Show the result in the slice views with :func:`show_result` (default True): the fused
-        volume as background (the colour one when computed) and, as foreground, the contribution
-        map at 40 % opacity with a colour legend when computed, else the fixed volume at opacity
-        0, ready for the fader; views fitted when the application has a layout manager.
+        Show the result in the slice views with :func:`show_result` (default True).
+    colour : bool, optional
+        Colour fusion: the PET/SPECT source keeps its colours over the anatomical detail
+        (:mod:`MedFusionLib.colour`); ``outputVolume`` then holds the fused luminance and the
+        metrics are computed on luminance. Default: when ``colourVolume`` is given.
     colourVolume : vtkMRMLVectorVolumeNode, optional
-        Receives the colour fusion (RGB, see :mod:`MedFusionLib.colour`): the PET/SPECT source
-        keeps its colours over the anatomical detail. ``outputVolume`` then holds the fused
-        luminance, and the metrics are computed on luminance.
+        Receives the colour fusion (RGB); created ("<moving> fused colour") when ``colour`` is
+        True and none is given.
     colour_table : str or array_like, optional
         Colour table for the functional source: a name (``heat``, ``rainbow``) or ``(N, 3)`` RGB
-        rows. Default: the colour table its display node uses in Slicer, else ``heat``.
+        rows. Default: the table its display node uses in Slicer, else the clinical one
+        (:data:`CLINICAL_COLOUR_TABLES`: heat for PET, rainbow for SPECT).
     fixedMask, movingMask : vtkMRMLLabelMapVolumeNode or vtkMRMLScalarVolumeNode, optional
         Label volumes (non-zero = use) limiting the registration to these regions.
     initial_transform : SimpleITK.Transform, optional
@@ -193,107 +401,15 @@ def fuse_nodes(fixedVolume, movingVolume, outputVolume, *, method: str | None = 
     MedFusionError
         Any engine error (unknown method or device, registration failure, cancellation).
     """
-    t0 = time.perf_counter()
-    _check_volume(fixedVolume, "fixed")
-    _check_volume(movingVolume, "moving")
-    if outputVolume is None:
-        raise InvalidInputError("no output volume was given; select or create one.")
-    _check_node_class(outputVolume, "vtkMRMLScalarVolumeNode", "output volume")
-    _check_node_class(contributionVolume, "vtkMRMLScalarVolumeNode", "contribution volume")
-    _check_node_class(transformNode, "vtkMRMLTransformNode", "transform node")
-    _check_node_class(metricsTable, "vtkMRMLTableNode", "metrics table")
-    _check_node_class(colourVolume, "vtkMRMLVectorVolumeNode", "colour volume")
-    for node, role in ((outputVolume, "output volume"), (contributionVolume, "contribution volume")):
-        if node is not None and node.IsA("vtkMRMLLabelMapVolumeNode"):
-            raise InvalidInputError(f"the {role} '{node.GetName()}' is a labelmap; choose a scalar volume.")
-    _check_distinct(fixed_volume=fixedVolume, moving_volume=movingVolume,
-                    output_volume=outputVolume, contribution_volume=contributionVolume,
-                    colour_volume=colourVolume)
-    _check_output_transform(transformNode, fixedVolume, movingVolume)
-
-    method = default_method() if method is None else method
-    info = get_method(method)
-    if contributionVolume is not None and not info.provides_weights:
-        with_weights = [n for n, i in list_methods(details=True).items() if i.provides_weights]
-        raise InvalidInputError(
-            f"method '{info.name}' gives no contribution map; clear the contribution volume or use "
-            f"one of: {', '.join(with_weights) or 'none installed'}."
-        )
-
-    fixed_image = image_from_volume(fixedVolume)
-    moving_image = image_from_volume(movingVolume)
-    fixed_ijk_to_ras = ijk_to_ras_matrix(fixedVolume)
-    common = dict(method=info.name, registration=registration, device=device,
-                  fixed_modality=fixed_modality, moving_modality=moving_modality,
-                  ct_window=ct_window, return_weights=contributionVolume is not None,
-                  progress=progress, initial_transform=initial_transform,
-                  strict_registration=strict_registration,
-                  fixed_mask=None if fixedMask is None else image_from_volume(fixedMask, labelmap=True),
-                  moving_mask=None if movingMask is None else image_from_volume(movingMask, labelmap=True))
-    if colourVolume is not None:
-        which = functional_source(fixed_image, moving_image, fixed_modality=fixed_modality,
-                                  moving_modality=moving_modality,
-                                  names=(fixedVolume.GetName(), movingVolume.GetName()))
-        table = colour_table
-        if table is None:
-            table = node_colour_table(fixedVolume if which == "fixed" else movingVolume)
-        result = fuse_colour(fixed_image, moving_image, table="heat" if table is None else table,
-                             functional=which, **common, **params)
-    else:
-        result = fuse_images(fixed_image, moving_image, **common, **params)
-
-    if contributionVolume is not None and result.weights is None:
-        raise InvalidInputError(f"method '{info.name}' returned no contribution map.")
-    metrics, directions = ({}, {})
-    if metricsTable is not None:
-        metrics, directions = _compute_metrics(result, metric_keys, max_metric_slices, progress)
-    if transformNode is not None:
-        to_parent, from_parent, reparent = _placement(transformNode, movingVolume,
-                                                      result.registration.transform, fixed_image)
-
-    # Everything is computed: write the outputs.
-    report(progress, None, "writing the results into the scene")
-    update_volume_from_image(outputVolume, sitk.Cast(result.fused, sitk.sitkFloat32),
-                             ijk_to_ras=fixed_ijk_to_ras)
-    lower, upper = _display_range(slicer.util.arrayFromVolume(outputVolume))
-    _show_volume(outputVolume, lower, upper, "vtkMRMLColorTableNodeGrey")
-    for key, value in (("Method", info.name), ("Device", str(result.device)),
-                       ("Registration", result.registration.mode),
-                       ("RegistrationConfidence", result.registration.confidence),
-                       ("FixedVolume", fixedVolume.GetID() or ""),
-                       ("MovingVolume", movingVolume.GetID() or "")):
-        outputVolume.SetAttribute(f"MedFusion.{key}", value)
-
-    if transformNode is not None:
-        _apply_node_transform(transformNode, to_parent, from_parent)
-        if reparent:
-            movingVolume.SetAndObserveTransformNodeID(transformNode.GetID())
-
-    if contributionVolume is not None:
-        update_volume_from_image(contributionVolume, sitk.Cast(result.weights, sitk.sitkFloat32),
-                                 ijk_to_ras=fixed_ijk_to_ras)
-        scene = contributionVolume.GetScene() or slicer.mrmlScene
-        color = contribution_color_node(scene)
-        _show_volume(contributionVolume, 0.0, 1.0, color.GetID())
-        contributionVolume.SetAttribute("MedFusion.Meaning", "share of the fixed source in [0, 1]")
-
-    if colourVolume is not None:
-        update_volume_from_image(colourVolume, result.rgb, ijk_to_ras=fixed_ijk_to_ras)
-        colourVolume.CreateDefaultDisplayNodes()
-        colourVolume.SetAttribute("MedFusion.Meaning",
-                                  f"colour fusion: {result.functional} source in "
-                                  f"{result.colour_table} over the other's detail")
-
-    if metricsTable is not None:
-        write_metrics_table(metricsTable, metrics, directions)
-
-    if show:
-        show_result(outputVolume, fixedVolume, contributionVolume=contributionVolume,
-                    colourVolume=colourVolume)
-
-    seconds = time.perf_counter() - t0
-    reg = result.registration
-    report(progress, 1.0, f"Fusion completed in {seconds:.2f} seconds; {reg.mode} registration "
-                          f"confidence {reg.confidence}"
-                          + (f" ({reg.confidence_reason})" if reg.confidence == "low" else ""))
-    return NodeFusionResult(fusion=result, metrics=metrics, seconds=seconds)
+    request = prepare_fusion(
+        fixedVolume, movingVolume, outputVolume, method=method, registration=registration,
+        device=device, transformNode=transformNode, contributionVolume=contributionVolume,
+        metricsTable=metricsTable, fixed_modality=fixed_modality, moving_modality=moving_modality,
+        ct_window=ct_window, metric_keys=metric_keys, max_metric_slices=max_metric_slices,
+        show=show, colour=colour, colourVolume=colourVolume, colour_table=colour_table,
+        fixedMask=fixedMask, movingMask=movingMask, initial_transform=initial_transform,
+        strict_registration=strict_registration, **params)
+    images = dict(request.images)
+    engine = run_engine(images.pop("fixed"), images.pop("moving"), progress=progress,
+                        initial_transform=request.initial_transform, **images, **request.options)
+    return write_result(request, engine.fusion, engine.metrics, engine.directions, progress)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import SimpleITK as sitk
 import slicer
@@ -9,8 +11,8 @@ import vtk
 
 from ..errors import InvalidInputError
 
-__all__ = ["LPS_RAS", "ijk_to_ras_matrix", "dicom_modality", "image_from_volume",
-           "update_volume_from_image"]
+__all__ = ["LPS_RAS", "SliceFrame", "ijk_to_ras_matrix", "dicom_modality", "image_from_volume",
+           "single_slice_axis", "slice_frame", "update_volume_from_image"]
 
 
 #: Flips RAS <-> LPS (its own inverse).
@@ -22,7 +24,11 @@ def _node_label(node, what: str) -> str:
     return f"{what} '{name}'" if name else what
 
 
-def ijk_to_ras_matrix(volume_node, *, world: bool = True) -> np.ndarray:
+def _array_of(matrix) -> np.ndarray:
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def ijk_to_ras_matrix(volume_node, *, world: bool = True, ignore=None) -> np.ndarray:
     """The 4x4 IJK->RAS matrix of a volume node, optionally including its parent transforms.
 
     Parameters
@@ -30,8 +36,12 @@ def ijk_to_ras_matrix(volume_node, *, world: bool = True) -> np.ndarray:
     volume_node : vtkMRMLVolumeNode
         The volume.
     world : bool, optional
-        If True (default) and the node is under a linear transform, return the matrix that places
+        If True (default) and the node is under linear transforms, return the matrix that places
         its voxels in world coordinates (what the slice views show).
+    ignore : vtkMRMLTransformNode, optional
+        A transform node of the volume's parent chain whose own transform is left out (taken as
+        the identity; the nodes above and below it still count). A re-run into the output
+        transform of an earlier B-spline registration starts from where the volume is without it.
 
     Returns
     -------
@@ -42,22 +52,27 @@ def ijk_to_ras_matrix(volume_node, *, world: bool = True) -> np.ndarray:
     Raises
     ------
     InvalidInputError
-        If ``world`` is True and the node is under a non-linear transform (harden it first).
+        If ``world`` is True and a transform above the node (other than ``ignore``) is
+        non-linear, saying what the user can do.
     """
     m = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(m)
-    ijk_to_ras = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+    ijk_to_ras = _array_of(m)
     parent = volume_node.GetParentTransformNode() if world else None
-    if parent is not None:
-        if not parent.IsTransformToWorldLinear():
-            raise InvalidInputError(
-                f"{_node_label(volume_node, 'volume')} is under the non-linear transform "
-                f"'{parent.GetName()}'; harden the transform (Data module) before fusing."
-            )
-        to_world = vtk.vtkMatrix4x4()
-        parent.GetMatrixTransformToWorld(to_world)
-        tw = np.array([[to_world.GetElement(r, c) for c in range(4)] for r in range(4)])
-        ijk_to_ras = tw @ ijk_to_ras
+    while parent is not None:
+        if ignore is None or parent.GetID() != ignore.GetID():
+            if not parent.IsLinear():
+                raise InvalidInputError(
+                    f"{_node_label(volume_node, 'volume')} is shown through the non-linear "
+                    f"(e.g. B-spline) transform '{parent.GetName()}'. Choose '{parent.GetName()}' "
+                    "as the output transform to register again from the volume's own position "
+                    "(the new result replaces it), or harden it (Data module: right-click the "
+                    "transform, Harden transform) to start from the current alignment."
+                )
+            to_parent = vtk.vtkMatrix4x4()
+            parent.GetMatrixTransformToParent(to_parent)
+            ijk_to_ras = _array_of(to_parent) @ ijk_to_ras
+        parent = parent.GetParentTransformNode()
     return ijk_to_ras
 
 
@@ -66,19 +81,22 @@ def _check_volume(node, what: str, labelmap: bool = False) -> None:
     node too when ``labelmap``)."""
     if node is None:
         raise InvalidInputError(f"no {what} volume was given; select one.")
-    if not isinstance(node, slicer.vtkMRMLScalarVolumeNode) or (
-            not labelmap and isinstance(node, slicer.vtkMRMLLabelMapVolumeNode)):
-        raise InvalidInputError(
-            f"{_node_label(node, what + ' volume')} is a {node.GetClassName()}; a scalar volume "
-            "(vtkMRMLScalarVolumeNode) is needed."
-        )
+    label = _node_label(node, what + " volume")
+    if isinstance(node, slicer.vtkMRMLLabelMapVolumeNode) and not labelmap:
+        raise InvalidInputError(f"{label} is a label map (a segmentation); choose a greyscale "
+                                "image volume.")
+    if isinstance(node, (slicer.vtkMRMLVectorVolumeNode, slicer.vtkMRMLTensorVolumeNode)) or \
+            not isinstance(node, slicer.vtkMRMLScalarVolumeNode):
+        raise InvalidInputError(f"{label} is not a greyscale image volume (a colour, vector or "
+                                "tensor volume, or not a volume); convert a colour volume with the "
+                                "Vector to Scalar Volume module first.")
     image_data = node.GetImageData()
     if image_data is None or image_data.GetNumberOfPoints() == 0:
-        raise InvalidInputError(f"{_node_label(node, what + ' volume')} has no voxels.")
+        raise InvalidInputError(f"{label} has no voxels.")
     if image_data.GetNumberOfScalarComponents() != 1:
         raise InvalidInputError(
-            f"{_node_label(node, what + ' volume')} has {image_data.GetNumberOfScalarComponents()} "
-            "components per voxel; a single-component (greyscale) volume is needed."
+            f"{label} has {image_data.GetNumberOfScalarComponents()} components per voxel; convert "
+            "it to a greyscale volume with the Vector to Scalar Volume module first."
         )
 
 
@@ -98,11 +116,68 @@ def dicom_modality(volume_node) -> str | None:
     return value.strip().upper() or None
 
 
-def image_from_volume(volume_node, *, world: bool = True, labelmap: bool = False) -> sitk.Image:
+@dataclass(frozen=True)
+class SliceFrame:
+    """The plane of a single-slice pair, in which it is registered and fused as 2D images.
+
+    Points of the plane are ``origin + x * u + y * v`` (LPS, mm). For a slice on a coordinate
+    plane (axial, coronal, sagittal) the frame is that plane's two LPS axes through the origin,
+    so 2D coordinates are the patient's own; for an oblique slice it is the slice's own axes.
+    """
+
+    origin: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+    normal: np.ndarray
+
+    def matrix(self) -> np.ndarray:
+        """4x4 LPS matrix taking plane coordinates ``(x, y, depth)`` to LPS points."""
+        out = np.eye(4)
+        out[:3, 0], out[:3, 1], out[:3, 2], out[:3, 3] = self.u, self.v, self.normal, self.origin
+        return out
+
+
+def _lps_axes(volume_node, *, world: bool, ignore=None):
+    """``(origin, unit axes (3, 3) as columns i, j, k, spacing)`` of a volume in LPS."""
+    ijk_to_lps = LPS_RAS @ ijk_to_ras_matrix(volume_node, world=world, ignore=ignore)
+    axes = ijk_to_lps[:3, :3]
+    spacing = np.linalg.norm(axes, axis=0)
+    if np.any(spacing <= 0):
+        raise InvalidInputError(f"{_node_label(volume_node, 'volume')} has a zero voxel spacing.")
+    return ijk_to_lps[:3, 3], axes / spacing, spacing
+
+
+def single_slice_axis(volume_node) -> int | None:
+    """The voxel axis (0: i, 1: j, 2: k) along which a volume is one voxel thick when it is a
+    single slice (a 2D image loaded in Slicer, one DICOM slice), else None."""
+    dims = volume_node.GetImageData().GetDimensions() if volume_node.GetImageData() else ()
+    thin = [a for a, n in enumerate(dims) if n == 1]
+    return thin[0] if len(thin) == 1 else None
+
+
+def slice_frame(volume_node, *, world: bool = True) -> SliceFrame:
+    """The :class:`SliceFrame` of a single-slice volume (see :func:`single_slice_axis`)."""
+    axis = single_slice_axis(volume_node)
+    origin, axes, _ = _lps_axes(volume_node, world=world)
+    in_plane = [a for a in range(3) if a != axis]
+    normal = np.cross(axes[:, in_plane[0]], axes[:, in_plane[1]])
+    normal /= np.linalg.norm(normal)
+    nearest = int(np.argmax(np.abs(normal)))
+    if abs(abs(normal[nearest]) - 1.0) < 1e-6:  # axial, coronal or sagittal
+        eye = np.eye(3)
+        u, v = (eye[:, a] for a in range(3) if a != nearest)
+        return SliceFrame(np.zeros(3), u, v, np.cross(u, v))
+    u = axes[:, in_plane[0]]
+    return SliceFrame(origin, u, np.cross(normal, u), normal)
+
+
+def image_from_volume(volume_node, *, world: bool = True, labelmap: bool = False,
+                      frame: SliceFrame | None = None, ignore=None) -> sitk.Image:
     """Copy a scalar volume node into a SimpleITK image (LPS geometry, same voxel type).
 
-    A volume with a single slice along k whose k axis is the superior axis becomes a 2D image,
-    so that 2D pairs (PNG slices loaded in Slicer) are registered and fused in 2D.
+    A single slice (one voxel thick along any of its axes: axial, coronal, sagittal or oblique)
+    becomes a 2D image in ``frame`` (by default its own :func:`slice_frame`), so that 2D pairs
+    are registered and fused in 2D.
 
     Parameters
     ----------
@@ -112,39 +187,47 @@ def image_from_volume(volume_node, *, world: bool = True, labelmap: bool = False
         Include the node's (linear) parent transforms in the geometry (default).
     labelmap : bool, optional
         Also accept a labelmap volume node (registration masks).
+    frame : SliceFrame, optional
+        The plane both slices of a 2D pair are expressed in (the fixed slice's).
+    ignore : vtkMRMLTransformNode, optional
+        A parent transform left out of the geometry (see :func:`ijk_to_ras_matrix`).
 
     Returns
     -------
     SimpleITK.Image
-        3D image ``(I, J, K)`` (or 2D ``(I, J)``), voxels deep-copied. For a volume loaded from
-        DICOM the Modality tag is copied into the image's ``0008|0060`` metadata, so that the
-        engine normalises it by its real modality (PET cannot be told from MR by intensities).
+        3D image ``(I, J, K)`` (or 2D), voxels copied. For a volume loaded from DICOM the
+        Modality tag is copied into the image's ``0008|0060`` metadata, so that the engine
+        normalises it by its real modality (PET cannot be told from MR by intensities).
 
     Raises
     ------
     InvalidInputError
-        If the node has no voxels, more than one component, or a non-linear parent transform.
+        If the node has no voxels, more than one component, a non-linear parent transform, or
+        is a slice not parallel to ``frame``.
     """
     _check_volume(volume_node, "input", labelmap=labelmap)
-    array = np.array(slicer.util.arrayFromVolume(volume_node), copy=True)  # (k, j, i)
-    ijk_to_lps = LPS_RAS @ ijk_to_ras_matrix(volume_node, world=world)
-    axes = ijk_to_lps[:3, :3]
-    spacing = np.linalg.norm(axes, axis=0)
-    if np.any(spacing <= 0):
-        raise InvalidInputError(f"{_node_label(volume_node, 'volume')} has a zero voxel spacing.")
-    direction = axes / spacing
-    origin = ijk_to_lps[:3, 3]
-    if array.shape[0] == 1 and np.allclose(np.abs(direction[:, 2]), [0, 0, 1], atol=1e-6) \
-            and np.allclose(direction[2, :2], 0.0, atol=1e-6):
-        image = sitk.GetImageFromArray(array[0])
-        image.SetSpacing(tuple(float(s) for s in spacing[:2]))
-        image.SetOrigin(tuple(float(o) for o in origin[:2]))
-        image.SetDirection(tuple(float(d) for d in direction[:2, :2].ravel()))
-    else:
+    array = slicer.util.arrayFromVolume(volume_node)  # (k, j, i), a view: copied once below
+    origin, axes, spacing = _lps_axes(volume_node, world=world, ignore=ignore)
+    axis = single_slice_axis(volume_node)
+    if axis is None:
         image = sitk.GetImageFromArray(array)
         image.SetSpacing(tuple(float(s) for s in spacing))
         image.SetOrigin(tuple(float(o) for o in origin))
-        image.SetDirection(tuple(float(d) for d in direction.ravel()))
+        image.SetDirection(tuple(float(d) for d in axes.ravel()))
+    else:
+        frame = frame or slice_frame(volume_node, world=world)
+        in_plane = [a for a in range(3) if a != axis]
+        if abs(float(np.cross(axes[:, in_plane[0]], axes[:, in_plane[1]]) @ frame.normal)) < 0.9998:
+            raise InvalidInputError(
+                f"{_node_label(volume_node, 'slice')} is not parallel to the fixed slice (more than "
+                "1 degree apart); a single-slice pair must show the same plane (both axial, both "
+                "coronal, ...)."
+            )
+        basis = np.stack([frame.u, frame.v])  # (2, 3): LPS -> plane coordinates
+        image = sitk.GetImageFromArray(np.squeeze(array, axis=2 - axis))
+        image.SetSpacing(tuple(float(spacing[a]) for a in in_plane))
+        image.SetOrigin(tuple(float(c) for c in basis @ (origin - frame.origin)))
+        image.SetDirection(tuple(float(d) for d in (basis @ axes[:, in_plane]).ravel()))
     modality = dicom_modality(volume_node)
     if modality:
         image.SetMetaData("0008|0060", modality)
@@ -161,7 +244,8 @@ def _ijk_to_ras_from_image(image: sitk.Image) -> np.ndarray:
     return LPS_RAS @ ijk_to_lps
 
 
-def update_volume_from_image(volume_node, image: sitk.Image, *, ijk_to_ras=None) -> None:
+def update_volume_from_image(volume_node, image: sitk.Image, *, ijk_to_ras=None,
+                             shape: tuple | None = None) -> None:
     """Write a SimpleITK image's voxels and geometry into a volume node.
 
     Parameters
@@ -173,9 +257,15 @@ def update_volume_from_image(volume_node, image: sitk.Image, *, ijk_to_ras=None)
     ijk_to_ras : array_like or None, optional
         ``(4, 4)`` matrix to use instead of the image's own geometry, e.g. the fixed volume's
         exact matrix when ``image`` lies on its grid.
+    shape : tuple, optional
+        The voxel array's ``(k, j, i)`` shape when ``image`` is a 2D slice of a volume that is
+        thin along another axis than k (a coronal or sagittal slice on the fixed grid).
     """
-    array = sitk.GetArrayFromImage(image)
-    if array.ndim == 2 + (image.GetNumberOfComponentsPerPixel() > 1):
+    array = sitk.GetArrayViewFromImage(image)  # updateVolumeFromArray copies it once
+    components = image.GetNumberOfComponentsPerPixel()
+    if shape is not None:
+        array = array.reshape(tuple(shape) + ((components,) if components > 1 else ()))
+    elif array.ndim == 2 + (components > 1):
         array = array[np.newaxis]
     matrix = _ijk_to_ras_from_image(image) if ijk_to_ras is None else np.asarray(ijk_to_ras, float)
     volume_node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(matrix))

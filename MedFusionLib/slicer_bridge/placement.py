@@ -18,7 +18,7 @@ from vtk.util import numpy_support
 from ..errors import InvalidInputError
 from .nodes import LPS_RAS, _ijk_to_ras_from_image
 
-__all__ = ["matrix_from_transform", "set_transform_node"]
+__all__ = ["matrix_from_transform", "set_transform_node", "lift_to_3d"]
 
 
 #: At most this many grid points per axis when a non-linear transform is stored as a grid.
@@ -170,7 +170,7 @@ def _check_output_transform(transform_node, fixed_volume, moving_volume) -> None
 
 
 def _placement(transform_node, moving_volume, registration_transform: sitk.Transform,
-               fixed_image: sitk.Image):
+               fixed_image: sitk.Image | None, *, replace: bool = False):
     """What to write into ``transform_node`` so that the moving volume sits on the fixed one.
 
     ``registration_transform`` maps fixed world points to the moving volume's world points as it
@@ -183,7 +183,13 @@ def _placement(transform_node, moving_volume, registration_transform: sitk.Trans
       (``Q``: the node's parents to world, ``N``: its current transform, ``T``: the registration
       in RAS), so the result of the first run is refined, not replaced;
     - otherwise the moving volume is to be put directly under the node, which then absorbs the
-      volume's current parents ``P``: ``Q^-1 T^-1 P``.
+      volume's current parents ``P``: ``Q^-1 T^-1 P``;
+    - with ``replace`` (a node above the moving volume whose non-linear transform the
+      registration left out, see :func:`~MedFusionLib.slicer_bridge.nodes.ijk_to_ras_matrix`)
+      the node's current transform is taken as the identity and replaced: ``Q^-1 T^-1 Q``.
+
+    ``registration_transform`` is 3D (a 2D result is lifted into its slice's plane first,
+    :func:`lift_to_3d`); ``fixed_image`` is the grid a non-linear result is sampled on.
 
     Returns ``(to_parent_matrix, from_parent_transform, reparent)``: one of the first two is set
     (a non-linear registration is sampled on the fixed grid as a displacement field) and
@@ -191,7 +197,9 @@ def _placement(transform_node, moving_volume, registration_transform: sitk.Trans
     """
     in_chain = any(t.GetID() == transform_node.GetID() for t in _ancestors(moving_volume))
     q = _matrix_to_world(transform_node.GetParentTransformNode())
-    if in_chain:
+    if in_chain and replace:
+        local_from_world = np.linalg.inv(q)
+    elif in_chain:
         n = vtk.vtkMatrix4x4()
         transform_node.GetMatrixTransformToParent(n)
         current = np.array([[n.GetElement(r, c) for c in range(4)] for r in range(4)])
@@ -199,32 +207,43 @@ def _placement(transform_node, moving_volume, registration_transform: sitk.Trans
     else:
         local_from_world = np.linalg.inv(_matrix_to_world(moving_volume.GetParentTransformNode()))
     # from-parent mapping, in LPS: parent space -Q-> world -T-> moving world -> node's own space
-    dim = registration_transform.GetDimension()
-    to_lps = LPS_RAS @ local_from_world @ LPS_RAS
-    from_lps = LPS_RAS @ q @ LPS_RAS
-    if dim == 2:
-        to_lps, from_lps = _affine_2d(to_lps), _affine_2d(from_lps)
-    composite = sitk.CompositeTransform(dim)
-    composite.AddTransform(_sitk_affine(to_lps, dim))  # applied last
+    composite = sitk.CompositeTransform(3)
+    composite.AddTransform(_sitk_affine(LPS_RAS @ local_from_world @ LPS_RAS))  # applied last
     composite.AddTransform(registration_transform)
-    composite.AddTransform(_sitk_affine(from_lps, dim))  # applied first
-    reference = _reference_in_parent_space(fixed_image, q)
+    composite.AddTransform(_sitk_affine(LPS_RAS @ q @ LPS_RAS))  # applied first
+    reference = None if fixed_image is None else _reference_in_parent_space(fixed_image, q)
     to_parent, from_parent = _node_transform(composite, reference)
     return to_parent, from_parent, not in_chain
 
 
-def _affine_2d(matrix: np.ndarray) -> np.ndarray:
-    """The in-plane part of a 4x4 matrix, for 2D registrations (which keep z)."""
-    out = np.eye(3)
-    out[:2, :2], out[:2, 2] = matrix[:2, :2], matrix[:2, 3]
-    return out
-
-
-def _sitk_affine(matrix: np.ndarray, dim: int) -> sitk.AffineTransform:
-    affine = sitk.AffineTransform(dim)
-    affine.SetMatrix(tuple(float(v) for v in matrix[:dim, :dim].ravel()))
-    affine.SetTranslation(tuple(float(v) for v in matrix[:dim, dim]))
+def _sitk_affine(matrix: np.ndarray) -> sitk.AffineTransform:
+    """The 3D affine transform of a 4x4 homogeneous matrix (LPS, mm)."""
+    affine = sitk.AffineTransform(3)
+    affine.SetMatrix(tuple(float(v) for v in matrix[:3, :3].ravel()))
+    affine.SetTranslation(tuple(float(v) for v in matrix[:3, 3]))
     return affine
+
+
+def lift_to_3d(transform: sitk.Transform, frame) -> sitk.Transform:
+    """A 2D registration of a single-slice pair as the 3D transform it is in the slices' plane.
+
+    ``frame`` is the pair's :class:`~MedFusionLib.slicer_bridge.nodes.SliceFrame`: the 2D
+    transform acts on plane coordinates, the normal direction is kept. A 3D transform is
+    returned as is.
+
+    Raises
+    ------
+    InvalidInputError
+        For a non-linear 2D transform (a slice's B-spline cannot be stored in a transform node).
+    """
+    if transform.GetDimension() == 3:
+        return transform
+    matrix = matrix_from_transform(transform)
+    if matrix is None:
+        raise InvalidInputError("a non-linear 2D registration cannot be stored in a Slicer "
+                                "transform node; choose rigid or affine for a single-slice pair.")
+    to_lps = frame.matrix()
+    return _sitk_affine(to_lps @ matrix @ np.linalg.inv(to_lps))
 
 
 def _reference_in_parent_space(fixed_image: sitk.Image, q: np.ndarray) -> sitk.Image:
@@ -253,6 +272,11 @@ def _reference_in_parent_space(fixed_image: sitk.Image, q: np.ndarray) -> sitk.I
 
 def _apply_node_transform(transform_node, to_parent, from_parent) -> None:
     if to_parent is not None:
-        transform_node.SetMatrixTransformToParent(to_parent)
+        if transform_node.IsLinear():
+            transform_node.SetMatrixTransformToParent(to_parent)
+        else:  # an earlier non-linear result: replaced as a whole (a matrix cannot be set into it)
+            linear = vtk.vtkTransform()
+            linear.SetMatrix(to_parent)
+            transform_node.SetAndObserveTransformToParent(linear)
     else:
         transform_node.SetAndObserveTransformFromParent(from_parent)
