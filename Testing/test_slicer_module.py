@@ -73,6 +73,7 @@ def test_runtest_runs_every_test_method_and_they_pass(module):
 
 
 @pytest.mark.slow
+@pytest.mark.requires_torch  # without torch the CNN part is skipped too (with its reason)
 def test_self_test_offline_skips_only_the_download_and_says_why(offline_module, caplog):
     """On a machine without network (Slicer's factory machines) every test but the CTMRBrain
     download runs; that one is reported as skipped with the reason, through runTest and unittest."""

@@ -320,6 +320,7 @@ def _composite():
     return slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode")[0]
 
 
+@pytest.mark.requires_torch  # the CNN's contribution map
 def test_the_result_is_shown_by_the_bridge_and_the_views_fitted(make_widget):
     """The bridge shows the contribution map over the fused volume (the one place that sets the
     display); the views are fitted (layout manager)."""
