@@ -289,11 +289,11 @@ def test_engine_errors_are_reported_and_the_panel_unlocks(make_widget):
     _volume("MR"), _volume("PET", seed=1)
     w = make_widget()
     p = w.logic.getParameterNode()
-    p.contributionVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    p.outputVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
     with pytest.raises(MedFusionLib.InvalidInputError, match="'labels' is a labelmap"):
-        _apply(w, method="cnn", registration="none")  # checked before anything starts
+        _apply(w, method="maximum", registration="none")  # checked before anything starts
     assert w.task is None and w.ui.applyButton.enabled
-    p.contributionVolume = None
+    p.outputVolume = None
     _apply(w, method="maximum", registration="none", fixedModality="CT", movingModality="CT",
            display="colour")  # colour fusion needs a PET/SPECT source: the child says so
     _run_event_loop(w)
