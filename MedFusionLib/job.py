@@ -21,6 +21,7 @@ import os
 import platform
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from importlib import metadata
@@ -372,7 +373,8 @@ def align_spec(spec: PairSpec, *, progress: ProgressCallback | None = None):
 
 
 def run_pair(spec: PairSpec, *, progress: ProgressCallback | None = None,
-             errors: str = "raise") -> PairRecord:
+             errors: str = "raise",
+             deliver: Callable[[PairRecord], None] | None = None) -> PairRecord:
     """Run one pair job: read, register, fuse, score, write.
 
     Parameters
@@ -385,17 +387,24 @@ def run_pair(spec: PairSpec, *, progress: ProgressCallback | None = None,
         ``record`` (``batch``): it is returned as a ``failed`` record with its one-line message.
         Cancellation (:class:`~MedFusionLib.errors.CancelledError`, ``KeyboardInterrupt``)
         always propagates.
+    deliver : callable, optional
+        ``deliver(record)`` is called once with the final record: for a pair that succeeded,
+        inside the commit of its outputs, right after they are in place (Ctrl-C and SIGTERM
+        wait for it; if it raises, the outputs are rolled back to what was there before and its
+        exception propagates); for a failed pair (``errors="record"``) before returning. ``batch``
+        writes the row's results line here, so a row's outputs and its record always agree.
 
     Returns
     -------
     PairRecord
         Status ``ok`` with every output written, or (``errors="record"``) ``failed`` with no
-        output left behind.
+        output left behind (earlier files under the output names are unchanged).
 
     Raises
     ------
     MedFusionError
-        With ``errors="raise"``: the input's one-line error (nothing is written).
+        With ``errors="raise"``: the input's one-line error (nothing is written); either way,
+        an error of ``deliver``.
     """
 
     if errors not in ("raise", "record"):
@@ -404,22 +413,31 @@ def run_pair(spec: PairSpec, *, progress: ProgressCallback | None = None,
                         worker=f"{socket.gethostname()}:{os.getpid()}",
                         versions=package_versions())
     t0 = time.perf_counter()
+    delivered = []
+
+    def finish(rec: PairRecord) -> None:
+        rec.seconds = time.perf_counter() - t0
+        delivered.append(rec)
+        if deliver is not None:
+            deliver(rec)
+
     try:
-        _run(spec, record, progress)
+        _run(spec, record, progress, finish)
     except CancelledError:
         raise
     except MedFusionError as exc:
-        if errors == "raise":
+        if delivered or errors == "raise":  # delivered: the caller's own delivery failed
             raise
         record.status, record.error = "failed", str(exc)
         record.outputs = []
-    record.seconds = time.perf_counter() - t0
+    if not delivered:
+        finish(record)
     return record
 
 
-def _run(spec: PairSpec, record: PairRecord, progress) -> None:
+def _run(spec: PairSpec, record: PairRecord, progress,
+         finish: Callable[[PairRecord], None]) -> None:
     preflight(spec)
-    outputs = OutputSet(spec.outputs())
     kwargs = spec.pipeline_kwargs()  # a bad --param fails before any reading
     kwargs.update(_read_input_options(kwargs))
     t0 = time.perf_counter()
@@ -462,21 +480,26 @@ def _run(spec: PairSpec, record: PairRecord, progress) -> None:
     # the normalised sources are not written: free them before the (verified) writes
     result.fixed01 = result.moving01 = None
     t0 = time.perf_counter()
-    with outputs:
-        if spec.dicom:
-            for path in write_fusion_dicom(
-                    result.fused, spec.output, fixed=spec.fixed, moving=spec.moving,
-                    fixed_series_uid=spec.fixed_series, moving_series_uid=spec.moving_series,
-                    transform=result.registration.transform, method=result.method):
-                outputs.add(path)
-        else:
-            outputs.add(write_image(result.rgb if colour else result.fused, spec.output))
-        if spec.weights_map:
-            outputs.add(write_image(result.weights, spec.weights_map))
-        if spec.transform:
-            outputs.add(write_transform(result.registration.transform, spec.transform))
-        if report is not None:
-            outputs.add(write_json(report, spec.metrics))
-    record.stages["write"] = time.perf_counter() - t0
-    record.outputs = [str(p) for p in outputs.written]
 
+    def committed(paths):
+        record.stages["write"] = time.perf_counter() - t0
+        record.outputs = [str(p) for p in paths]
+        finish(record)
+
+    # all or nothing: every file is staged and verified, then all are renamed into place (an
+    # earlier result under these names stays as it was if anything fails)
+    with OutputSet([None if spec.dicom else spec.output, spec.weights_map, spec.transform,
+                    spec.metrics], folders=[spec.output] if spec.dicom else [], then=committed):
+        if spec.dicom:
+            write_fusion_dicom(
+                result.fused, spec.output, fixed=spec.fixed, moving=spec.moving,
+                fixed_series_uid=spec.fixed_series, moving_series_uid=spec.moving_series,
+                transform=result.registration.transform, method=result.method)
+        else:
+            write_image(result.rgb if colour else result.fused, spec.output)
+        if spec.weights_map:
+            write_image(result.weights, spec.weights_map)
+        if spec.transform:
+            write_transform(result.registration.transform, spec.transform)
+        if report is not None:
+            write_json(report, spec.metrics)
