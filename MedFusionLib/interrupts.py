@@ -7,6 +7,10 @@
 - :func:`held` defers both signals to the end of a block: an output set's commit (the renames
   that put a finished set of files in place, and the results line of a batch row) is never cut
   in half by an interrupt; the interrupt lands right after it.
+- :func:`flagged_interrupts` (``batch``): the first Ctrl-C raises KeyboardInterrupt at once and
+  is remembered (:func:`received`), so that work which swallowed it (ITK turns it into an error
+  inside its callbacks) is still seen as interrupted; further ones are noted and ignored while
+  the run stops cleanly.
 - :func:`quiet_after_interrupt`: once the command line has handled an interrupt, a second Ctrl-C
   (or SIGTERM) while it shuts down is ignored with a short note instead of a traceback from
   an exit handler.
@@ -25,8 +29,9 @@ import sys
 import threading
 from typing import Iterator
 
-__all__ = ["Terminated", "terminate_like_interrupt", "terminated", "held",
-           "quiet_after_interrupt", "EXIT_INTERRUPTED", "EXIT_TERMINATED"]
+__all__ = ["Terminated", "terminate_like_interrupt", "terminated", "held", "flagged_interrupts",
+           "received", "quiet_after_interrupt", "exit_status", "EXIT_INTERRUPTED",
+           "EXIT_TERMINATED"]
 
 #: Exit status after Ctrl-C (128 + SIGINT).
 EXIT_INTERRUPTED = 130
@@ -34,7 +39,7 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
-_state = {"terminated": False}
+_state = {"terminated": False, "received": False}
 
 
 class Terminated(KeyboardInterrupt):
@@ -53,15 +58,69 @@ def _on_sigterm(signum, frame) -> None:
     handler(signal.SIGINT, frame)  # exactly what Ctrl-C would do here (raise, or defer)
 
 
-def terminate_like_interrupt() -> None:
-    """Treat SIGTERM as Ctrl-C in this process (main thread; SIGTERM still at its default)."""
-    if _main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _on_sigterm)
+@contextlib.contextmanager
+def terminate_like_interrupt() -> Iterator[None]:
+    """Inside the block SIGTERM is Ctrl-C (main thread, where SIGTERM is at its default)."""
+    if not _main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    _state["terminated"] = False
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def terminated() -> bool:
     """True once SIGTERM was received (the exit status is then 143, not 130)."""
     return _state["terminated"]
+
+
+def exit_status() -> int:
+    """130 after Ctrl-C, 143 after SIGTERM."""
+    return EXIT_TERMINATED if terminated() else EXIT_INTERRUPTED
+
+
+def received() -> bool:
+    """True once Ctrl-C (or SIGTERM) reached :func:`flagged_interrupts`' handler."""
+    return _state["received"]
+
+
+def _note_once(told: list) -> None:
+    if not told:
+        told.append(True)
+        try:
+            print(f"medfusion: still stopping cleanly (kill -9 {os.getpid()} to force).",
+                  file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass
+
+
+@contextlib.contextmanager
+def flagged_interrupts() -> Iterator[None]:
+    """Inside the block the first Ctrl-C sets :func:`received` and raises KeyboardInterrupt;
+    later ones print one note and are otherwise ignored. Left alone where SIGINT is ignored (a
+    background job) or off the main thread."""
+    _state["received"] = False
+    if not _main_thread() or signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        yield
+        return
+    told: list = []
+
+    def handler(signum, frame):
+        if _state["received"]:
+            _note_once(told)
+            return
+        _state["received"] = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
@@ -92,18 +151,12 @@ def quiet_after_interrupt() -> None:
     one note and are otherwise ignored (no traceback from exit handlers)."""
     if not _main_thread():
         return
-    told = []
+    told: list = []
 
     def note(signum, frame):
         if signum == signal.SIGTERM:
             _state["terminated"] = True
-        if not told:
-            told.append(signum)
-            try:
-                print(f"medfusion: still stopping cleanly (kill -9 {os.getpid()} to force).",
-                      file=sys.stderr, flush=True)
-            except (OSError, ValueError):
-                pass
+        _note_once(told)
 
     for s in _SIGNALS:
         if signal.getsignal(s) != signal.SIG_IGN:

@@ -16,7 +16,9 @@ values, the method, the model and its SHA-256, and the package versions that mad
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import os
 import platform
 import socket
@@ -41,6 +43,7 @@ from .nets.weights import model_entry, model_for_modalities
 from .outputs import OutputSet, check_outputs, write_json
 from .pipeline import align_pair, check_method, fuse_aligned
 from .progress import ProgressCallback
+from .transformfiles import read_transform
 
 __all__ = ["PairSpec", "PairRecord", "run_pair", "align_spec", "read_sources", "check_outputs_distinct", "preflight",
            "volume_metrics_for",
@@ -123,6 +126,19 @@ class PairSpec:
         """Every path the job writes (``output`` is a folder with ``dicom``)."""
         return [p for p in (self.output, self.metrics, self.transform, self.weights_map) if p]
 
+    def options(self) -> dict:
+        """Every option of the job but its input and output image paths and its label: what
+        ``batch --resume`` compares with a recorded row before skipping it."""
+        out = asdict(self)
+        for k in ("fixed", "moving", "output", "label"):
+            out.pop(k)
+        return out
+
+    def options_digest(self) -> str:
+        """A short fingerprint (16 hex digits of a SHA-256) of :meth:`options`."""
+        text = json.dumps(self.options(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
     def pipeline_kwargs(self) -> dict:
         """Keyword arguments of :func:`~MedFusionLib.pipeline.fuse_images` for this spec.
 
@@ -171,6 +187,8 @@ class PairRecord:
         ``host:pid`` of the process that ran the job.
     attempts : int
         How many times the job was started (more than 1 when a worker died under it).
+    options : str
+        :meth:`PairSpec.options_digest` of the spec that ran.
     """
 
     fixed: str
@@ -192,6 +210,7 @@ class PairRecord:
     label: str = ""
     worker: str = ""
     attempts: int = 1
+    options: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -329,11 +348,7 @@ def _read_input_options(kwargs: dict) -> dict:
     if path:
         if not Path(path).is_file():
             raise InvalidInputError(f"{path}: initial transform file not found.")
-        try:
-            out["initial_transform"] = sitk.ReadTransform(str(path))
-        except RuntimeError:
-            raise InvalidInputError(f"{path}: not a readable ITK transform file (.tfm, .txt, "
-                                    ".h5).") from None
+        out["initial_transform"] = read_transform(path)  # checked before ITK parses it
     return out
 
 
@@ -411,7 +426,7 @@ def run_pair(spec: PairSpec, *, progress: ProgressCallback | None = None,
         raise ValueError(f"errors must be 'raise' or 'record', got {errors!r}")
     record = PairRecord(spec.fixed, spec.moving, spec.output, label=spec.label,
                         worker=f"{socket.gethostname()}:{os.getpid()}",
-                        versions=package_versions())
+                        versions=package_versions(), options=spec.options_digest())
     t0 = time.perf_counter()
     delivered = []
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import json
 import logging
 import math
@@ -64,7 +65,8 @@ from .imagefiles import companion_files, files_of
 from .interrupts import held
 
 __all__ = ["atomic_output", "staged_folder", "write_text", "write_json", "json_text",
-           "check_outputs", "check_output_folder", "make_temp_folder", "sweep_stale_temp",
+           "check_outputs", "check_output_folder", "check_path", "make_temp_folder",
+           "sweep_stale_temp",
            "OutputSet", "interrupted_commits", "jsonable", "JOURNAL"]
 
 logger = logging.getLogger(__name__)
@@ -376,6 +378,43 @@ def check_output_folder(path: str | os.PathLike, *, folder_output: bool = False)
         raise OutputError(f"{p}: the output folder {parent} is not writable.")
 
 
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_path(path: str | os.PathLike) -> None:
+    """Raise unless the file system can take ``path`` as a name: no NUL byte, no part longer
+    than the file system allows (255 bytes on most), not a link that loops back on itself.
+
+    Raises
+    ------
+    InvalidInputError
+    """
+    text = os.fspath(path)
+    if "\x00" in text:
+        raise InvalidInputError(f"{_short(repr(text))}: a path cannot hold a NUL byte.")
+    p = _abs(text)
+    anchor = next((a for a in p.parents if a.is_dir()), Path("/"))
+    try:
+        name_max = os.pathconf(anchor, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    for part in p.parts:
+        if len(os.fsencode(part)) > name_max:
+            raise InvalidInputError(f"{_short(text)}: a file or folder name of "
+                                    f"{len(os.fsencode(part))} bytes; the file system allows "
+                                    f"{name_max}.")
+    try:
+        os.stat(text)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InvalidInputError(f"{text}: a symbolic link that leads back to itself (a "
+                                    "loop).") from None
+        if exc.errno == errno.ENAMETOOLONG:
+            raise InvalidInputError(f"{_short(text)}: the path is too long for the file "
+                                    "system.") from None
+
+
 def _identity(f: Path):
     try:
         st = f.stat()
@@ -386,7 +425,8 @@ def _identity(f: Path):
 
 def check_outputs(inputs: Iterable[str | os.PathLike | None],
                   outputs: Iterable[str | os.PathLike | None], *,
-                  folders: Iterable[str | os.PathLike | None] = ()) -> None:
+                  folders: Iterable[str | os.PathLike | None] = (),
+                  within: str | os.PathLike | None = None) -> None:
     """Refuse, before any work, outputs that would overwrite an input or each other.
 
     Parameters
@@ -397,8 +437,10 @@ def check_outputs(inputs: Iterable[str | os.PathLike | None],
         Every file the run writes (``None`` ignored); a header-only format counts with the data
         file it creates (:func:`MedFusionLib.imagefiles.companion_files`).
     folders : paths
-        Output folders whose content the run writes (``--dicom``, ``compare --out``): no input
-        may lie inside them.
+        Output folders whose content the run writes (``--dicom``): no input may lie inside them.
+    within : path, optional
+        A folder the run creates if missing and fills with ``outputs`` (``compare --out``): it
+        is checked as an output folder, and outputs under it need not have an existing folder.
 
     Raises
     ------
@@ -411,16 +453,22 @@ def check_outputs(inputs: Iterable[str | os.PathLike | None],
     for i in inputs:
         if not i:
             continue
+        check_path(i)
         for f in files_of(i):
             read[f] = str(i)
             key = _identity(f)
             if key is not None:
                 ids[key] = str(i)
     planned: dict[Path, str] = {}
+    root = _abs(within) if within else None
+    if root is not None:
+        check_output_folder(root, folder_output=True)
     for o in outputs:
         if not o:
             continue
-        check_output_folder(o)
+        check_path(o)
+        if root is None or root not in _abs(o).parents or _abs(o).parent.is_dir():
+            check_output_folder(o)
         for f in [Path(o)] + companion_files(o):
             r = f.resolve()
             owner = read.get(r) or ids.get(_identity(f) or ())

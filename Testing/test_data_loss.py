@@ -199,3 +199,201 @@ def test_dicom_series_and_registration_are_one_set(tmp_path, monkeypatch):
     assert main(["fuse", "ct", "mr", "--dicom", "-o", "new/series", *FAST]) == 0
     assert sorted(p.name for p in (tmp_path / "new/series").iterdir()) == \
         [f"IM{k:05d}.dcm" for k in range(1, 6)] + ["REG00001.dcm"]
+
+
+# --------------------------------------------------------------------------------------------
+# 2. every file a command writes joins the collision checks
+
+
+def _batch_case(kit, monkeypatch, capfd, manifest: str, argv: list[str], *, code=2):
+    """Run ``batch`` in ``kit``; returns its stderr after checking the exit status, one error
+    line and that no file changed or appeared."""
+    (kit / "m.csv").write_text(manifest)
+    monkeypatch.chdir(kit)
+    before = snapshot(kit)
+    got = main(["batch", "m.csv", *argv, "--quiet"])
+    err = capfd.readouterr().err
+    assert got == code, err
+    assert "Traceback" not in err
+    if code == 2:
+        assert len(err.strip().splitlines()) == 1, err
+        assert snapshot(kit) == before
+    return err
+
+
+def test_results_file_that_is_the_manifest_is_refused(kit, monkeypatch, capfd):
+    """Issue #25 item 2: batch M.csv --results M.csv --resume replaced the manifest."""
+    err = _batch_case(kit, monkeypatch, capfd, "fixed,moving,output\nmr2d.png,ct2d.png,o/f.png\n",
+                      ["--results", "m.csv", "--resume", *FAST])
+    assert "--results m.csv is the manifest itself" in err
+
+
+def test_a_rows_metrics_file_that_is_the_results_file_is_refused(kit, monkeypatch, capfd):
+    err = _batch_case(kit, monkeypatch, capfd,
+                      "fixed,moving,output,metrics\nmr2d.png,ct2d.png,o/f.png,r.jsonl\n",
+                      ["--results", "r.jsonl", *FAST])
+    assert "--results r.jsonl is also written by line 2" in err
+
+
+def test_a_row_that_writes_the_manifest_is_refused(kit, monkeypatch, capfd):
+    err = _batch_case(kit, monkeypatch, capfd,
+                      "fixed,moving,output,weights_map\nmr2d.png,ct2d.png,o/f.png,m.csv\n", FAST)
+    assert "line 2 writes" in err and "the manifest itself" in err
+
+
+def test_every_manifest_problem_is_named_at_once(kit, monkeypatch, capfd):
+    """Columns, collisions and a missing output folder in one error (not one per run), and a
+    missing folder named once for all its rows."""
+    rows = "".join(f"mr2d.png,ct2d.png,nodir/f{i}.png,\n" for i in range(40))
+    err = _batch_case(kit, monkeypatch, capfd,
+                      "fixed,moving,output,methd\nmr2d.png,ct2d.png,o/a.png,\n"
+                      "ct2d.png,mr2d.png,o/a.png,\n" + rows, FAST)
+    assert "3 problems" in err
+    assert "unknown column 'methd' (did you mean 'method'?)" in err
+    assert "o/a.png is written by lines 2 and 3" in err
+    assert err.count("nodir") == 1 and "does not exist (lines 4-43)" in err
+
+
+# --------------------------------------------------------------------------------------------
+# 8. duplicated columns; --resume compares options
+
+
+def test_a_column_named_twice_is_refused(kit, monkeypatch, capfd):
+    """Issue #25 item 8: fixed,moving,output,output took the last cell silently."""
+    err = _batch_case(kit, monkeypatch, capfd,
+                      "fixed,moving,output,output\nmr2d.png,ct2d.png,o/a.png,o/b.png\n", FAST)
+    assert "names a column twice: 'output' (columns 3, 4)" in err
+
+
+def test_resume_runs_a_row_again_when_its_options_changed(kit, monkeypatch, capfd):
+    """Issue #25 item 8: --resume matched rows by paths only, so a changed --method was not
+    applied. A row is done only if it ran with the same options."""
+    monkeypatch.chdir(kit)
+    (kit / "m.csv").write_text("fixed,moving,output\nmr2d.png,ct2d.png,o/f.png\n"
+                               "ct2d.png,mr2d.png,o/g.png\n")
+    base = ["batch", "m.csv", "--register", "none", "--results", "r.csv", "--quiet"]
+    assert main(base + ["--method", "average"]) == 0
+    stamp = (kit / "o/g.png").stat().st_mtime_ns
+    # the same options: both rows skipped
+    assert main(base + ["--method", "average", "--resume"]) == 0
+    assert "2 already done" in capfd.readouterr().out
+    (kit / "m.csv").write_text("fixed,moving,output,method\nmr2d.png,ct2d.png,o/f.png,maximum\n"
+                               "ct2d.png,mr2d.png,o/g.png,\n")
+    assert main(base + ["--method", "average", "--resume"]) == 0
+    out, err = capfd.readouterr()
+    assert "line 2 of r.csv ran with other options than now: run again" in err
+    assert "1 fused" in out and "1 already done" in out
+    assert (kit / "o/g.png").stat().st_mtime_ns == stamp
+    assert main(["fuse", "mr2d.png", "ct2d.png", "-o", "ref.png", "--method", "maximum",
+                 "--register", "none", "--quiet"]) == 0
+    assert (kit / "ref.png").read_bytes() == (kit / "o/f.png").read_bytes()
+    with open(kit / "r.csv") as fh:
+        status = {r["line"]: (r["status"], r["method"]) for r in csv.DictReader(fh)}
+    assert status == {"2": ("ok", "maximum"), "3": ("skipped", "average")}
+
+
+# --------------------------------------------------------------------------------------------
+# 9. SIGTERM is Ctrl-C; a second Ctrl-C while exiting prints no traceback
+
+
+SIGNAL_DRIVER = textwrap.dedent("""
+    import os, signal, sys
+    from MedFusionLib import job
+    real = job.write_image
+    def write_image(*a, **kw):
+        out = real(*a, **kw)
+        os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+        return out
+    job.write_image = write_image
+    from MedFusionLib.cli import main
+    sys.exit(main(sys.argv[2:]))
+""")
+
+
+@pytest.mark.parametrize("sig, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_during_the_writes_keeps_the_previous_files(kit, sig, code):
+    """Issue #25 item 9: SIGTERM had no handler (exit -15, a temporary folder left). Now it is
+    Ctrl-C: exit 143, the previous result exactly as it was, nothing left behind."""
+    argv = ["fuse", "mr3d.nii.gz", "ct3d.nii.gz", "-o", "o/f.nii.gz", "--weights-map",
+            "o/w.nii.gz", "--method", "average", "--register", "none", "--quiet"]
+    assert run_cli(argv, kit).returncode == 0
+    before = snapshot(kit)
+    r = subprocess.run([sys.executable, "-c", SIGNAL_DRIVER, sig, *argv[:-4], "maximum",
+                        *argv[-3:]], cwd=kit, env=_env(), capture_output=True, text=True,
+                       timeout=120, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert r.returncode == code, r.stderr
+    assert "Traceback" not in r.stderr and "cancelled" in r.stderr
+    assert snapshot(kit) == before
+    _no_temp(kit)
+
+
+SECOND_CTRL_C = textwrap.dedent("""
+    import atexit, os, signal, sys, time
+    from MedFusionLib import job
+    def slow_exit_handler():          # what Dask's or torch's exit handlers may do
+        os.kill(os.getpid(), signal.SIGINT)   # the user presses Ctrl-C again
+        time.sleep(0.2)
+    atexit.register(slow_exit_handler)
+    real = job.read_sources
+    def read_sources(spec):
+        os.kill(os.getpid(), signal.SIGINT)   # the first Ctrl-C
+        return real(spec)
+    job.read_sources = read_sources
+    from MedFusionLib.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_a_second_ctrl_c_while_exiting_prints_no_traceback(kit):
+    """Issue #25 item 9: a second Ctrl-C printed "Exception ignored in atexit callback"."""
+    r = subprocess.run([sys.executable, "-c", SECOND_CTRL_C, "fuse", "mr2d.png", "ct2d.png",
+                        "-o", "o/f.png", *FAST], cwd=kit, env=_env(), capture_output=True,
+                       text=True, timeout=120,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert r.returncode == 130, r.stderr
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+    assert "still stopping cleanly" in r.stderr
+    assert list((kit / "o").iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------
+# 3. compare --out: its contents are checked, and the report is all or nothing
+
+
+@pytest.mark.parametrize("setup", ["input_named_like_a_figure", "manifest_named_like_a_table"])
+def test_compare_never_overwrites_an_input_in_its_folder(kit, monkeypatch, capfd, setup):
+    """Issue #25 item 3: an input named like a report file (spider_table2.png), or the manifest
+    itself as DIR/standard.csv, was overwritten by compare (exit 0)."""
+    (kit / "rep").mkdir()
+    if setup == "input_named_like_a_figure":
+        shutil.copy(kit / "ct2d.png", kit / "rep/spider_table2.png")
+        argv = ["compare", "mr2d.png", "rep/spider_table2.png"]
+        named = "rep/spider_table2.png"
+    else:
+        (kit / "rep/standard.csv").write_text("fixed,moving\n../mr2d.png,../ct2d.png\n")
+        argv = ["compare", "--manifest", "rep/standard.csv"]
+        named = "rep/standard.csv"
+    monkeypatch.chdir(kit)
+    before = snapshot(kit)
+    assert main([*argv, "--out", "rep", "--methods", "average", "--quiet"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0] and "one of the inputs" in err[0], err
+    assert snapshot(kit) == before
+
+
+def test_compare_on_a_full_disk_keeps_the_previous_report(kit):
+    """Issue #25 item 3: on a full disk compare said "nothing was written" but left 7 files.
+    Now a failed re-run leaves the earlier report exactly as it was, and nothing else."""
+    argv = ["compare", "mr2d.png", "ct2d.png", "--out", "rep", "--methods", "average",
+            "--metrics", "EN,SSIM,Qabf", "--quiet"]
+    r = run_cli(argv, kit)
+    assert r.returncode == 0, r.stderr
+    before = snapshot(kit)
+    r = run_cli(argv[:-4] + ["average,maximum", *argv[-3:]], kit, fsize=12 * 1024)
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert snapshot(kit) == before
+    _no_temp(kit)
+    # into a new folder: nothing at all, not even the folder
+    r = run_cli(argv[:-6] + ["new", *argv[-5:]], kit, fsize=12 * 1024)
+    assert r.returncode == 2 and not (kit / "new").exists()
