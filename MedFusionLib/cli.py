@@ -12,6 +12,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
 from . import __version__, interrupts
 from .errors import CancelledError, MedFusionError
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    with interrupts.terminate_like_interrupt():
+    with warnings.catch_warnings(), interrupts.terminate_like_interrupt():
+        _quiet_library_warnings(args.verbose)
         try:
             return int(args._run(args) or 0)
         except CancelledError as exc:
@@ -62,6 +64,20 @@ def main(argv: list[str] | None = None) -> int:
         except MedFusionError as exc:
             print(f"medfusion {args.command}: error: {exc}", file=sys.stderr)
             return 2
+
+
+def _quiet_library_warnings(verbose: bool) -> None:
+    """Python warnings reach the user as one line (``WARNING MedFusionLib: ...``), never with
+    the source line under them; numpy's floating-point warnings ("invalid value encountered")
+    and the warnings of torch and Dask are for developers: shown only with -v."""
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        logging.getLogger("MedFusionLib").warning("%s", str(message).splitlines()[0])
+
+    warnings.showwarning = one_line
+    if not verbose:
+        warnings.filterwarnings("ignore", message=r".*encountered in", category=RuntimeWarning)
+        for module in (r"torch(\..*)?$", r"distributed(\..*)?$", r"dask(\..*)?$"):
+            warnings.filterwarnings("ignore", module=module)
 
 
 def _stopped(message: str) -> int:

@@ -128,7 +128,7 @@ def read_manifest(path: str | os.PathLike, required: tuple[str, ...],
     except csv.Error as exc:
         what = (f"a cell is longer than {MAX_CELL} characters" if "field limit" in str(exc)
                 else f"not valid CSV ({exc})")
-        raise InvalidInputError(f"{p}, line {reader.line_num}: {what}; is this a CSV "
+        raise InvalidInputError(f"{p}, line {reader.line_num + 1}: {what}; is this a CSV "
                                 "manifest?") from None
     if not rows:
         raise InvalidInputError(f"{p}: the manifest has no rows.")

@@ -21,6 +21,7 @@ import inspect
 import json
 import os
 import platform
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -34,7 +35,7 @@ import SimpleITK as sitk
 from ._version import __version__
 from .colour import fuse_colour
 from .dicom import check_derived_reference, write_fusion_dicom
-from .errors import CancelledError, InvalidInputError, MedFusionError
+from .errors import CancelledError, InvalidInputError, MedFusionError, OutputError
 from .io import (RASTER_EXTENSIONS, check_image_output, check_transform_output, extension_of,
                  is_2d, is_colour, read_image, write_image, write_transform)
 from .methods import method_params
@@ -249,6 +250,13 @@ def preflight(spec: PairSpec) -> None:
                   [None if spec.dicom else spec.output, spec.metrics, spec.transform,
                    spec.weights_map],
                   folders=[spec.output] if spec.dicom else [])
+    if spec.dicom and Path(spec.output).is_dir():
+        # the derived series never overwrites: say so now, not after the whole run
+        taken = sorted(f.name for f in Path(spec.output).iterdir()
+                       if re.fullmatch(r"(IM|REG)\d{5}\.dcm", f.name))
+        if taken:
+            raise OutputError(f"{Path(spec.output) / taken[0]}: exists already (a series written "
+                              "before?); write the derived series into an empty or new folder.")
 
 
 def check_raster_outputs(spec: PairSpec, fixed: sitk.Image) -> None:
