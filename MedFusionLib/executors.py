@@ -24,6 +24,7 @@ more is started, and the interrupt propagates.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ import threading
 import time
 import traceback
 import uuid
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -42,9 +44,11 @@ import SimpleITK as sitk
 
 from . import interrupts, optional
 from .errors import CancelledError, InvalidInputError, MedFusionError
-from .job import PairRecord, PairSpec, package_versions, run_pair
+from .job import WRITE_MESSAGE, PairRecord, PairSpec, package_versions, run_pair
+from .outputs import sweep_stale_temp
 
-__all__ = ["run_jobs", "pair_task", "local_threads", "RESOURCE"]
+__all__ = ["run_jobs", "pair_task", "local_threads", "worker_environment", "scheduler_address",
+           "probe_scheduler", "RESOURCE"]
 
 #: Dask worker resource that limits a worker to one pair at a time (``--resources pair=1``).
 RESOURCE = "pair"
@@ -78,6 +82,15 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
+def _cancelled(event_name: str | None) -> bool:
+    if not event_name:
+        return False
+    try:
+        return distributed.Event(event_name).is_set()
+    except Exception:  # the scheduler is going away
+        return True
+
+
 def _cancel_watch(event_name: str | None):
     """A progress callback that says stop once the Dask event ``event_name`` is set."""
     if not event_name:
@@ -87,7 +100,7 @@ def _cancel_watch(event_name: str | None):
 
     def check(fraction, message):
         now = time.monotonic()
-        if now - last[0] < 0.5:
+        if now - last[0] < 0.5 and message != WRITE_MESSAGE:
             return None
         last[0] = now
         try:
@@ -111,6 +124,9 @@ def pair_task(spec: PairSpec, threads: int | None = None, cancel_event: str | No
     if threads == -1:
         threads = distributed.get_worker().state.nthreads
     _set_threads(threads)
+    _undo_malloc_trim()
+    if _cancelled(cancel_event):  # queued when the batch was stopped: nothing is started
+        return _failed(spec, "cancelled: the batch was stopped before this row started")
     try:
         return run_pair(spec, progress=_cancel_watch(cancel_event), errors="record",
                         deliver=deliver)
@@ -186,13 +202,23 @@ def run_jobs(jobs: Iterable[tuple[int, PairSpec]], on_record: Callable[[int, Pai
     with dask.config.set({"distributed.scheduler.allowed-failures": max_tries - 1}):
         if workers is not None:
             threads = local_threads(workers)
-            with distributed.LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
-                              dashboard_address=None, resources={RESOURCE: 1}) as cluster, \
-                    distributed.Client(cluster) as client:
-                # Ctrl-C reaches the whole process group: the workers leave it to this process,
-                # which stops their rows cleanly (restarted workers get the plugin too)
-                client.register_plugin(_IgnoreInterrupts())
-                _run_on(client, jobs, on_record, threads=threads, resources={RESOURCE: 1})
+            try:
+                with dask.config.set({"distributed.nanny.pre-spawn-environ":
+                                      worker_environment(threads)}), \
+                        distributed.LocalCluster(n_workers=workers, threads_per_worker=threads,
+                                                 processes=True, dashboard_address=None,
+                                                 resources={RESOURCE: 1}) as cluster, \
+                        distributed.Client(cluster) as client:
+                    # Ctrl-C reaches the whole process group: the workers leave it to this
+                    # process, which stops their rows cleanly (restarted workers get the plugin)
+                    client.register_plugin(_IgnoreInterrupts())
+                    _run_on(client, jobs, on_record, threads=threads, resources={RESOURCE: 1})
+            except KeyboardInterrupt:
+                # the workers are gone: a row killed in the middle of its commit is rolled back
+                # now (its journal), so that outputs and the results file agree
+                for folder in {f for _, spec in jobs for f in _output_folders(spec)}:
+                    sweep_stale_temp(folder)
+                raise
         else:
             with _connect(scheduler) as client:
                 info = client.scheduler_info()
@@ -200,6 +226,51 @@ def run_jobs(jobs: Iterable[tuple[int, PairSpec]], on_record: Callable[[int, Pai
                     RESOURCE in (w.get("resources") or {}) for w in info["workers"].values())
                 _run_on(client, jobs, on_record, threads=-1 if one_at_a_time else 1,
                         resources={RESOURCE: 1} if one_at_a_time else None)
+
+
+#: glibc's mallopt parameters, and the values its adaptive thresholds settle at on 64-bit Linux
+#: after the first large arrays are freed (``DEFAULT_MMAP_THRESHOLD_MAX``, twice that to trim).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD, _TRIM_THRESHOLD = 32 << 20, 64 << 20
+
+
+@lru_cache(maxsize=1)
+def _undo_malloc_trim() -> bool:
+    """In a worker that Dask's nanny started with ``MALLOC_TRIM_THRESHOLD_`` (its default 65536):
+    set glibc's mmap and trim thresholds to what its adaptive thresholds would have reached
+    (:func:`worker_environment` explains the cost). Once per process; False where it does not
+    apply (not glibc, or no such setting)."""
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+                    and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
+
+
+def worker_environment(threads: int) -> dict:
+    """The environment of a local cluster's worker processes (Dask's
+    ``distributed.nanny.pre-spawn-environ``): numpy's BLAS, OpenMP and MKL with ``threads``
+    threads, as torch and ITK get, and -- unlike Dask's default -- no ``MALLOC_TRIM_THRESHOLD_``.
+
+    That setting (65536 in Dask's default) also switches off glibc's adaptive mmap threshold,
+    so every array over 128 KiB is a fresh mmap and every first touch a page fault: the
+    metrics of a 40 x 256 x 256 pair took 37.6 s instead of 12.6 s, 10.6 s of it system
+    time, with 6.1 million page faults instead of 7,500 (``docs/scaling.md``). Workers started
+    by hand keep Dask's setting; :func:`pair_task` then sets glibc's thresholds itself.
+    """
+    n = str(int(threads))
+    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n}
+
+
+def _output_folders(spec: PairSpec) -> list[Path]:
+    """The folders a job's outputs are written in (its DICOM output folder itself)."""
+    folders = [Path(p).absolute().parent for p in spec.outputs()]
+    if spec.dicom:
+        folders.append(Path(spec.output).absolute())
+    return folders
 
 
 def _IgnoreInterrupts():

@@ -37,18 +37,22 @@ from .colour import fuse_colour
 from .dicom import check_derived_reference, write_fusion_dicom
 from .errors import CancelledError, InvalidInputError, MedFusionError, OutputError
 from .io import (RASTER_EXTENSIONS, check_image_output, check_transform_output, extension_of,
-                 is_2d, is_colour, read_image, write_image, write_transform)
+                 is_2d, is_colour, read_image, warn_far_apart, write_image, write_transform)
 from .methods import method_params
 from .metrics import ALL_KEYS, GREY_SCALE, resolve_keys, volume_metrics
 from .nets.weights import model_entry, model_for_modalities
 from .outputs import OutputSet, check_outputs, write_json
 from .pipeline import align_pair, check_method, fuse_aligned
-from .progress import ProgressCallback
+from .progress import ProgressCallback, report
 from .transformfiles import read_transform
 
 __all__ = ["PairSpec", "PairRecord", "run_pair", "align_spec", "read_sources", "check_outputs_distinct", "preflight",
            "volume_metrics_for",
-           "SLOW_VOLUME_KEYS", "package_versions", "STATUSES"]
+           "SLOW_VOLUME_KEYS", "package_versions", "STATUSES", "WRITE_MESSAGE"]
+
+#: The progress message a job reports right before writing its outputs: a cancel watch always
+#: answers it (:func:`MedFusionLib.executors.pair_task`), so a stopped batch writes nothing more.
+WRITE_MESSAGE = "writing the outputs"
 
 #: Values of :attr:`PairRecord.status`.
 STATUSES = ("ok", "failed", "skipped")
@@ -275,11 +279,13 @@ def check_raster_outputs(spec: PairSpec, fixed: sitk.Image) -> None:
                                     f"{extension_of(o)}; use .nii.gz, .nrrd or .mha.")
 
 
-def volume_metrics_for(result, keys: str | None) -> dict:
+def volume_metrics_for(result, keys: str | None, *,
+                       progress: ProgressCallback | None = None) -> dict:
     """Metrics of a :class:`~MedFusionLib.pipeline.FusionResult`, per slice along its axis.
 
     ``keys`` is a comma-separated list; ``None`` means every metric, except
-    :data:`SLOW_VOLUME_KEYS` for 3D volumes (they stay available by name).
+    :data:`SLOW_VOLUME_KEYS` for 3D volumes (they stay available by name). ``progress`` is
+    told each slice (returning False cancels: the metrics of a large volume take a minute).
     """
 
     fused = sitk.GetArrayViewFromImage(result.fused)
@@ -290,7 +296,7 @@ def volume_metrics_for(result, keys: str | None) -> dict:
     else:
         key_list = list(ALL_KEYS)
     return volume_metrics(result.fixed01, result.moving01, fused, axis=result.axis, keys=key_list,
-                          data_range=1.0)
+                          data_range=1.0, progress=progress)
 
 
 @lru_cache(maxsize=1)
@@ -335,6 +341,8 @@ def read_sources(spec: PairSpec) -> tuple[sitk.Image, sitk.Image]:
     if spec.dicom:
         check_derived_reference(spec.fixed, fixed)
     moving = read_image(spec.moving, series_uid=spec.moving_series, keep_colour=not spec.grey)
+    if (spec.fusion.get("registration") or "rigid") != "none":  # with none: the overlap error
+        warn_far_apart(fixed, moving, spec.fixed, spec.moving)
     return fixed, moving
 
 
@@ -492,16 +500,17 @@ def _run(spec: PairSpec, record: PairRecord, progress,
     record.method, record.device, record.colour = result.method, result.device, colour
     record.registration = result.registration.to_dict()
     record.model, record.model_sha256 = _model_of(result)
-    report = None
+    metrics_json = None
     if spec.metrics or spec.score:
         t0 = time.perf_counter()
-        record.metrics = volume_metrics_for(result, spec.metrics_keys)
+        record.metrics = volume_metrics_for(result, spec.metrics_keys, progress=progress)
         record.stages["metrics"] = time.perf_counter() - t0
     if spec.metrics:
-        report = {"fixed": spec.fixed, "moving": spec.moving, "output": spec.output,
+        metrics_json = {"fixed": spec.fixed, "moving": spec.moving, "output": spec.output,
                   **result.summary(), "grey_scale": GREY_SCALE, "metrics": record.metrics}
     # the normalised sources are not written: free them before the (verified) writes
     result.fixed01 = result.moving01 = None
+    report(progress, None, WRITE_MESSAGE)  # the last point at which a cancel stops the job
     t0 = time.perf_counter()
 
     def committed(paths):
@@ -524,5 +533,5 @@ def _run(spec: PairSpec, record: PairRecord, progress,
             write_image(result.weights, spec.weights_map)
         if spec.transform:
             write_transform(result.registration.transform, spec.transform)
-        if report is not None:
-            write_json(report, spec.metrics)
+        if metrics_json is not None:
+            write_json(metrics_json, spec.metrics)

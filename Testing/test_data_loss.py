@@ -25,7 +25,6 @@ import SimpleITK as sitk
 
 from MedFusionLib.cli import main
 from MedFusionLib.errors import OutputError
-from MedFusionLib.outputs import JOURNAL, OutputSet, interrupted_commits, write_text
 from test_bad_inputs import FAST, ROOT, png, run_cli, snapshot, vol, write
 
 
@@ -73,6 +72,8 @@ def test_failed_rerun_keeps_the_previous_result(kit):
 
 def test_a_failing_rename_puts_every_previous_file_back(tmp_path, monkeypatch):
     """A rename that fails in the middle of the commit rolls back the ones already done."""
+    from MedFusionLib.outputs import OutputSet, write_text
+
     for name in ("a.txt", "b.txt"):
         (tmp_path / name).write_text(f"old {name}")
     before = snapshot(tmp_path)
@@ -96,6 +97,9 @@ def test_a_failing_rename_puts_every_previous_file_back(tmp_path, monkeypatch):
 
 
 def test_an_error_after_the_first_write_changes_nothing(tmp_path):
+    """An exception after the first file of a set was written leaves the folder as it was."""
+    from MedFusionLib.outputs import OutputSet, write_text
+
     (tmp_path / "a.txt").write_text("old")
     before = snapshot(tmp_path)
     with pytest.raises(RuntimeError):
@@ -131,6 +135,8 @@ def test_sigkill_during_the_commit_is_detected_and_rolled_back(tmp_path):
     """Issue #25 item 1: a process killed outright while renaming a set into place leaves its
     journal (found by interrupted_commits); the next write in that folder puts the previous
     files back, so the folder never keeps a new image beside an old metrics file."""
+    from MedFusionLib.outputs import JOURNAL, interrupted_commits, write_text
+
     out = tmp_path / "o"
     out.mkdir()
     for n in ("f.nii.gz", "w.nii.gz", "m.json"):
@@ -157,6 +163,8 @@ def test_sigkill_during_the_commit_is_detected_and_rolled_back(tmp_path):
 def test_ctrl_c_during_the_commit_lands_after_it(tmp_path, monkeypatch):
     """SIGINT arriving while a set is renamed into place waits for the renames: the set is
     complete, then the interrupt is raised."""
+    from MedFusionLib.outputs import OutputSet, write_text
+
     real = os.replace
     sent = []
 
@@ -268,6 +276,7 @@ def test_a_column_named_twice_is_refused(kit, monkeypatch, capfd):
 def test_resume_runs_a_row_again_when_its_options_changed(kit, monkeypatch, capfd):
     """Issue #25 item 8: --resume matched rows by paths only, so a changed --method was not
     applied. A row is done only if it ran with the same options."""
+
     monkeypatch.chdir(kit)
     (kit / "m.csv").write_text("fixed,moving,output\nmr2d.png,ct2d.png,o/f.png\n"
                                "ct2d.png,mr2d.png,o/g.png\n")
@@ -364,6 +373,7 @@ def test_a_second_ctrl_c_while_exiting_prints_no_traceback(kit):
 def test_compare_never_overwrites_an_input_in_its_folder(kit, monkeypatch, capfd, setup):
     """Issue #25 item 3: an input named like a report file (spider_table2.png), or the manifest
     itself as DIR/standard.csv, was overwritten by compare (exit 0)."""
+
     (kit / "rep").mkdir()
     if setup == "input_named_like_a_figure":
         shutil.copy(kit / "ct2d.png", kit / "rep/spider_table2.png")
@@ -397,3 +407,50 @@ def test_compare_on_a_full_disk_keeps_the_previous_report(kit):
     # into a new folder: nothing at all, not even the folder
     r = run_cli(argv[:-6] + ["new", *argv[-5:]], kit, fsize=12 * 1024)
     assert r.returncode == 2 and not (kit / "new").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# 7. standard JSON: NaN is null
+
+
+def _strict_json(text: str):
+    """Parse as JavaScript's JSON.parse does: NaN and Infinity are not JSON."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_metrics_json_and_results_jsonl_write_nan_as_null(tmp_path):
+    """Issue #25 item 7: --metrics JSON and --results *.jsonl held bare NaN."""
+    from MedFusionLib.cohort import ResultsFile
+    from MedFusionLib.job import PairRecord
+    from MedFusionLib.outputs import write_json
+
+    write_json({"metrics": {"MI": float("nan"), "EN": np.float32(np.inf), "SD": np.float64(2.5)},
+                "values": np.array([1.0, np.nan])}, tmp_path / "m.json")
+    data = _strict_json((tmp_path / "m.json").read_text())
+    assert data == {"metrics": {"MI": None, "EN": None, "SD": 2.5}, "values": [1.0, None]}
+    with ResultsFile(tmp_path / "r.jsonl", metric_keys=["MI"]) as results:
+        results.open()
+        results.write(2, PairRecord("a", "b", "c", metrics={"MI": float("nan"), "EN": 1.5}))
+    rec = _strict_json((tmp_path / "r.jsonl").read_text())
+    assert rec["metrics"] == {"MI": None, "EN": 1.5} and rec["line"] == 2
+
+
+def test_fuse_metrics_file_is_standard_json(kit, monkeypatch):
+    """A metric that is undefined for the pair reaches the file as null, through fuse."""
+    from MedFusionLib import job
+
+    real = job.volume_metrics_for
+
+    def with_nan(*a, **kw):
+        out = real(*a, **kw)
+        out["EN"] = float("nan")
+        return out
+
+    monkeypatch.setattr(job, "volume_metrics_for", with_nan)
+    monkeypatch.chdir(kit)
+    assert main(["fuse", "mr2d.png", "ct2d.png", "-o", "o/f.png", "--metrics", "o/m.json",
+                 "--metrics-keys", "EN,SD", *FAST]) == 0
+    assert _strict_json((kit / "o/m.json").read_text())["metrics"]["EN"] is None
