@@ -267,6 +267,33 @@ def _open_data(path: Path):
     return gzip.open(path, "rb") if name.endswith(".gz") else path.open("rb")
 
 
+def _nifti_fields(path: Path) -> dict | None:
+    """The raw fields of a NIfTI-1 (or Analyze 7.5) or NIfTI-2 header in ``path`` (gzip or
+    not): byte order, dims, datatype, bitpix, pixdim, vox_offset and whether it is a single
+    file; None when ``path`` holds no such header."""
+    try:
+        with _open_data(path) as fh:
+            head = fh.read(540)
+    except (OSError, EOFError, zlib.error):
+        return None
+    for endian in "<>":
+        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
+            return {"endian": endian, "dims": struct.unpack(endian + "8h", head[40:56]),
+                    "datatype": struct.unpack(endian + "h", head[70:72])[0],
+                    "bitpix": struct.unpack(endian + "h", head[72:74])[0],
+                    "pixdim": struct.unpack(endian + "8f", head[76:108]),
+                    "vox_offset": float(struct.unpack(endian + "f", head[108:112])[0]),
+                    "single": head[344:348] == b"n+1\x00", "minimum": 352}
+        if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
+            return {"endian": endian, "dims": struct.unpack(endian + "8q", head[16:80]),
+                    "datatype": struct.unpack(endian + "h", head[12:14])[0],
+                    "bitpix": struct.unpack(endian + "h", head[14:16])[0],
+                    "pixdim": struct.unpack(endian + "8d", head[104:168]),
+                    "vox_offset": float(struct.unpack(endian + "q", head[168:176])[0]),
+                    "single": True, "minimum": 544}
+    return None
+
+
 def _nifti_header(path: Path) -> dict | None:
     """The fields of a NIfTI-1/-2 (or Analyze 7.5) header that say where the voxels are and how
     many bytes they take; None when ``path`` holds no such header.
@@ -277,49 +304,34 @@ def _nifti_header(path: Path) -> dict | None:
         The header contradicts itself: a ``vox_offset`` that is not a finite byte offset, a
         ``bitpix`` other than its ``datatype``'s.
     """
-    try:
-        with _open_data(path) as fh:
-            head = fh.read(540)
-    except (OSError, EOFError, zlib.error):
+    f = _nifti_fields(path)
+    if f is None:
         return None
-    for endian in "<>":
-        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
-            dims = struct.unpack(endian + "8h", head[40:56])
-            datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
-            vox_offset = float(struct.unpack(endian + "f", head[108:112])[0])
-            single, minimum = head[344:348] == b"n+1\x00", 352
-            break
-        if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
-            datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
-            dims = struct.unpack(endian + "8q", head[16:80])
-            vox_offset = float(struct.unpack(endian + "q", head[168:176])[0])
-            single, minimum = True, 544
-            break
-    else:
-        return None
+    dims, datatype, bitpix, vox_offset = f["dims"], int(f["datatype"]), int(f["bitpix"]), \
+        f["vox_offset"]
     ndim = dims[0]
     if not 1 <= ndim <= 7 or any(d < 1 for d in dims[1:ndim + 1]):
         return None
     if not math.isfinite(vox_offset) or vox_offset < 0 or vox_offset != int(vox_offset):
         raise InvalidInputError(f"{path}: the header's vox_offset ({vox_offset:g}) is not a byte "
                                 "offset; the header is damaged.")
-    dtype = _NIFTI_DTYPES.get(int(datatype))
-    components = _NIFTI_COMPONENTS.get(int(datatype), 1)
+    dtype = _NIFTI_DTYPES.get(datatype)
+    components = _NIFTI_COMPONENTS.get(datatype, 1)
     if dtype is not None:
         bits = np.dtype(dtype).itemsize * 8 * components
-        if int(bitpix) != bits:
+        if bitpix != bits:
             raise InvalidInputError(
-                f"{path}: the header contradicts itself: its datatype {int(datatype)} "
-                f"({np.dtype(dtype).name}, {bits} bits per voxel) but bitpix {int(bitpix)}; the "
+                f"{path}: the header contradicts itself: its datatype {datatype} "
+                f"({np.dtype(dtype).name}, {bits} bits per voxel) but bitpix {bitpix}; the "
                 "file is damaged (its pixels cannot be read reliably).")
         per_voxel = bits // 8
     else:
-        per_voxel = max(int(bitpix), 0) // 8
+        per_voxel = max(bitpix, 0) // 8
     shape = tuple(int(d) for d in dims[1:ndim + 1])
     offset = int(vox_offset)
-    if single and path.suffix.lower() != ".hdr":
-        offset = max(offset, minimum)
-    return {"endian": endian, "shape": shape, "datatype": int(datatype), "offset": offset,
+    if f["single"] and path.suffix.lower() != ".hdr":
+        offset = max(offset, f["minimum"])
+    return {"endian": f["endian"], "shape": shape, "datatype": datatype, "offset": offset,
             "dtype": dtype, "components": components,
             "bytes": int(np.prod(shape, dtype=np.int64)) * per_voxel}
 
@@ -330,24 +342,11 @@ def nifti_pixdim(path: str | os.PathLike) -> list[float] | None:
     p = Path(path)
     if _ext(p) not in (".nii", ".nii.gz") + _NIFTI_PAIR:
         return None
-    header = nifti_pair(p)[0] if _ext(p) in _NIFTI_PAIR else p
-    try:
-        with _open_data(header) as fh:
-            head = fh.read(540)
-    except (OSError, EOFError, zlib.error):
+    f = _nifti_fields(nifti_pair(p)[0] if _ext(p) in _NIFTI_PAIR else p)
+    if f is None:
         return None
-    for endian in "<>":
-        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
-            ndim = struct.unpack(endian + "h", head[40:42])[0]
-            pixdim = struct.unpack(endian + "8f", head[76:108])
-            break
-        if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
-            ndim = struct.unpack(endian + "q", head[16:24])[0]
-            pixdim = struct.unpack(endian + "8d", head[104:168])
-            break
-    else:
-        return None
-    return [float(v) for v in pixdim[1:max(1, min(int(ndim), 7)) + 1]]
+    ndim = max(1, min(int(f["dims"][0]), 7))
+    return [float(v) for v in f["pixdim"][1:ndim + 1]]
 
 
 def _check_nifti(path: Path) -> NonFinite | None:

@@ -7,28 +7,21 @@ line, exit 2, the inputs unchanged (SHA-256) and nothing left behind.
 from __future__ import annotations
 
 import struct
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from test_bad_inputs import FAST, ROOT, png, run_cli, snapshot, vol, write
+from test_bad_inputs import FAST, run_cli, snapshot
 
 EULER = ("#Insight Transform File V1.0\n#Transform 0\nTransform: Euler3DTransform_double_3_3\n"
          "Parameters: {p}\nFixedParameters: 0 0 0 0\n")
 
 
 @pytest.fixture
-def kit(tmp_path) -> Path:
-    write(vol(0), tmp_path / "a.nii.gz")
-    write(vol(1, scale=800.0), tmp_path / "b.nii.gz")
-    write(png(2), tmp_path / "p.png")
-    write(png(3), tmp_path / "q.png")
-    return tmp_path
+def kit(small_inputs) -> Path:
+    return small_inputs
 
 
 def _refused(kit: Path, argv: list[str], *expect: str) -> str:

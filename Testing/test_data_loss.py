@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from MedFusionLib.cli import main
 from MedFusionLib.errors import OutputError
@@ -391,6 +390,7 @@ def test_compare_never_overwrites_an_input_in_its_folder(kit, monkeypatch, capfd
     assert snapshot(kit) == before
 
 
+@pytest.mark.slow  # three compare runs in subprocesses: about 12 s
 def test_compare_on_a_full_disk_keeps_the_previous_report(kit):
     """Issue #25 item 3: on a full disk compare said "nothing was written" but left 7 files.
     Now a failed re-run leaves the earlier report exactly as it was, and nothing else."""

@@ -6,8 +6,6 @@ missing (pixdim 0, volumes a metre apart, --max-tries with --scheduler) are give
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,17 +17,12 @@ import SimpleITK as sitk
 
 from MedFusionLib.cli import main
 from MedFusionLib.errors import OutputError, UnknownOptionError
-from test_bad_inputs import FAST, ROOT, png, run_cli, snapshot, vol, write
+from test_bad_inputs import FAST, ROOT, png, snapshot, vol, write
 
 
 @pytest.fixture
-def kit(tmp_path, monkeypatch) -> Path:
-    write(vol(0), tmp_path / "a.nii.gz")
-    write(vol(1, scale=800.0), tmp_path / "b.nii.gz")
-    write(png(2), tmp_path / "p.png")
-    write(png(3), tmp_path / "q.png")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+def kit(small_inputs) -> Path:
+    return small_inputs
 
 
 def error_line(capfd, argv, code=2) -> str:
@@ -209,13 +202,10 @@ def test_volumes_a_metre_apart_are_said(kit, caplog):
     assert "a.nii.gz and b.nii.gz lie 977 mm apart" in caplog.text
 
 
-def test_max_tries_with_a_scheduler_is_said(kit, capfd):
+def test_max_tries_with_a_scheduler_is_said(kit, capfd, closed_port):
     pytest.importorskip("distributed")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     (kit / "m.csv").write_text("fixed,moving,output\np.png,q.png,o.png\n")
-    assert main(["batch", "m.csv", "--scheduler", f"tcp://127.0.0.1:{port}", "--max-tries", "5",
+    assert main(["batch", "m.csv", "--scheduler", f"tcp://127.0.0.1:{closed_port}", "--max-tries", "5",
                  *FAST]) == 2
     err = capfd.readouterr().err
     assert "warning: --max-tries is not applied with --scheduler" in err

@@ -20,17 +20,12 @@ import SimpleITK as sitk
 
 from MedFusionLib.cli import main
 from MedFusionLib.errors import InvalidInputError
-from test_bad_inputs import FAST, png, run_cli, snapshot, vol, write
+from test_bad_inputs import FAST, run_cli, snapshot, vol, write
 
 
 @pytest.fixture
-def kit(tmp_path, monkeypatch) -> Path:
-    write(vol(0), tmp_path / "a.nii.gz")
-    write(vol(1, scale=800.0), tmp_path / "b.nii.gz")
-    write(png(2), tmp_path / "p.png")
-    write(png(3), tmp_path / "q.png")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+def kit(small_inputs) -> Path:
+    return small_inputs
 
 
 def one_line(kit: Path, capfd, argv: list[str], *expect: str, code: int = 2) -> str:
@@ -255,11 +250,8 @@ def test_scheduler_address_that_is_not_a_dask_scheduler(kit, capfd, garbage_serv
                           *FAST], "does not answer like a Dask scheduler")
 
 
-def test_scheduler_address_where_nothing_listens(kit, capfd):
+def test_scheduler_address_where_nothing_listens(kit, capfd, closed_port):
     pytest.importorskip("distributed")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     (kit / "m.csv").write_text("fixed,moving,output\np.png,q.png,o.png\n")
-    one_line(kit, capfd, ["batch", "m.csv", "--scheduler", f"tcp://127.0.0.1:{port}", *FAST],
+    one_line(kit, capfd, ["batch", "m.csv", "--scheduler", f"tcp://127.0.0.1:{closed_port}", *FAST],
              "cannot reach the Dask scheduler")

@@ -216,17 +216,26 @@ def memory(shape: tuple[int, int, int]) -> None:
         sitk.WriteImage(sitk.Cast(moved, sitk.sitkFloat32), str(d / "moving.nii"))
         del p, img, moved
         for method, reg in (("cnn", "none"), ("cnn", "rigid")):
-            r = subprocess.run([sys.executable, __file__, "--_memory", method, reg, str(d / "fixed.nii"),
-                                str(d / "moving.nii"), str(d / "fused.nii")], env=_env(),
-                               capture_output=True, text=True)
-            if r.returncode != 0:
-                print(f"{method} --register {reg}: failed: {r.stderr[-1500:]}")
+            m = _child(f"{method} --register {reg}", ["--_memory", method, reg,
+                                                     str(d / "fixed.nii"), str(d / "moving.nii"),
+                                                     str(d / "fused.nii")])
+            if m is None:
                 continue
-            m = json.loads(r.stdout.strip().splitlines()[-1])
             print(f"{method:<6} --register {reg:<6} peak RSS {m['peak_gb']:.2f} GB "
                   f"({m['peak_gb'] / gb:.1f} volumes), {m['seconds']:.0f} s, stages {m['stages']}",
                   flush=True)
     print(f"({_load()})")
+
+
+def _child(label: str, args: list[str], env: dict | None = None) -> dict | None:
+    """Run this script with ``args`` in a child process; its last line of output as JSON, or
+    None (the failure printed under ``label``)."""
+    r = subprocess.run([sys.executable, __file__, *args], env=env or _env(), capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        print(f"{label}: failed: {r.stderr[-1500:]}")
+        return None
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def _malloc_child(correct: bool) -> dict:
@@ -257,12 +266,9 @@ def malloc_settings() -> None:
         env.pop("MALLOC_TRIM_THRESHOLD_", None)
         if trim:
             env["MALLOC_TRIM_THRESHOLD_"] = trim
-        r = subprocess.run([sys.executable, __file__, "--_malloc", str(int(correct))], env=env,
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            print(f"{label}: failed: {r.stderr[-1500:]}")
+        m = _child(label, ["--_malloc", str(int(correct))], env)
+        if m is None:
             continue
-        m = json.loads(r.stdout.strip().splitlines()[-1])
         print(f"{label:<48} wall {m['wall']:5.1f} s, user {m['user']:5.1f} s, "
               f"sys {m['sys']:5.1f} s, {m['faults']:>9,d} minor page faults", flush=True)
     print(f"({_load()})")
