@@ -257,8 +257,9 @@ def worker_environment(threads: int) -> dict:
 
     That setting (65536 in Dask's default) also switches off glibc's adaptive mmap threshold,
     so every array over 128 KiB is a fresh mmap and every first touch a page fault: the
-    metrics of a 40 x 256 x 256 pair took 37.6 s instead of 12.6 s, 10.6 s of it system
-    time, with 6.1 million page faults instead of 7,500 (``docs/scaling.md``). Workers started
+    metrics of a 40 x 256 x 256 pair took 24.3 s instead of 6.8 s, 8.0 s of it system time,
+    with 5.0 million page faults instead of 36 (``bench/bench_batch.py``, ``docs/scaling.md``).
+    Workers started
     by hand keep Dask's setting; :func:`pair_task` then sets glibc's thresholds itself.
     """
     n = str(int(threads))

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -454,3 +455,36 @@ def test_fuse_metrics_file_is_standard_json(kit, monkeypatch):
     assert main(["fuse", "mr2d.png", "ct2d.png", "-o", "o/f.png", "--metrics", "o/m.json",
                  "--metrics-keys", "EN,SD", *FAST]) == 0
     assert _strict_json((kit / "o/m.json").read_text())["metrics"]["EN"] is None
+
+
+BATCH_DRIVER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    import dask_preload  # registers test-slow: the pixel average after a pause
+    from MedFusionLib.cli import main
+    sys.exit(main(sys.argv[2:]))
+""")
+
+
+@pytest.mark.parametrize("sig, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_stopped_batch_records_exactly_the_outputs_it_kept(kit, sig, code):
+    """Issue #25: after an interruption a row's outputs and its results line agree; SIGTERM
+    (a scheduler's stop) is handled as Ctrl-C, with exit 143."""
+    rows = "".join(f"mr2d.png,ct2d.png,o/f{i}.png,test-slow,pause=0.4\n" for i in range(8))
+    (kit / "m.csv").write_text("fixed,moving,output,method,param\n" + rows)
+    proc = subprocess.Popen([sys.executable, "-c", BATCH_DRIVER, str(Path(__file__).parent),
+                             "batch", "m.csv", "--register", "none", "--results", "r.csv",
+                             "--quiet"], cwd=kit, env=_env(), stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not (kit / "r.csv").exists() or
+                                           len((kit / "r.csv").read_text().splitlines()) < 3):
+        time.sleep(0.02)
+    proc.send_signal(getattr(signal, sig))
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and "interrupted" in err
+    with open(kit / "r.csv") as fh:
+        recorded = {Path(r["output"]).name for r in csv.DictReader(fh) if r["status"] == "ok"}
+    written = {p.name for p in (kit / "o").iterdir()}
+    assert recorded == written and 2 <= len(written) < 8, (recorded, written)

@@ -156,12 +156,15 @@ def test_dicom_pixel_spacing_zero(kit, capfd):
 
 
 @pytest.mark.parametrize("param, expect", [
-    ("enhance=Infinity", "Infinity is not a finite number"),
-    ("enhance=NaN", "NaN is not a finite number"),
-    ("enhance=1", "parameter enhance must be true or false"),
+    ("consistency=Infinity", "Infinity is not a finite number"),
+    ("level=NaN", "NaN is not a finite number"),
+    ("consistency=1", "parameter consistency must be true or false"),
+    ("level=two", "parameter level must be a finite number"),
 ])
 def test_param_values(kit, capfd, param, expect):
-    one_line(kit, capfd, ["fuse", "p.png", "q.png", "-o", "f.png", "--method", "cnn", "--param",
+    """--param enhance=Infinity (cnn) was a TypeError traceback; the same for every method's
+    true/false and number parameters (dwt's here: no torch needed)."""
+    one_line(kit, capfd, ["fuse", "p.png", "q.png", "-o", "f.png", "--method", "dwt", "--param",
                           param, "--register", "none", "--quiet"], expect)
 
 
