@@ -178,11 +178,17 @@ def _finish_dead_commit(tmpdir: Path) -> None:
         if not journal.is_file():
             return  # the commit finished (the journal goes first)
     try:
-        entries = json.loads(journal.read_text(encoding="utf-8"))["files"]
+        data = json.loads(journal.read_text(encoding="utf-8"))
+        entries, created = data["files"], data.get("folders", [])
     except (OSError, ValueError, KeyError, TypeError):
         return
     restored = _roll_back([(Path(e["dest"]), Path(e["previous"]) if e.get("previous") else None,
                             int(e["inode"])) for e in entries])
+    for d in reversed(created):  # folders the commit made, now empty again
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
     if restored:
         logger.warning("put back the previous version of %s: the process that was replacing it "
                        "(%s) was killed in the middle", ", ".join(map(str, restored)),
@@ -636,7 +642,8 @@ class OutputSet:
                                          "files": [{"dest": str(dest), "staged": str(staged),
                                                     "previous": str(prev) if prev else None,
                                                     "inode": inode}
-                                                   for staged, dest, prev, inode in plan]},
+                                                   for staged, dest, prev, inode in plan],
+                                         "folders": [str(d) for d in created]},
                                         indent=1))
                     fh.flush()
                     os.fsync(fh.fileno())
