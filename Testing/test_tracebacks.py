@@ -158,8 +158,8 @@ def test_dicom_pixel_spacing_zero(kit, capfd):
 @pytest.mark.parametrize("param, expect", [
     ("consistency=Infinity", "Infinity is not a finite number"),
     ("level=NaN", "NaN is not a finite number"),
-    ("consistency=1", "parameter consistency must be true or false"),
-    ("level=two", "parameter level must be a finite number"),
+    ("consistency=1", "parameter 'consistency' must be true or false"),
+    ("level=two", "parameter 'level' must be a finite number"),
 ])
 def test_param_values(kit, capfd, param, expect):
     """--param enhance=Infinity (cnn) was a TypeError traceback; the same for every method's

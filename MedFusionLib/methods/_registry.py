@@ -108,8 +108,8 @@ class MethodInfo:
         for key, value in params.items():
             problem = _type_problem(self.params[key], value)
             if problem:
-                raise InvalidInputError(f"method '{self.name}': parameter {key} must be {problem}, "
-                                        f"got {value!r}.")
+                raise InvalidInputError(f"method '{self.name}': parameter '{key}' must be "
+                                        f"{problem}, got {value!r}.")
         return params
 
 
@@ -178,8 +178,8 @@ def _type_problem(default, value) -> str:
     if isinstance(default, bool):
         return "" if isinstance(value, bool) else "true or false"
     if isinstance(default, (int, float)):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        return "" if ok else "a finite number"
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return "" if number and math.isfinite(value) else "a finite number"
     if isinstance(default, str):
         return "" if isinstance(value, str) else "text"
     if isinstance(value, float) and not math.isfinite(value):
