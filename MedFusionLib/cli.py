@@ -12,8 +12,9 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
-from . import __version__
+from . import __version__, interrupts
 from .errors import CancelledError, MedFusionError
 
 __all__ = ["main", "build_parser", "COMMAND_MODULES"]
@@ -44,22 +45,47 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 success, 2 bad input, 1 bug, 130 cancel)."""
+    """Run the command line; returns the exit status (0 success, 2 bad input, 1 bug, 130 Ctrl-C,
+    143 SIGTERM)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args._run(args) or 0)
-    except CancelledError as exc:
-        print(f"medfusion: cancelled: {exc}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("medfusion: cancelled (interrupted by Ctrl-C); no output was written.", file=sys.stderr)
-        return 130
-    except MedFusionError as exc:
-        print(f"medfusion {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings(), interrupts.terminate_like_interrupt():
+        _quiet_library_warnings(args.verbose)
+        try:
+            return int(args._run(args) or 0)
+        except CancelledError as exc:
+            return _stopped(f"cancelled: {exc}")
+        except KeyboardInterrupt:
+            return _stopped("cancelled (interrupted by "
+                            f"{'SIGTERM' if interrupts.terminated() else 'Ctrl-C'}); "
+                            "no output was written.")
+        except MedFusionError as exc:
+            print(f"medfusion {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+
+
+def _quiet_library_warnings(verbose: bool) -> None:
+    """Python warnings reach the user as one line (``WARNING MedFusionLib: ...``), never with
+    the source line under them; numpy's floating-point warnings ("invalid value encountered")
+    and the warnings of torch and Dask are for developers: shown only with -v."""
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        logging.getLogger("MedFusionLib").warning("%s", str(message).splitlines()[0])
+
+    warnings.showwarning = one_line
+    if not verbose:
+        warnings.filterwarnings("ignore", message=r".*encountered in", category=RuntimeWarning)
+        for module in (r"torch(\..*)?$", r"distributed(\..*)?$", r"dask(\..*)?$"):
+            warnings.filterwarnings("ignore", module=module)
+
+
+def _stopped(message: str) -> int:
+    """Say why the run stopped; 130 (Ctrl-C) or 143 (SIGTERM). A second Ctrl-C while the process
+    shuts down is ignored with a note (no traceback from an exit handler)."""
+    interrupts.quiet_after_interrupt()
+    print(f"medfusion: {message}", file=sys.stderr)
+    return interrupts.exit_status()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,24 +24,31 @@ more is started, and the interrupt propagates.
 
 from __future__ import annotations
 
+import ctypes
+import json
 import logging
 import os
 import signal
+import socket
+import struct
 import sys
 import threading
 import time
 import traceback
 import uuid
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable
 
 import SimpleITK as sitk
 
-from . import optional
-from .errors import CancelledError, InvalidInputError
-from .job import PairRecord, PairSpec, package_versions, run_pair
+from . import interrupts, optional
+from .errors import CancelledError, InvalidInputError, MedFusionError
+from .job import WRITE_MESSAGE, PairRecord, PairSpec, package_versions, run_pair
+from .outputs import sweep_stale_temp
 
-__all__ = ["run_jobs", "pair_task", "local_threads", "RESOURCE"]
+__all__ = ["run_jobs", "pair_task", "local_threads", "worker_environment", "scheduler_address",
+           "probe_scheduler", "RESOURCE"]
 
 #: Dask worker resource that limits a worker to one pair at a time (``--resources pair=1``).
 RESOURCE = "pair"
@@ -75,6 +82,15 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
+def _cancelled(event_name: str | None) -> bool:
+    if not event_name:
+        return False
+    try:
+        return distributed.Event(event_name).is_set()
+    except Exception:  # the scheduler is going away
+        return True
+
+
 def _cancel_watch(event_name: str | None):
     """A progress callback that says stop once the Dask event ``event_name`` is set."""
     if not event_name:
@@ -84,7 +100,7 @@ def _cancel_watch(event_name: str | None):
 
     def check(fraction, message):
         now = time.monotonic()
-        if now - last[0] < 0.5:
+        if now - last[0] < 0.5 and message != WRITE_MESSAGE:
             return None
         last[0] = now
         try:
@@ -95,20 +111,29 @@ def _cancel_watch(event_name: str | None):
     return check
 
 
-def pair_task(spec: PairSpec, threads: int | None = None, cancel_event: str | None = None) -> PairRecord:
+def pair_task(spec: PairSpec, threads: int | None = None, cancel_event: str | None = None,
+              deliver: Callable[[PairRecord], None] | None = None) -> PairRecord:
     """Run one pair job and always return its record (what a Dask worker executes).
 
     ``threads``: torch/ITK threads for this process; ``-1`` means the worker's own thread
     count. A job error is a ``failed`` record with its one-line message; a bug is a ``failed``
-    record with the exception and the last line of its traceback.
+    record with the exception and the last line of its traceback. ``deliver`` is
+    :func:`~MedFusionLib.job.run_pair`'s (called inside the commit of the outputs; its errors
+    propagate); records made here (a bug, a cancellation) are not delivered.
     """
     if threads == -1:
         threads = distributed.get_worker().state.nthreads
     _set_threads(threads)
+    _undo_malloc_trim()
+    if _cancelled(cancel_event):  # queued when the batch was stopped: nothing is started
+        return _failed(spec, "cancelled: the batch was stopped before this row started")
     try:
-        return run_pair(spec, progress=_cancel_watch(cancel_event), errors="record")
+        return run_pair(spec, progress=_cancel_watch(cancel_event), errors="record",
+                        deliver=deliver)
     except CancelledError as exc:
         return _failed(spec, f"cancelled: {exc}")
+    except MedFusionError:  # with errors="record" only the caller's delivery raises one
+        raise
     except Exception as exc:  # a bug must not take the batch down: record it and go on
         where = traceback.extract_tb(exc.__traceback__)[-1]
         return _failed(spec, f"internal error {type(exc).__name__}: {exc} "
@@ -117,7 +142,8 @@ def pair_task(spec: PairSpec, threads: int | None = None, cancel_event: str | No
 
 def _failed(spec: PairSpec, error: str) -> PairRecord:
     return PairRecord(spec.fixed, spec.moving, spec.output, status="failed", error=error,
-                      label=spec.label, versions=package_versions())
+                      label=spec.label, versions=package_versions(),
+                      options=spec.options_digest())
 
 
 def run_jobs(jobs: Iterable[tuple[int, PairSpec]], on_record: Callable[[int, PairRecord], None], *,
@@ -152,33 +178,100 @@ def run_jobs(jobs: Iterable[tuple[int, PairSpec]], on_record: Callable[[int, Pai
         raise InvalidInputError("give --workers or --scheduler, not both.")
     if workers is None and scheduler is None:
         for key, spec in jobs:
-            on_record(key, pair_task(spec))
+            delivered: list[PairRecord] = []
+
+            def deliver(record, key=key, delivered=delivered):
+                delivered.append(record)
+                on_record(key, record)
+
+            record = pair_task(spec, deliver=deliver)
+            if not delivered:
+                on_record(key, record)
+            if interrupts.received():  # a Ctrl-C that the job swallowed (inside ITK)
+                raise KeyboardInterrupt
         return
     if workers is not None and workers < 1:
         raise InvalidInputError(f"--workers must be at least 1, got {workers}.")
     if max_tries < 1:
         raise InvalidInputError(f"max_tries must be at least 1, got {max_tries}.")
     optional.require("distributed", what=_WHAT)
-    for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.worker"):
+    for name in ("distributed", "distributed.nanny", "distributed.worker"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # "Task ... marked as failed because N workers died": the row's record says it in one line
+    logging.getLogger("distributed.scheduler").setLevel(logging.CRITICAL)
     with dask.config.set({"distributed.scheduler.allowed-failures": max_tries - 1}):
         if workers is not None:
             threads = local_threads(workers)
-            with distributed.LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
-                              dashboard_address=None, resources={RESOURCE: 1}) as cluster, \
-                    distributed.Client(cluster) as client:
-                # Ctrl-C reaches the whole process group: the workers leave it to this process,
-                # which stops their rows cleanly (restarted workers get the plugin too)
-                client.register_plugin(_IgnoreInterrupts())
-                _run_on(client, jobs, on_record, threads=threads, resources={RESOURCE: 1},
-                        max_tries=max_tries)
+            try:
+                with dask.config.set({"distributed.nanny.pre-spawn-environ":
+                                      worker_environment(threads)}), \
+                        distributed.LocalCluster(n_workers=workers, threads_per_worker=threads,
+                                                 processes=True, dashboard_address=None,
+                                                 resources={RESOURCE: 1}) as cluster, \
+                        distributed.Client(cluster) as client:
+                    # Ctrl-C reaches the whole process group: the workers leave it to this
+                    # process, which stops their rows cleanly (restarted workers get the plugin)
+                    client.register_plugin(_IgnoreInterrupts())
+                    _run_on(client, jobs, on_record, threads=threads, resources={RESOURCE: 1})
+            except KeyboardInterrupt:
+                # the workers are gone: a row killed in the middle of its commit is rolled back
+                # now (its journal), so that outputs and the results file agree
+                for folder in {f for _, spec in jobs for f in _output_folders(spec)}:
+                    sweep_stale_temp(folder)
+                raise
         else:
             with _connect(scheduler) as client:
                 info = client.scheduler_info()
                 one_at_a_time = bool(info.get("workers")) and all(
                     RESOURCE in (w.get("resources") or {}) for w in info["workers"].values())
                 _run_on(client, jobs, on_record, threads=-1 if one_at_a_time else 1,
-                        resources={RESOURCE: 1} if one_at_a_time else None, max_tries=max_tries)
+                        resources={RESOURCE: 1} if one_at_a_time else None)
+
+
+#: glibc's mallopt parameters, and the values its adaptive thresholds settle at on 64-bit Linux
+#: after the first large arrays are freed (``DEFAULT_MMAP_THRESHOLD_MAX``, twice that to trim).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD, _TRIM_THRESHOLD = 32 << 20, 64 << 20
+
+
+@lru_cache(maxsize=1)
+def _undo_malloc_trim() -> bool:
+    """In a worker that Dask's nanny started with ``MALLOC_TRIM_THRESHOLD_`` (its default 65536):
+    set glibc's mmap and trim thresholds to what its adaptive thresholds would have reached
+    (:func:`worker_environment` explains the cost). Once per process; False where it does not
+    apply (not glibc, or no such setting)."""
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+                    and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
+
+
+def worker_environment(threads: int) -> dict:
+    """The environment of a local cluster's worker processes (Dask's
+    ``distributed.nanny.pre-spawn-environ``): numpy's BLAS, OpenMP and MKL with ``threads``
+    threads, as torch and ITK get, and -- unlike Dask's default -- no ``MALLOC_TRIM_THRESHOLD_``.
+
+    That setting (65536 in Dask's default) also switches off glibc's adaptive mmap threshold,
+    so every array over 128 KiB is a fresh mmap and every first touch a page fault: the
+    metrics of a 40 x 256 x 256 pair took 24.3 s instead of 6.8 s, 8.0 s of it system time,
+    with 5.0 million page faults instead of 36 (``bench/bench_batch.py``, ``docs/scaling.md``).
+    Workers started
+    by hand keep Dask's setting; :func:`pair_task` then sets glibc's thresholds itself.
+    """
+    n = str(int(threads))
+    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n}
+
+
+def _output_folders(spec: PairSpec) -> list[Path]:
+    """The folders a job's outputs are written in (its DICOM output folder itself)."""
+    folders = [Path(p).absolute().parent for p in spec.outputs()]
+    if spec.dicom:
+        folders.append(Path(spec.output).absolute())
+    return folders
 
 
 def _IgnoreInterrupts():
@@ -195,24 +288,102 @@ def _IgnoreInterrupts():
     return IgnoreInterrupts()
 
 
-def _connect(scheduler: str):
-    """A client of an existing cluster: ``tcp://host:port`` or a scheduler JSON file."""
+#: Seconds to wait for a scheduler address to answer like a Dask scheduler.
+PROBE_TIMEOUT_S = 5.0
+
+
+def scheduler_address(scheduler: str) -> str:
+    """The address of an existing Dask scheduler: ``tcp://host:port`` as given, or read from a
+    scheduler JSON file (``dask scheduler --scheduler-file``).
+
+    Raises
+    ------
+    InvalidInputError
+        Neither an address nor a readable scheduler file.
+    """
+    if "://" in scheduler:
+        return scheduler
     path = Path(scheduler)
+    if path.suffix.lower() != ".json":
+        raise InvalidInputError(f"--scheduler {scheduler}: expected tcp://host:port or a "
+                                "scheduler JSON file (dask scheduler --scheduler-file).")
+    if not path.is_file():
+        raise InvalidInputError(f"{scheduler}: no such scheduler file.")
     try:
-        if "://" in scheduler:
-            return distributed.Client(scheduler, timeout="15s")
-        if path.suffix.lower() == ".json":
-            if not path.is_file():
-                raise InvalidInputError(f"{scheduler}: no such scheduler file.")
-            return distributed.Client(scheduler_file=str(path), timeout="15s")
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInputError(f"{scheduler}: not a Dask scheduler file (it is not JSON: "
+                                f"{str(exc).splitlines()[0][:100]}).") from None
+    address = info.get("address") if isinstance(info, dict) else None
+    if not isinstance(address, str) or "://" not in address:
+        raise InvalidInputError(f"{scheduler}: not a Dask scheduler file (no 'address' field "
+                                "naming tcp://host:port).")
+    return address
+
+
+def probe_scheduler(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Check that ``tcp://host:port`` answers like a Dask scheduler, within ``timeout`` seconds.
+
+    A Dask server sends its handshake first: an 8-byte little-endian length, then that many
+    bytes of frames whose message names ``pickle-protocol``. Anything else (no answer, another
+    protocol, a length no handshake has) is refused here, before Dask would try to allocate
+    whatever the first bytes claim. Other schemes (``tls://``, ``inproc://``) are left to Dask.
+
+    Raises
+    ------
+    InvalidInputError
+    """
+    scheme, _, rest = address.partition("://")
+    if scheme != "tcp":
+        return
+    host, _, port = rest.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        raise InvalidInputError(f"--scheduler {address}: expected tcp://host:port.")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            head = _recv_exactly(sock, 8)
+            (length,) = struct.unpack("<Q", head)
+            body = _recv_exactly(sock, length) if 0 < length <= 65536 else b""
+    except socket.timeout:
+        raise InvalidInputError(f"{address}: no Dask scheduler answers there (no reply within "
+                                f"{timeout:g} s).") from None
+    except OSError as exc:
+        raise InvalidInputError(f"{address}: cannot reach the Dask scheduler "
+                                f"({exc.strerror or exc}).") from None
+    if b"pickle-protocol" not in body:
+        raise InvalidInputError(f"{address}: the server there does not answer like a Dask "
+                                "scheduler; check the address (dask scheduler prints it).")
+
+
+def _recv_exactly(sock, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _connect(scheduler: str):
+    """A client of an existing cluster: ``tcp://host:port`` or a scheduler JSON file, checked
+    to answer like a Dask scheduler first (:func:`probe_scheduler`)."""
+    address = scheduler_address(scheduler)
+    probe_scheduler(address)
+    try:
+        return distributed.Client(address, timeout="15s")
     except (OSError, TimeoutError) as exc:
         raise InvalidInputError(f"{scheduler}: cannot reach the Dask scheduler "
                                 f"({type(exc).__name__}: {exc}).") from None
-    raise InvalidInputError(f"--scheduler {scheduler}: expected tcp://host:port or a scheduler "
-                            "JSON file (dask scheduler --scheduler-file).")
 
 
-def _run_on(client, jobs, on_record, *, threads, resources, max_tries) -> None:
+def _times(n: int) -> str:
+    return "once" if n == 1 else f"{n} times"
+
+
+def _run_on(client, jobs, on_record, *, threads, resources) -> None:
     run_id = uuid.uuid4().hex[:12]
     cancel = f"medfusion-cancel-{run_id}"
     event = distributed.Event(cancel, client=client)
@@ -225,18 +396,21 @@ def _run_on(client, jobs, on_record, *, threads, resources, max_tries) -> None:
 
     def deliver(fut) -> None:
         key, spec = futures[fut]
-        delivered.add(fut)
         try:
             record = fut.result()
-        except distributed.KilledWorker:
-            record = _failed(spec, f"the worker running this pair died {max_tries} times "
-                                   "(out of memory? see the worker logs); not retried again")
+        except distributed.KilledWorker as exc:
+            record = _failed(spec, f"the worker running this pair died "
+                                   f"{_times(exc.allowed_failures + 1)} (out of memory? see the "
+                                   "worker logs); not retried again")
         except distributed.client.FutureCancelledError:
+            delivered.add(fut)
             return
         except Exception as exc:  # e.g. the worker cannot import MedFusionLib
             record = _failed(spec, f"Dask could not run this pair: {type(exc).__name__}: {exc}")
-        fut.release()
-        on_record(key, record)
+        with interrupts.held():  # recorded and marked delivered together, never one alone
+            delivered.add(fut)
+            fut.release()
+            on_record(key, record)
 
     try:
         for fut in distributed.as_completed(list(futures)):

@@ -26,18 +26,21 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from . import optional
 from .dicom import read_series
 from .errors import InvalidInputError, OutputError
-from .imagefiles import check_complete
+from .imagefiles import NonFinite, check_complete, nifti_pixdim
 from .outputs import atomic_output
 
 __all__ = ["read_image", "write_image", "write_transform", "check_image_output", "check_direction",
            "check_same_grid",
            "check_transform_output", "VOLUME_EXTENSIONS", "RASTER_EXTENSIONS",
            "TRANSFORM_EXTENSIONS", "extension_of", "copy_geometry", "is_2d", "is_colour",
-           "to_luminance", "COLOUR_KEY"]
+           "to_luminance", "COLOUR_KEY", "INPUT_EXTENSIONS", "warn_far_apart"]
 
 logger = logging.getLogger(__name__)
+
+PIL_Image = optional.lazy("PIL.Image", what="reading a grey+alpha PNG")
 
 VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 RASTER_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -239,21 +242,101 @@ def check_same_grid(reference: sitk.Image, image: sitk.Image, reference_name: st
                                     "first.")
 
 
-def _restore_nifti_nonfinite(image: sitk.Image, raw: np.ndarray | None) -> sitk.Image:
-    """Put a NIfTI file's NaN/Inf values (``raw``, :func:`check_complete`) back into ``image``."""
-    if raw is None:
+def _restore_nifti_nonfinite(image: sitk.Image, nonfinite: NonFinite | None) -> sitk.Image:
+    """Put a NIfTI file's NaN/Inf values (:func:`~MedFusionLib.imagefiles.check_complete`) back
+    into ``image``, where ITK's reader made them 0."""
+    if nonfinite is None:
         return image
     arr = sitk.GetArrayFromImage(image)
-    if raw.size != arr.size or not np.issubdtype(arr.dtype, np.floating):
+    if nonfinite.size != arr.size or not np.issubdtype(arr.dtype, np.floating):
         return image
-    raw = raw.reshape(arr.shape)
-    bad = ~np.isfinite(raw)
-    arr[bad] = raw[bad]
+    arr.reshape(-1)[nonfinite.index] = nonfinite.values
     out = sitk.GetImageFromArray(arr, isVector=image.GetNumberOfComponentsPerPixel() > 1)
     out.CopyInformation(image)
     for key in image.GetMetaDataKeys():
         out.SetMetaData(key, image.GetMetaData(key))
     return out
+
+
+#: The ITK reader of each accepted file extension: a file is decoded only by the reader of its
+#: own format (the one whose header :func:`~MedFusionLib.imagefiles.check_complete` checked),
+#: never by whichever of ITK's many readers claims it first.
+_READERS = {".nii": "NiftiImageIO", ".nii.gz": "NiftiImageIO", ".hdr": "NiftiImageIO",
+            ".img": "NiftiImageIO", ".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO",
+            ".mha": "MetaImageIO", ".mhd": "MetaImageIO", ".png": "PNGImageIO",
+            ".jpg": "JPEGImageIO", ".jpeg": "JPEGImageIO", ".tif": "TIFFImageIO",
+            ".tiff": "TIFFImageIO", ".bmp": "BMPImageIO", ".dcm": "GDCMImageIO",
+            ".ima": "GDCMImageIO", "": "GDCMImageIO"}
+
+#: Input file extensions :func:`read_image` reads (besides DICOM folders and DICOM files).
+INPUT_EXTENSIONS = tuple(e for e in _READERS if e)
+
+
+def _warn_zero_spacing(path: Path, image: sitk.Image) -> None:
+    """Say so when a NIfTI header gives a voxel size of 0 (or none): ITK reads it as 1 mm."""
+    pixdim = nifti_pixdim(path)
+    if pixdim is None:
+        return
+    bad = [k for k, v in enumerate(pixdim[:image.GetDimension()]) if not (v > 0)]
+    if bad:
+        logger.warning("%s: the header gives voxel size %s for axis %s; it is read as %s mm, "
+                       "which may be wrong: check the file's geometry", path,
+                       ", ".join(f"{pixdim[k]:g}" for k in bad),
+                       ", ".join("xyz"[k] if k < 3 else str(k) for k in bad),
+                       ", ".join(f"{image.GetSpacing()[k]:g}" for k in bad))
+
+
+def _extent(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest physical corner (mm) of ``image``'s grid."""
+    size = np.array(image.GetSize()) - 1
+    corners = [image.TransformContinuousIndexToPhysicalPoint(
+        tuple(float(c) for c in size * np.array(bits))) for bits in
+        np.ndindex(*(2,) * image.GetDimension())]
+    return np.min(corners, axis=0), np.max(corners, axis=0)
+
+
+#: Gap (mm) between two volumes' fields of view beyond which :func:`warn_far_apart` speaks.
+FAR_APART_MM = 100.0
+
+
+def warn_far_apart(fixed: sitk.Image, moving: sitk.Image, fixed_name: str,
+                   moving_name: str) -> float:
+    """Warn when two 3D volumes' fields of view lie more than :data:`FAR_APART_MM` apart: often
+    an origin lost on the way (registration still starts from their centres of mass). Returns
+    the gap in mm (0 when they overlap)."""
+    if is_2d(fixed) or is_2d(moving):
+        return 0.0
+    (lo1, hi1), (lo2, hi2) = _extent(fixed), _extent(moving)
+    gap = float(np.linalg.norm(np.maximum(0.0, np.maximum(lo2 - hi1, lo1 - hi2))))
+    if gap > FAR_APART_MM:
+        logger.warning("%s and %s lie %.0f mm apart (their fields of view do not overlap): is an "
+                       "origin in a header wrong? Registration starts from their centres of "
+                       "mass; check the result", fixed_name, moving_name, gap)
+    return gap
+
+
+def _png_colour_type(path: Path) -> int | None:
+    """The colour type of a PNG's header (0 grey, 2 RGB, 3 palette, 4 grey+alpha, 6 RGBA)."""
+    with path.open("rb") as fh:
+        head = fh.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return head[25]
+
+
+def _read_grey_alpha_png(path: Path) -> sitk.Image:
+    """A grey+alpha PNG (which SimpleITK cannot read) as its grey channel, alpha dropped as for
+    RGBA (decoded by Pillow)."""
+    try:
+        with PIL_Image.open(path) as im:
+            im.load()
+            grey = np.asarray(im.getchannel(0))
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InvalidInputError(f"{path}: cannot read this grey+alpha PNG ({exc}).") from None
+    image = sitk.GetImageFromArray(np.ascontiguousarray(grey))
+    if grey.dtype == np.uint8:
+        image.SetMetaData("MedFusion.BitsStored", "8")
+    return image
 
 
 def read_image(path: str | os.PathLike, *, series_uid: str | None = None,
@@ -298,13 +381,23 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None,
             # one engine for DICOM: rescale to real units, enhanced multi-frame, modality metadata
 
             return read_series(p, series_uid=series_uid)
+        reader_io = _READERS.get(extension_of(p))
+        if reader_io is None:
+            raise InvalidInputError(
+                f"{p}: unsupported input format '{extension_of(p)}'; give one of "
+                f"{', '.join(INPUT_EXTENSIONS)}, or a DICOM file or folder.")
         nonfinite = check_complete(p)
+        if reader_io == "PNGImageIO" and _png_colour_type(p) == 4:
+            return _read_grey_alpha_png(p)
     except OSError as exc:
         raise InvalidInputError(f"{p}: cannot read the file: {exc.strerror or exc}.") from None
     itk_lines: list[str] = []
     try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(p))
+        reader.SetImageIO(reader_io)
         with _native_stderr(itk_lines):
-            image = sitk.ReadImage(str(p))
+            image = reader.Execute()
     except RuntimeError as exc:
         if "orthonormal" in str(exc):  # ITK's NIfTI reader on a sheared sform and no qform
             raise InvalidInputError(
@@ -319,6 +412,7 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None,
         raise InvalidInputError(f"{p}: the image its header declares is too large for this "
                                 "machine's memory.") from None
     image = _restore_nifti_nonfinite(image, nonfinite)
+    _warn_zero_spacing(p, image)
     if "complex" in image.GetPixelIDTypeAsString():
         raise InvalidInputError(f"{p}: the pixels are complex-valued; MedFusion fuses real "
                                 "images: give the magnitude (or the real part) as a scalar image.")
@@ -401,7 +495,7 @@ def _verify_written(tmp: Path, expected: sitk.Image, ext: str, name: Path) -> No
         with _native_stderr(lines):
             back = sitk.ReadImage(str(tmp))
     except (InvalidInputError, RuntimeError, OSError) as exc:
-        detail = _itk_detail(exc, lines).replace(str(tmp), "it")
+        detail = _itk_detail(exc, lines).replace(str(tmp), name.name)
         raise OutputError(f"{name}: the written file does not read back ({detail}); "
                           "is the disk full? Nothing was written.") from None
     if back.GetSize()[:expected.GetDimension()] != expected.GetSize():

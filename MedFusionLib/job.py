@@ -16,11 +16,15 @@ values, the method, the model and its SHA-256, and the package versions that mad
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import os
 import platform
+import re
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from importlib import metadata
@@ -31,19 +35,24 @@ import SimpleITK as sitk
 from ._version import __version__
 from .colour import fuse_colour
 from .dicom import check_derived_reference, write_fusion_dicom
-from .errors import CancelledError, InvalidInputError, MedFusionError
+from .errors import CancelledError, InvalidInputError, MedFusionError, OutputError
 from .io import (RASTER_EXTENSIONS, check_image_output, check_transform_output, extension_of,
-                 is_2d, is_colour, read_image, write_image, write_transform)
+                 is_2d, is_colour, read_image, warn_far_apart, write_image, write_transform)
 from .methods import method_params
 from .metrics import ALL_KEYS, GREY_SCALE, resolve_keys, volume_metrics
 from .nets.weights import model_entry, model_for_modalities
 from .outputs import OutputSet, check_outputs, write_json
 from .pipeline import align_pair, check_method, fuse_aligned
-from .progress import ProgressCallback
+from .progress import ProgressCallback, report
+from .transformfiles import read_transform
 
 __all__ = ["PairSpec", "PairRecord", "run_pair", "align_spec", "read_sources", "check_outputs_distinct", "preflight",
            "volume_metrics_for",
-           "SLOW_VOLUME_KEYS", "package_versions", "STATUSES"]
+           "SLOW_VOLUME_KEYS", "package_versions", "STATUSES", "WRITE_MESSAGE"]
+
+#: The progress message a job reports right before writing its outputs: a cancel watch always
+#: answers it (:func:`MedFusionLib.executors.pair_task`), so a stopped batch writes nothing more.
+WRITE_MESSAGE = "writing the outputs"
 
 #: Values of :attr:`PairRecord.status`.
 STATUSES = ("ok", "failed", "skipped")
@@ -122,6 +131,19 @@ class PairSpec:
         """Every path the job writes (``output`` is a folder with ``dicom``)."""
         return [p for p in (self.output, self.metrics, self.transform, self.weights_map) if p]
 
+    def options(self) -> dict:
+        """Every option of the job but its input and output image paths and its label: what
+        ``batch --resume`` compares with a recorded row before skipping it."""
+        out = asdict(self)
+        for k in ("fixed", "moving", "output", "label"):
+            out.pop(k)
+        return out
+
+    def options_digest(self) -> str:
+        """A short fingerprint (16 hex digits of a SHA-256) of :meth:`options`."""
+        text = json.dumps(self.options(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
     def pipeline_kwargs(self) -> dict:
         """Keyword arguments of :func:`~MedFusionLib.pipeline.fuse_images` for this spec.
 
@@ -170,6 +192,8 @@ class PairRecord:
         ``host:pid`` of the process that ran the job.
     attempts : int
         How many times the job was started (more than 1 when a worker died under it).
+    options : str
+        :meth:`PairSpec.options_digest` of the spec that ran.
     """
 
     fixed: str
@@ -191,6 +215,7 @@ class PairRecord:
     label: str = ""
     worker: str = ""
     attempts: int = 1
+    options: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -229,6 +254,13 @@ def preflight(spec: PairSpec) -> None:
                   [None if spec.dicom else spec.output, spec.metrics, spec.transform,
                    spec.weights_map],
                   folders=[spec.output] if spec.dicom else [])
+    if spec.dicom and Path(spec.output).is_dir():
+        # the derived series never overwrites: say so now, not after the whole run
+        taken = sorted(f.name for f in Path(spec.output).iterdir()
+                       if re.fullmatch(r"(IM|REG)\d{5}\.dcm", f.name))
+        if taken:
+            raise OutputError(f"{Path(spec.output) / taken[0]}: exists already (a series written "
+                              "before?); write the derived series into an empty or new folder.")
 
 
 def check_raster_outputs(spec: PairSpec, fixed: sitk.Image) -> None:
@@ -247,11 +279,13 @@ def check_raster_outputs(spec: PairSpec, fixed: sitk.Image) -> None:
                                     f"{extension_of(o)}; use .nii.gz, .nrrd or .mha.")
 
 
-def volume_metrics_for(result, keys: str | None) -> dict:
+def volume_metrics_for(result, keys: str | None, *,
+                       progress: ProgressCallback | None = None) -> dict:
     """Metrics of a :class:`~MedFusionLib.pipeline.FusionResult`, per slice along its axis.
 
     ``keys`` is a comma-separated list; ``None`` means every metric, except
-    :data:`SLOW_VOLUME_KEYS` for 3D volumes (they stay available by name).
+    :data:`SLOW_VOLUME_KEYS` for 3D volumes (they stay available by name). ``progress`` is
+    told each slice (returning False cancels: the metrics of a large volume take a minute).
     """
 
     fused = sitk.GetArrayViewFromImage(result.fused)
@@ -262,7 +296,7 @@ def volume_metrics_for(result, keys: str | None) -> dict:
     else:
         key_list = list(ALL_KEYS)
     return volume_metrics(result.fixed01, result.moving01, fused, axis=result.axis, keys=key_list,
-                          data_range=1.0)
+                          data_range=1.0, progress=progress)
 
 
 @lru_cache(maxsize=1)
@@ -307,6 +341,8 @@ def read_sources(spec: PairSpec) -> tuple[sitk.Image, sitk.Image]:
     if spec.dicom:
         check_derived_reference(spec.fixed, fixed)
     moving = read_image(spec.moving, series_uid=spec.moving_series, keep_colour=not spec.grey)
+    if (spec.fusion.get("registration") or "rigid") != "none":  # with none: the overlap error
+        warn_far_apart(fixed, moving, spec.fixed, spec.moving)
     return fixed, moving
 
 
@@ -328,11 +364,7 @@ def _read_input_options(kwargs: dict) -> dict:
     if path:
         if not Path(path).is_file():
             raise InvalidInputError(f"{path}: initial transform file not found.")
-        try:
-            out["initial_transform"] = sitk.ReadTransform(str(path))
-        except RuntimeError:
-            raise InvalidInputError(f"{path}: not a readable ITK transform file (.tfm, .txt, "
-                                    ".h5).") from None
+        out["initial_transform"] = read_transform(path)  # checked before ITK parses it
     return out
 
 
@@ -372,7 +404,8 @@ def align_spec(spec: PairSpec, *, progress: ProgressCallback | None = None):
 
 
 def run_pair(spec: PairSpec, *, progress: ProgressCallback | None = None,
-             errors: str = "raise") -> PairRecord:
+             errors: str = "raise",
+             deliver: Callable[[PairRecord], None] | None = None) -> PairRecord:
     """Run one pair job: read, register, fuse, score, write.
 
     Parameters
@@ -385,41 +418,57 @@ def run_pair(spec: PairSpec, *, progress: ProgressCallback | None = None,
         ``record`` (``batch``): it is returned as a ``failed`` record with its one-line message.
         Cancellation (:class:`~MedFusionLib.errors.CancelledError`, ``KeyboardInterrupt``)
         always propagates.
+    deliver : callable, optional
+        ``deliver(record)`` is called once with the final record: for a pair that succeeded,
+        inside the commit of its outputs, right after they are in place (Ctrl-C and SIGTERM
+        wait for it; if it raises, the outputs are rolled back to what was there before and its
+        exception propagates); for a failed pair (``errors="record"``) before returning. ``batch``
+        writes the row's results line here, so a row's outputs and its record always agree.
 
     Returns
     -------
     PairRecord
         Status ``ok`` with every output written, or (``errors="record"``) ``failed`` with no
-        output left behind.
+        output left behind (earlier files under the output names are unchanged).
 
     Raises
     ------
     MedFusionError
-        With ``errors="raise"``: the input's one-line error (nothing is written).
+        With ``errors="raise"``: the input's one-line error (nothing is written); either way,
+        an error of ``deliver``.
     """
 
     if errors not in ("raise", "record"):
         raise ValueError(f"errors must be 'raise' or 'record', got {errors!r}")
     record = PairRecord(spec.fixed, spec.moving, spec.output, label=spec.label,
                         worker=f"{socket.gethostname()}:{os.getpid()}",
-                        versions=package_versions())
+                        versions=package_versions(), options=spec.options_digest())
     t0 = time.perf_counter()
+    delivered = []
+
+    def finish(rec: PairRecord) -> None:
+        rec.seconds = time.perf_counter() - t0
+        delivered.append(rec)
+        if deliver is not None:
+            deliver(rec)
+
     try:
-        _run(spec, record, progress)
+        _run(spec, record, progress, finish)
     except CancelledError:
         raise
     except MedFusionError as exc:
-        if errors == "raise":
+        if delivered or errors == "raise":  # delivered: the caller's own delivery failed
             raise
         record.status, record.error = "failed", str(exc)
         record.outputs = []
-    record.seconds = time.perf_counter() - t0
+    if not delivered:
+        finish(record)
     return record
 
 
-def _run(spec: PairSpec, record: PairRecord, progress) -> None:
+def _run(spec: PairSpec, record: PairRecord, progress,
+         finish: Callable[[PairRecord], None]) -> None:
     preflight(spec)
-    outputs = OutputSet(spec.outputs())
     kwargs = spec.pipeline_kwargs()  # a bad --param fails before any reading
     kwargs.update(_read_input_options(kwargs))
     t0 = time.perf_counter()
@@ -451,32 +500,38 @@ def _run(spec: PairSpec, record: PairRecord, progress) -> None:
     record.method, record.device, record.colour = result.method, result.device, colour
     record.registration = result.registration.to_dict()
     record.model, record.model_sha256 = _model_of(result)
-    report = None
+    metrics_json = None
     if spec.metrics or spec.score:
         t0 = time.perf_counter()
-        record.metrics = volume_metrics_for(result, spec.metrics_keys)
+        record.metrics = volume_metrics_for(result, spec.metrics_keys, progress=progress)
         record.stages["metrics"] = time.perf_counter() - t0
     if spec.metrics:
-        report = {"fixed": spec.fixed, "moving": spec.moving, "output": spec.output,
+        metrics_json = {"fixed": spec.fixed, "moving": spec.moving, "output": spec.output,
                   **result.summary(), "grey_scale": GREY_SCALE, "metrics": record.metrics}
     # the normalised sources are not written: free them before the (verified) writes
     result.fixed01 = result.moving01 = None
+    report(progress, None, WRITE_MESSAGE)  # the last point at which a cancel stops the job
     t0 = time.perf_counter()
-    with outputs:
-        if spec.dicom:
-            for path in write_fusion_dicom(
-                    result.fused, spec.output, fixed=spec.fixed, moving=spec.moving,
-                    fixed_series_uid=spec.fixed_series, moving_series_uid=spec.moving_series,
-                    transform=result.registration.transform, method=result.method):
-                outputs.add(path)
-        else:
-            outputs.add(write_image(result.rgb if colour else result.fused, spec.output))
-        if spec.weights_map:
-            outputs.add(write_image(result.weights, spec.weights_map))
-        if spec.transform:
-            outputs.add(write_transform(result.registration.transform, spec.transform))
-        if report is not None:
-            outputs.add(write_json(report, spec.metrics))
-    record.stages["write"] = time.perf_counter() - t0
-    record.outputs = [str(p) for p in outputs.written]
 
+    def committed(paths):
+        record.stages["write"] = time.perf_counter() - t0
+        record.outputs = [str(p) for p in paths]
+        finish(record)
+
+    # all or nothing: every file is staged and verified, then all are renamed into place (an
+    # earlier result under these names stays as it was if anything fails)
+    with OutputSet([None if spec.dicom else spec.output, spec.weights_map, spec.transform,
+                    spec.metrics], folders=[spec.output] if spec.dicom else [], then=committed):
+        if spec.dicom:
+            write_fusion_dicom(
+                result.fused, spec.output, fixed=spec.fixed, moving=spec.moving,
+                fixed_series_uid=spec.fixed_series, moving_series_uid=spec.moving_series,
+                transform=result.registration.transform, method=result.method)
+        else:
+            write_image(result.rgb if colour else result.fused, spec.output)
+        if spec.weights_map:
+            write_image(result.weights, spec.weights_map)
+        if spec.transform:
+            write_transform(result.registration.transform, spec.transform)
+        if metrics_json is not None:
+            write_json(metrics_json, spec.metrics)

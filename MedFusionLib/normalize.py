@@ -29,6 +29,7 @@ normalised in float64.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -46,6 +47,8 @@ MODALITIES = ("CT", "MR", "PET", "SPECT", "8BIT")
 
 #: CT window presets as (level, width) in Hounsfield units.
 CT_WINDOWS = {"brain": (40.0, 80.0), "soft-tissue": (50.0, 400.0), "bone": (400.0, 1800.0)}
+#: Largest |level| of a CT window (HU); CT values lie within about -1024 to 30000 HU.
+MAX_HU = 1e5
 DEFAULT_CT_WINDOW = "bone"
 
 _DICOM_MODALITY = {"CT": "CT", "MR": "MR", "PT": "PET", "PET": "PET", "NM": "SPECT", "ST": "SPECT"}
@@ -101,8 +104,12 @@ def parse_window(window) -> tuple[str, float, float]:
         raise InvalidInputError(
             f"CT window {window!r} is neither a preset ({', '.join(CT_WINDOWS)}) nor 'LEVEL,WIDTH'."
         ) from None
+    if not (math.isfinite(level) and math.isfinite(width)) or abs(level) > MAX_HU or width > 2 * MAX_HU:
+        raise InvalidInputError(f"CT window {window!r}: level and width must be finite numbers of "
+                                f"HU, the level within +-{MAX_HU:g} and the width at most "
+                                f"{2 * MAX_HU:g}.")
     if not width > 0:
-        raise InvalidInputError(f"CT window width must be positive, got {width}.")
+        raise InvalidInputError(f"CT window width must be positive, got {width:g}.")
     return "custom", level, width
 
 

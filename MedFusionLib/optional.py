@@ -1,4 +1,5 @@
-"""The heavy optional packages: PyTorch, PyWavelets, Dask, matplotlib, nilearn.
+"""The heavy optional packages: PyTorch, PyWavelets, Dask, matplotlib, nilearn (and Pillow,
+which comes with matplotlib).
 
 ``import MedFusionLib`` loads none of them, so the engine (and the Slicer panel, which 3D Slicer
 opens without PyTorch or PyWavelets) starts fast and works with what is installed. A module that
@@ -38,6 +39,8 @@ PACKAGES = {
     "distributed": ("Dask", "pip install 'medfusion[dask]'"),
     "matplotlib": ("matplotlib", "pip install matplotlib"),
     "nilearn": ("nilearn", "pip install nilearn"),
+    # installed with matplotlib; reads grey+alpha PNGs, which SimpleITK cannot
+    "PIL": ("Pillow", "pip install Pillow"),
 }
 
 

@@ -10,7 +10,7 @@ from typing import Iterable
 
 from .errors import UnknownOptionError
 
-__all__ = ["look_up"]
+__all__ = ["look_up", "suggest"]
 
 
 def _edit_distance(a: str, b: str) -> int:
@@ -29,13 +29,35 @@ def _edit_distance(a: str, b: str) -> int:
     return d[-1][-1]
 
 
+def suggest(value: str, supported: Iterable[str]) -> str | None:
+    """The supported name a user most likely meant by ``value``, or None.
+
+    A name that ``value`` starts (``max`` -> ``maximum``) comes first, then the closest by edit
+    distance (at most 3 edits, and fewer than the typed name has letters: ``XRAY`` suggests
+    nothing rather than ``mr``).
+    """
+    key = str(value).strip().lower()
+    supported = sorted(supported)
+    if not key:
+        return None
+    starts = [s for s in supported if s.startswith(key)]
+    if starts:
+        return min(starts, key=len)
+    close = sorted(supported, key=lambda s: (_edit_distance(key, s), s))
+    if close:
+        d = _edit_distance(key, close[0])
+        if d <= 3 and d < len(key) and d <= max(1, len(close[0]) // 2):
+            return close[0]
+    return None
+
+
 def look_up(value: str, supported: Iterable[str], *, what: str = "option") -> str:
     """Return ``value`` normalised (stripped, lower-case) if it is in ``supported``.
 
     Raises
     ------
     UnknownOptionError
-        With a "did you mean" suggestion (edit distance <= 3) and the list of valid values.
+        With a "did you mean" suggestion (:func:`suggest`) and the list of valid values.
     """
     supported = list(supported)
     if not isinstance(value, str):
@@ -43,10 +65,8 @@ def look_up(value: str, supported: Iterable[str], *, what: str = "option") -> st
     key = value.strip().lower()
     if key in supported:
         return key
-    close = sorted(supported, key=lambda s: _edit_distance(key, s))
-    hint = ""
-    if close and _edit_distance(key, close[0]) <= 3:
-        hint = f" Did you mean '{close[0]}'?"
+    best = suggest(key, supported)
+    hint = f" Did you mean '{best}'?" if best else ""
     raise UnknownOptionError(
         f"unknown {what} '{value}'.{hint} Available: {', '.join(sorted(supported))}."
     )

@@ -21,6 +21,7 @@ from .methods import default_method, get_method
 from .normalize import NormalizationInfo, normalize, resolve_modality
 from .progress import ProgressCallback, report, scaled
 from .registration import RegistrationResult, default_mode, register, resample_to, same_grid
+from .transformfiles import check_transform
 
 __all__ = ["AlignedPair", "FusionResult", "align_pair", "fuse_aligned", "fuse_images", "check_method"]
 
@@ -140,6 +141,8 @@ def align_pair(fixed: sitk.Image, moving: sitk.Image, *, registration: str | Non
             f"cannot fuse a {moving.GetDimension()}D {moving_name} with a "
             f"{fixed.GetDimension()}D {fixed_name}; give two 2D images or two 3D volumes."
         )
+    if isinstance(initial_transform, sitk.Transform):
+        check_transform(initial_transform, "the initial transform")  # a singular one collapses
     t = {}
     t0 = time.perf_counter()
     report(progress, 0.0, "normalising intensities")

@@ -45,12 +45,12 @@ from .figures import add_contribution_legend, contribution_overlay, save_figure
 from .job import align_spec
 from .methods import get_method, list_methods
 from .metrics import GREY_SCALE, METRICS, MI_SETTINGS, STANDARD_KEYS, best_index, resolve_keys, volume_metrics
-from .outputs import write_text
+from .outputs import OutputSet, json_text, write_text
 from .pipeline import align_pair
 from .progress import ProgressCallback, report
 
 __all__ = ["PairInput", "PairOutcome", "ComparisonResult", "REVIEW_TABLES", "resolve_methods",
-           "run_comparison", "write_report"]
+           "run_comparison", "write_report", "report_files"]
 
 #: The review's two tables: file stem -> (caption, metric keys in its column order).
 REVIEW_TABLES = {
@@ -457,7 +457,8 @@ def write_report(result: ComparisonResult, out_dir: str | os.PathLike, *,
     result : ComparisonResult
         From :func:`run_comparison`.
     out_dir : path-like
-        Output folder; created if missing (its parent must exist).
+        Output folder; created if missing (its parent must exist). All files are put in place
+        together or not at all (:class:`~MedFusionLib.outputs.OutputSet`).
     title : str, optional
         Heading of the HTML page.
 
@@ -470,14 +471,35 @@ def write_report(result: ComparisonResult, out_dir: str | os.PathLike, *,
     ------
     InvalidInputError
         If the parent of ``out_dir`` does not exist or ``out_dir`` is a file.
+    OutputError
+        A file cannot be written (a full disk): nothing of the report is left, and files of an
+        earlier report in ``out_dir`` are as they were.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"{out}: exists and is not a folder.")
     if not out.parent.exists():
         raise InvalidInputError(f"{out}: its parent folder {out.parent} does not exist.")
-    out.mkdir(exist_ok=True)
-    (out / "boxplots").mkdir(exist_ok=True)
+    # one output set: every file is written and verified in a hidden folder first, then all
+    # are renamed into out_dir (created then); a failure leaves out_dir as it was
+    with OutputSet(folders=[out]):
+        return _write_report(result, out, title)
+
+
+def report_files(pair_names, keys) -> list[str]:
+    """Every file :func:`write_report` may write for pairs named ``pair_names`` and metric
+    ``keys``, relative to the report folder (checked against the inputs before any work)."""
+    names = [f"{stem}.{ext}" for stem in (*REVIEW_TABLES, "standard") for ext in ("csv", "md")]
+    names += ["per_pair.csv", "report.html", "results.json"]
+    names += [f"spider_{stem}.png" for stem in (*REVIEW_TABLES, "standard")]
+    for pair in pair_names:
+        tag = _safe_name(pair)
+        names += [f"montage_{tag}.png", f"zoom_{tag}.png", f"contribution_{tag}.png"]
+    names += [f"boxplots/{_safe_name(k)}.png" for k in keys]
+    return names
+
+
+def _write_report(result: ComparisonResult, out: Path, title: str) -> dict[str, Path]:
     files: dict[str, Path] = {}
 
     std_keys = [k for k in STANDARD_KEYS if k in result.keys]
@@ -549,8 +571,7 @@ def write_report(result: ComparisonResult, out_dir: str | os.PathLike, *,
                             "citation": METRICS[k].citation, "group": METRICS[k].group}
                         for k in result.keys},
     }
-    files["results.json"] = _atomic_write_text(out / "results.json",
-                                               json.dumps(data, indent=2, default=str) + "\n")
+    files["results.json"] = _atomic_write_text(out / "results.json", json_text(data, indent=2) + "\n")
     files["report.html"] = _atomic_write_text(out / "report.html",
                                               _html(result, title, spiders, montages, boxes))
     return files

@@ -125,3 +125,28 @@ def itk_data():
     from MedFusionLib.datasets import itk_example
 
     return itk_example("BrainT1Slice.png").parent
+
+
+@pytest.fixture
+def small_inputs(tmp_path, monkeypatch) -> Path:
+    """A folder (also the current one) with two small volumes and two 8-bit PNGs, the inputs of
+    the integrity tests (issue #25): ``a.nii.gz`` and ``b.nii.gz`` (5 x 24 x 24 float32),
+    ``p.png`` and ``q.png`` (32 x 32)."""
+    for name, seed, scale in (("a.nii.gz", 0, 1000.0), ("b.nii.gz", 1, 800.0)):
+        arr = (make_phantom_3d((5, 24, 24), seed) * scale).astype(np.float32)
+        sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / name))
+    for name, seed in (("p.png", 2), ("q.png", 3)):
+        arr = (make_phantom_2d((32, 32), seed) * 255).astype(np.uint8)
+        sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / name))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A TCP port on 127.0.0.1 where nothing listens."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -113,11 +113,13 @@ def test_manifest_per_row_options_and_unknown_columns(tmp_path, grey_pair, capsy
                           [[a.name, b.name, "out/3.png", "PET"]])
     assert main(["batch", str(bad), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "moving_modalty" in err and "Did you mean 'moving_modality'" in err
-    bad.write_text(f"fixed,moving,output,register\n{a.name},{b.name},out/3.png,rigd\n")
-    assert main(["batch", str(bad), "--quiet"]) == 2
-    assert "line 2, column register" in capsys.readouterr().err
-    assert not (tmp_path / "out/3.png").exists()
+    assert "unknown column 'moving_modalty' (did you mean 'moving_modality'?)" in err
+    # a bad value fails its own row only (issue #25), named with its line and column
+    bad.write_text(f"fixed,moving,output,register\n{a.name},{b.name},out/3.png,rigd\n"
+                   f"{a.name},{b.name},out/4.png,none\n")
+    assert main(["batch", str(bad), "--quiet", "--method", "average"]) == 3
+    assert "line 2: failed: column register: 'rigd' is not one of" in capsys.readouterr().err
+    assert not (tmp_path / "out/3.png").exists() and (tmp_path / "out/4.png").is_file()
 
 
 @pytest.mark.parametrize("rows, expected", [

@@ -37,9 +37,16 @@ def _env():
     return env
 
 
-def _cli(*argv, **kw):
-    return subprocess.Popen([sys.executable, "-m", "MedFusionLib.cli", *argv], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+def _default_sigint():
+    """The child takes Ctrl-C even when the suite was started with SIGINT ignored (``nohup ...
+    &``), which children inherit and Python then respects."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _cli(*argv, env=None, **kw):
+    return subprocess.Popen([sys.executable, "-m", "MedFusionLib.cli", *argv], env=env or _env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint, **kw)
 
 
 def _make_pairs(folder: Path, n: int, colour: int | None = None) -> Path:
@@ -248,3 +255,52 @@ def test_in_process_batch_needs_no_dask(tmp_path):
     assert r.returncode == 0, r.stderr
     r = subprocess.run(run + ["--workers", "2"], env=_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "pip install 'medfusion[dask]'" in r.stderr
+
+
+def _preload_env() -> dict:
+    """A local cluster's workers load the test methods (test-slow, test-crash) too."""
+    return dict(_env(), DASK_DISTRIBUTED__WORKER__PRELOAD=json.dumps([str(PRELOAD)]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after", [1, 3])
+def test_ctrl_c_on_a_local_cluster_keeps_outputs_and_records_in_agreement(tmp_path, after):
+    """Issue #25: after Ctrl-C, batch --workers 2 left a complete output that the results file
+    did not record (3 of 10 tries). Every output on disk is now a recorded row, and every
+    recorded row's output is on disk."""
+    manifest = _make_pairs(tmp_path / "pairs", 10)
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join([lines[0] + ",method,param"]
+                                  + [ln + ",test-slow,pause=0.7" for ln in lines[1:]]) + "\n")
+    results = tmp_path / "r.jsonl"
+    proc = _cli("batch", str(manifest), "--workers", "2", "--results", str(results), "--quiet",
+                env=_preload_env(), start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (
+            not results.exists() or len(results.read_text().splitlines()) < after):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "distributed" not in err, err
+    recorded = {Path(r["output"]).name for r in _records(results) if r["status"] == "ok"}
+    written = {p.name for p in (tmp_path / "pairs/out").iterdir()}
+    assert recorded == written and len(recorded) < 10, (recorded, written)
+    assert not list((tmp_path / "pairs/out").glob(".medfusion-*"))
+
+
+@pytest.mark.slow
+def test_a_row_that_kills_its_worker_is_one_line_on_a_local_cluster(tmp_path):
+    """Issue #25: "died 1 times", and Dask's 'ERROR distributed.scheduler: ... marked as
+    failed' line leaked to stderr."""
+    manifest = _make_pairs(tmp_path / "pairs", 2)
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join([lines[0] + ",method", lines[1] + ",test-crash",
+                                   lines[2] + ",average"]) + "\n")
+    proc = _cli("batch", str(manifest), "--workers", "2", "--max-tries", "1", "--quiet",
+                env=_preload_env())
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 3, err
+    assert err.strip().splitlines() == [
+        "medfusion batch: line 2: failed: the worker running this pair died once (out of "
+        "memory? see the worker logs); not retried again"], err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import numpy as np
@@ -41,7 +42,26 @@ def test_demo_writes_volume_figure_and_metrics(tmp_path, capsys):
     np.testing.assert_allclose(fused.GetOrigin(), mr.GetOrigin(), atol=1e-4)
     fig = sitk.ReadImage(str(tmp_path / "pet-mr_demo.png"))
     assert fig.GetWidth() > 600 and fig.GetHeight() > 600
-    assert "SYNTHETIC" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "SYNTHETIC" in out
+    assert "SSIM(A,F)+SSIM(B,F)=" in out  # issue #25: the sum is labelled as one
+    # issue #25: every image file says in its own header that the data are synthetic
+    for name in ("mr_t1.nii.gz", "pet_moved_synthetic.nii.gz", "pet-mr_fused.nii.gz",
+                 "pet-mr_weights.nii.gz"):
+        with gzip.open(tmp_path / name) as fh:
+            assert b"SYNTHETIC" in fh.read(348)[148:228], name  # NIfTI descrip
+    head = (tmp_path / "pet-mr_fused_colour.nrrd").read_bytes()[:2000]
+    assert b"content: MedFusion demo" in head and b"SYNTHETIC" in head
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_demo_out_naming_a_file_is_one_line(tmp_path, capsys):
+    """Issue #25: demo --out naming an existing file was a FileExistsError traceback."""
+    (tmp_path / "taken").write_text("x")
+    assert main(["demo", "--out", str(tmp_path / "taken"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "taken: exists and is not a folder" in err[0], err
+    assert (tmp_path / "taken").read_text() == "x"
 
 
 def test_fuse_metrics_json_has_every_key(tmp_path, itk_data):

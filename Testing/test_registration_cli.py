@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -121,7 +122,10 @@ def test_ctrl_c_during_registration_exits_130_without_output(files, tmp_path):
         [sys.executable, "-c", CTRL_C_DRIVER, "fuse", str(files["mr"]), str(files["ct"]), "-o",
          str(out), "--method", "average", "--moving-modality", "CT", "--transform",
          str(tmp_path / "t.tfm")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        # the Ctrl-C must reach Python's handler even when the suite runs with SIGINT ignored
+        # (nohup ... &): children inherit that, and Python respects it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.returncode == 130, proc.stderr
     assert "cancelled" in proc.stderr
     assert "Traceback" not in proc.stderr and "Python Callable" not in proc.stderr, proc.stderr

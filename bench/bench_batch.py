@@ -9,9 +9,14 @@ row, and the peak memory of one large 3D pair job.
    process and on a one-worker ``LocalCluster`` already started; the difference per row.
 3. Peak resident memory (``VmHWM``) of one pair job on a 512x512x400 float32 pair with the
    CNN, ``--register none`` and ``rigid``, each in its own process so the peak is its own.
+4. The metrics stage of a 40x256x256 pair (every default metric) under glibc's malloc as a
+   Dask worker gets it: the default (as in process), Dask's nanny setting
+   ``MALLOC_TRIM_THRESHOLD_=65536``, and that setting corrected as ``pair_task`` does (wall,
+   user and system seconds, minor page faults) -- why ``--workers`` was slower (issue #25).
 
     python bench/bench_batch.py [--rows2d 24] [--rows3d 4] [--workers 1,2]
                                 [--memory-shape 400,512,512] [--skip-memory] [--skip-throughput]
+                                [--skip-malloc]
 
 Timings on a shared machine are disturbed by its other load: the script prints ``uptime``'s
 load average with the figures.
@@ -211,20 +216,68 @@ def memory(shape: tuple[int, int, int]) -> None:
         sitk.WriteImage(sitk.Cast(moved, sitk.sitkFloat32), str(d / "moving.nii"))
         del p, img, moved
         for method, reg in (("cnn", "none"), ("cnn", "rigid")):
-            r = subprocess.run([sys.executable, __file__, "--_memory", method, reg, str(d / "fixed.nii"),
-                                str(d / "moving.nii"), str(d / "fused.nii")], env=_env(),
-                               capture_output=True, text=True)
-            if r.returncode != 0:
-                print(f"{method} --register {reg}: failed: {r.stderr[-1500:]}")
+            m = _child(f"{method} --register {reg}", ["--_memory", method, reg,
+                                                     str(d / "fixed.nii"), str(d / "moving.nii"),
+                                                     str(d / "fused.nii")])
+            if m is None:
                 continue
-            m = json.loads(r.stdout.strip().splitlines()[-1])
             print(f"{method:<6} --register {reg:<6} peak RSS {m['peak_gb']:.2f} GB "
                   f"({m['peak_gb'] / gb:.1f} volumes), {m['seconds']:.0f} s, stages {m['stages']}",
                   flush=True)
     print(f"({_load()})")
 
 
+def _child(label: str, args: list[str], env: dict | None = None) -> dict | None:
+    """Run this script with ``args`` in a child process; its last line of output as JSON, or
+    None (the failure printed under ``label``)."""
+    r = subprocess.run([sys.executable, __file__, *args], env=env or _env(), capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        print(f"{label}: failed: {r.stderr[-1500:]}")
+        return None
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _malloc_child(correct: bool) -> dict:
+    from MedFusionLib.executors import _undo_malloc_trim
+    from MedFusionLib.job import SLOW_VOLUME_KEYS
+    from MedFusionLib.metrics import ALL_KEYS, volume_metrics
+
+    if correct:
+        _undo_malloc_trim()
+    shape = (40, 256, 256)
+    a, b = _phantom(shape, 0), _phantom(shape, 1)
+    f = (a + b) / 2
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    volume_metrics(a, b, f, axis=0, keys=[k for k in ALL_KEYS if k not in SLOW_VOLUME_KEYS],
+                   data_range=1.0)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    return {"wall": time.perf_counter() - t0, "user": r1.ru_utime - r0.ru_utime,
+            "sys": r1.ru_stime - r0.ru_stime, "faults": r1.ru_minflt - r0.ru_minflt}
+
+
+def malloc_settings() -> None:
+    print("\n## metrics stage of a 40x256x256 pair under a Dask worker's malloc settings "
+          "(each in its own process)")
+    for label, trim, correct in (("glibc default (in process, --workers now)", None, False),
+                                 ("MALLOC_TRIM_THRESHOLD_=65536 (Dask's default)", "65536", False),
+                                 ("the same, corrected by pair_task", "65536", True)):
+        env = _env()
+        env.pop("MALLOC_TRIM_THRESHOLD_", None)
+        if trim:
+            env["MALLOC_TRIM_THRESHOLD_"] = trim
+        m = _child(label, ["--_malloc", str(int(correct))], env)
+        if m is None:
+            continue
+        print(f"{label:<48} wall {m['wall']:5.1f} s, user {m['user']:5.1f} s, "
+              f"sys {m['sys']:5.1f} s, {m['faults']:>9,d} minor page faults", flush=True)
+    print(f"({_load()})")
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--_malloc":
+        print(json.dumps(_malloc_child(sys.argv[2] == "1")))
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "--_overhead":
         print(json.dumps(_overhead_child(int(sys.argv[2]))))
         return
@@ -239,6 +292,7 @@ def main() -> None:
     ap.add_argument("--memory-shape", default="400,512,512", help="z,y,x of the memory pair")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-malloc", action="store_true")
     args = ap.parse_args()
     print(f"# bench_batch ({_load()})")
     if not args.skip_throughput:
@@ -246,6 +300,8 @@ def main() -> None:
         overhead(args.overhead_rows)
     if not args.skip_memory:
         memory(tuple(int(v) for v in args.memory_shape.split(",")))
+    if not args.skip_malloc:
+        malloc_settings()
 
 
 if __name__ == "__main__":

@@ -23,9 +23,10 @@ from pathlib import Path
 from ..cohort import read_manifest
 from ..errors import InvalidInputError
 from ..job import PairSpec
-from ..outputs import check_output_folder
+from ..metrics import resolve_keys
+from ..outputs import check_output_folder, check_outputs
 from ..progress import TextProgress
-from ..report import PairInput, resolve_methods, run_comparison, write_report
+from ..report import PairInput, report_files, resolve_methods, run_comparison, write_report
 from ._common import add_alignment_options
 
 #: Alignment options (destinations of :func:`add_alignment_options`) that go into each pair's spec.
@@ -104,6 +105,7 @@ def run(args) -> int:
         raise InvalidInputError(f"{out}: its parent folder {out.parent} does not exist.")
     check_output_folder(out, folder_output=True)  # writable: fail before the comparison runs
     resolve_methods(args.methods)  # fail on a typo before any reading or registration
+    keys = resolve_keys(args.metrics)
     if args.manifest:
         rows = read_pairs_manifest(args.manifest)
     else:
@@ -113,6 +115,10 @@ def run(args) -> int:
     # fuse and batch do: same series choice, luminance, masks, initial transform and strictness
     pairs = [PairInput(name=r["name"], fixed_name=r["fixed"], moving_name=r["moving"],
                        spec=pair_spec(args, r)) for r in rows]
+    # no report file may overwrite an input or the manifest (before any work)
+    check_outputs([args.manifest] + [i for p in pairs for i in p.spec.inputs()],
+                  [out / name for name in report_files([p.name for p in pairs], keys)],
+                  within=out)
     progress = None if args.quiet else TextProgress(sys.stderr)
     result = run_comparison(pairs, methods=args.methods, keys=args.metrics,
                             registration=args.registration, device=args.device,

@@ -22,7 +22,7 @@ from ..methods import get_method
 from ..colour import ColourFusionResult, fuse_colour
 from ..pipeline import fuse_images
 from ..progress import TextProgress, scaled
-from ..outputs import write_json
+from ..outputs import OutputSet, check_output_folder, write_json
 from ..job import volume_metrics_for
 
 NAME = "demo"
@@ -31,6 +31,10 @@ HELP = "fuse the bundled sample pairs (MR + synthetic CT/PET) and write images, 
 #: Metrics the demo reports: the literature's core set and the review's eight except FMI_pixel,
 #: which costs about 1 s per slice (``medfusion metrics`` computes it on demand).
 DEMO_METRICS = "EN,SD,SF,MI,SCD,VIF,Qabf,SSIM,FS,FF,M,FI"
+
+#: What every image file of the demo says about itself in its header (at most 79 characters:
+#: NIfTI's ``descrip`` field).
+FILE_NOTE = "MedFusion demo: MR is the MNI152 T1; CT/PET are SYNTHETIC, not scanned"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,9 +57,17 @@ def target_registration_error(found: sitk.Transform, truth: sitk.Transform, refe
     return {"mean_mm": float(d.mean()), "max_mm": float(d.max()), "points": int(d.size)}
 
 
+def _noted(image: sitk.Image) -> sitk.Image:
+    """``image`` with :data:`FILE_NOTE` in its header's description (NIfTI ``descrip``, NRRD
+    ``content``, MetaImage ``ITK_FileNotes``), so that the file itself says what it is."""
+    image.SetMetaData("ITK_FileNotes", FILE_NOTE)
+    image.SetMetaData("NRRD_content", FILE_NOTE)
+    return image
+
+
 def run(args) -> int:
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_folder(out, folder_output=True)  # an existing file is refused, not a traceback
     kinds = SAMPLE_KINDS if args.kind == "all" else (args.kind,)
     method = get_method(args.method).name if args.method else None
     bar = None if args.quiet else TextProgress(sys.stderr)
@@ -74,39 +86,45 @@ def run(args) -> int:
         brain = result.fixed01 > 0.05
         tre = target_registration_error(result.registration.transform, truth, fixed, brain)
         metrics = volume_metrics_for(result, DEMO_METRICS)
-        files = {
-            "fixed": write_image(fixed, out / "mr_t1.nii.gz"),
-            "moving": write_image(moving, out / f"{src}_moved_synthetic.nii.gz"),
-            "fused": write_image(result.fused, out / f"{kind}_fused.nii.gz"),
-        }
-        write_transform(result.registration.transform, out / f"{kind}_transform.tfm")
-        files["transform"] = out / f"{kind}_transform.tfm"
-        overlay = None
-        fused = sitk.GetArrayFromImage(result.fused)
-        panels = {"MR T1 (fixed)": result.fixed01,
-                  f"{src.upper()} registered (synthetic)": result.moving01,
-                  f"fused ({result.method})": fused}
-        if isinstance(result, ColourFusionResult):
-            files["colour"] = write_image(result.rgb, out / f"{kind}_fused_colour.nrrd")
+        # each pair's files are one output set: all of them appear, or none (outputs.py)
+        with OutputSet(folders=[out]):
+            files = {
+                "fixed": write_image(_noted(fixed), out / "mr_t1.nii.gz"),
+                "moving": write_image(_noted(moving), out / f"{src}_moved_synthetic.nii.gz"),
+                "fused": write_image(_noted(result.fused), out / f"{kind}_fused.nii.gz"),
+            }
+            write_transform(result.registration.transform, out / f"{kind}_transform.tfm")
+            files["transform"] = out / f"{kind}_transform.tfm"
+            overlay = None
+            fused = sitk.GetArrayFromImage(result.fused)
             panels = {"MR T1 (fixed)": result.fixed01,
-                      f"{src.upper()} registered ({result.colour_table}, synthetic)":
-                          result.functional_rgb / 255.0,
-                      f"fused ({result.method}), colour": sitk.GetArrayFromImage(result.rgb) / 255.0}
-        if result.weights is not None:
-            files["weights"] = write_image(result.weights, out / f"{kind}_weights.nii.gz")
-            overlay = ("contribution overlay", fused, sitk.GetArrayFromImage(result.weights))
-        files["figure"] = save_planes_figure(
-            out / f"{kind}_demo.png", panels, overlay=overlay,
-            title=f"MedFusion demo, {kind}: {SYNTHETIC_NOTE}")
-        write_json({"note": SYNTHETIC_NOTE, "pair": kind, **result.summary(),
-                    "registration_error_vs_truth": tre, "metrics": metrics,
-                    "files": {k: str(v) for k, v in files.items()},
-                    "seconds": time.perf_counter() - t0},
-                   out / f"{kind}_metrics.json")
+                      f"{src.upper()} registered (synthetic)": result.moving01,
+                      f"fused ({result.method})": fused}
+            if isinstance(result, ColourFusionResult):
+                files["colour"] = write_image(_noted(result.rgb),
+                                              out / f"{kind}_fused_colour.nrrd")
+                panels = {"MR T1 (fixed)": result.fixed01,
+                          f"{src.upper()} registered ({result.colour_table}, synthetic)":
+                              result.functional_rgb / 255.0,
+                          f"fused ({result.method}), colour":
+                              sitk.GetArrayFromImage(result.rgb) / 255.0}
+            if result.weights is not None:
+                files["weights"] = write_image(_noted(result.weights),
+                                               out / f"{kind}_weights.nii.gz")
+                overlay = ("contribution overlay", fused, sitk.GetArrayFromImage(result.weights))
+            files["figure"] = save_planes_figure(
+                out / f"{kind}_demo.png", panels, overlay=overlay,
+                title=f"MedFusion demo, {kind}: {SYNTHETIC_NOTE}")
+            write_json({"note": SYNTHETIC_NOTE, "pair": kind, **result.summary(),
+                        "registration_error_vs_truth": tre, "metrics": metrics,
+                        "files": {k: str(v) for k, v in files.items()},
+                        "seconds": time.perf_counter() - t0},
+                       out / f"{kind}_metrics.json")
         print(f"{kind}: registration error {tre['mean_mm']:.2f} mm mean / {tre['max_mm']:.2f} mm max "
               f"(self-check: confidence {result.registration.confidence}); "
               f"fused with {result.method} in {result.timings['fuse']:.2f} s; "
-              f"Qabf={metrics.get('Qabf', float('nan')):.3f} SSIM={metrics.get('SSIM', float('nan')):.3f} "
+              f"Qabf={metrics.get('Qabf', float('nan')):.3f} "
+              f"SSIM(A,F)+SSIM(B,F)={metrics.get('SSIM', float('nan')):.3f} "
               f"-> {files['fused']}, {files['figure']}")
     print(f"demo finished in {time.perf_counter() - t_all:.1f} s; outputs in {out}/  ({SYNTHETIC_NOTE})")
     return 0

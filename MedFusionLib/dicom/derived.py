@@ -17,7 +17,7 @@ from pydicom.valuerep import format_number_as_ds
 
 from .._version import __version__
 from ..errors import InvalidInputError, OutputError
-from ..outputs import make_temp_folder
+from ..outputs import staged_folder
 from ._compose import (_PATIENT_STUDY_KEYWORDS, _TYPE2, _add_instance_references, _ref_item)
 from .compat import require_pydicom, write_file
 from ._headers import _looks_dicom, _tag
@@ -108,15 +108,6 @@ def _quantize(values: np.ndarray, slope: float, dtype: type) -> np.ndarray:
     q = values.astype(np.float64) / slope
     np.rint(q, out=q)
     return q.astype(dtype)
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    """Remove the folders a failed write created (deepest first), where they are empty."""
-    for d in reversed(folders):
-        try:
-            d.rmdir()
-        except OSError:
-            return
 
 
 def check_derived_reference(path: str | os.PathLike, image: sitk.Image | None = None) -> None:
@@ -342,16 +333,9 @@ def write_derived_series(
     uu, vv = np.meshgrid(np.linspace(0, nx - 1, 5), np.linspace(0, ny - 1, 5))
     plane = (uu.ravel()[:, None] * spacing[0] * row + vv.ravel()[:, None] * spacing[1] * col)
 
-    created = [d for d in (out_dir, *out_dir.parents) if not d.exists()][::-1]
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = make_temp_folder(out_dir)
-    except OSError as exc:
-        _remove_empty(created)
-        raise OutputError(f"{out_dir}: cannot write the DICOM series there: "
-                          f"{exc.strerror or exc}.") from None
-    written: list[Path] = []
-    try:
+    # all or nothing (MedFusionLib.outputs): the slices are written into a hidden folder and
+    # renamed into out_dir together, with any other output of the same run
+    with staged_folder(out_dir) as tmp:
         for k in range(nz):
             position = origin + k * spacing[2] * axis
             ds = Dataset()
@@ -380,24 +364,17 @@ def write_derived_series(
             meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
             meta.TransferSyntaxUID = ExplicitVRLittleEndian
             ds.file_meta = meta
-            write_file(tmp / names[k], ds)
-            if (tmp / names[k]).stat().st_size < len(ds.PixelData):
-                raise OSError(f"{names[k]} was written incompletely")
-        for name in names:
-            os.replace(tmp / name, out_dir / name)
-            written.append(out_dir / name)
-    except BaseException as exc:
-        for p in written:
-            p.unlink(missing_ok=True)
-        for p in tmp.iterdir():
-            p.unlink()
-        tmp.rmdir()
-        _remove_empty(created)
-        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
-            raise OutputError(f"{out_dir}: could not write the DICOM series ("
-                              f"{exc.strerror or exc}); is the disk full? Nothing was "
-                              "written.") from None
-        raise
-    tmp.rmdir()
+            try:
+                write_file(tmp / names[k], ds)
+                complete = (tmp / names[k]).stat().st_size >= len(ds.PixelData)
+            except OSError as exc:
+                reason = exc.strerror or (str(exc).strip().splitlines() or ["?"])[-1]
+                raise OutputError(f"{out_dir}: could not write the DICOM series ({reason}); "
+                                  "is the disk full? Nothing was written.") from None
+            if not complete:
+                raise OutputError(f"{out_dir}: could not write the DICOM series ({names[k]} "
+                                  "was written incompletely); is the disk full? Nothing was "
+                                  "written.")
+    written = [out_dir / name for name in names]
     logger.info("wrote derived series %s (%d slices) to %s", series_uid, nz, out_dir)
     return written

@@ -9,6 +9,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from ..errors import InvalidInputError
+from ..outputs import OutputSet
 from ._headers import _looks_dicom
 from .derived import write_derived_series
 from .spatial_registration import _affine_of, write_spatial_registration
@@ -52,34 +53,26 @@ def write_fusion_dicom(
     files : list of Path
         Every file written (the image slices, then the registration object if written).
     """
-    created = [d for d in (Path(out_dir), *Path(out_dir).parents) if not d.exists()]
-    files = write_derived_series(
-        fused, out_dir, reference_dir=fixed, reference_series_uid=fixed_series_uid,
-        sources=[(fixed, fixed_series_uid), (moving, moving_series_uid)],
-        transforms=[None, transform], description=f"MedFusion fused ({method})" if method else
-        "MedFusion fused", method=method)
-    moving = Path(moving)
-    if not (moving.is_dir() or _looks_dicom(moving)):
-        return files
-    try:
-        if transform is not None:
-            _affine_of(transform)
-    except InvalidInputError as exc:
-        logger.info("registration not stored as DICOM: %s", exc)
-        return files
-    try:
+    # one output set (MedFusionLib.outputs): the series and the registration object are put in
+    # place together or not at all (inside a caller's set, e.g. fuse's, they join that one)
+    with OutputSet(folders=[out_dir]):
+        files = write_derived_series(
+            fused, out_dir, reference_dir=fixed, reference_series_uid=fixed_series_uid,
+            sources=[(fixed, fixed_series_uid), (moving, moving_series_uid)],
+            transforms=[None, transform], description=f"MedFusion fused ({method})" if method
+            else "MedFusion fused", method=method)
+        moving = Path(moving)
+        if not (moving.is_dir() or _looks_dicom(moving)):
+            return files
+        try:
+            if transform is not None:
+                _affine_of(transform)
+        except InvalidInputError as exc:
+            logger.info("registration not stored as DICOM: %s", exc)
+            return files
         files.append(write_spatial_registration(
             transform, Path(out_dir) / "REG00001.dcm", reference_dir=fixed, moving_dir=moving,
             reference_series_uid=fixed_series_uid, moving_series_uid=moving_series_uid,
             description=f"MedFusion registration for {method} fusion" if method else
             "MedFusion registration"))
-    except BaseException:
-        for p in files:
-            p.unlink(missing_ok=True)
-        for d in created:  # deepest first: the folders this call made, now empty again
-            try:
-                d.rmdir()
-            except OSError:
-                break
-        raise
     return files

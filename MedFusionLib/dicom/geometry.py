@@ -69,7 +69,8 @@ def _frames_of(path: Path, ds) -> list[_Frame]:
                             "ImagePositionPatient"),
                     _floats(_required(ori_item, "ImageOrientationPatient", path, where), 6, path,
                             "ImageOrientationPatient"),
-                    _floats(_required(meas_item, "PixelSpacing", path, where), 2, path, "PixelSpacing"),
+                    _pixel_spacing(_required(meas_item, "PixelSpacing", path, where), path,
+                                   "PixelSpacing"),
                     _scalar(pvt, "RescaleSlope", 1.0, path),
                     _scalar(pvt, "RescaleIntercept", 0.0, path),
                     instance,
@@ -114,10 +115,20 @@ def _frames_of(path: Path, ds) -> list[_Frame]:
             for i in range(n)]
 
 
+def _pixel_spacing(value, path: Path, keyword: str) -> np.ndarray:
+    """Two finite, positive pixel sizes (mm); a zero or negative one is a damaged header."""
+    arr = _floats(value, 2, path, keyword)
+    if np.any(arr <= 0):
+        shown = "\\".join(str(v) for v in value)
+        raise InvalidInputError(f"{path}: {_tag(keyword)} is {shown}; a pixel size must be "
+                                "positive (the header is damaged).")
+    return arr
+
+
 def _spacing_2d(ds, path: Path) -> np.ndarray:
     for kw in ("PixelSpacing", "ImagerPixelSpacing"):
         if ds.get(kw) not in (None, ""):
-            return _floats(ds.get(kw), 2, path, kw)
+            return _pixel_spacing(ds.get(kw), path, kw)
     raise InvalidInputError(f"{path}: missing {_tag('PixelSpacing')}; the pixel size is unknown.")
 
 
@@ -146,15 +157,15 @@ def _layout(frames: list[_Frame], ds0) -> _Layout:
     for f in frames[1:]:
         if np.max(np.abs(f.orientation - first.orientation)) > _ORIENTATION_TOL:
             raise InvalidInputError(
-                f"{f.name()}: {_tag('ImageOrientationPatient')} {list(np.round(f.orientation, 5))} "
-                f"differs from {list(np.round(first.orientation, 5))} in {first.name()}; "
+                f"{f.name()}: {_tag('ImageOrientationPatient')} {np.round(f.orientation, 5).tolist()} "
+                f"differs from {np.round(first.orientation, 5).tolist()} in {first.name()}; "
                 "a volume needs one orientation. The series mixes planes (e.g. a localizer); "
                 "remove the odd files or pick another series."
             )
         if np.max(np.abs(f.spacing - first.spacing)) > 1e-4:
             raise InvalidInputError(
-                f"{f.name()}: {_tag('PixelSpacing')} {list(f.spacing)} differs from "
-                f"{list(first.spacing)} in {first.name()}."
+                f"{f.name()}: {_tag('PixelSpacing')} {f.spacing.tolist()} differs from "
+                f"{first.spacing.tolist()} in {first.name()}."
             )
     row = _unit(first.orientation[:3], first.path)
     col = _unit(first.orientation[3:], first.path)

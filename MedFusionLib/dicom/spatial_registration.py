@@ -97,8 +97,8 @@ def write_spatial_registration(
     out_path = Path(out_path)
     if out_path.exists():
         raise InvalidInputError(f"{out_path}: exists already; choose a new file name.")
-    if not out_path.parent.exists():
-        raise InvalidInputError(f"{out_path}: the output folder {out_path.parent} does not exist.")
+    # a missing folder is refused by atomic_output below, unless it is one that the caller's
+    # output set creates (a new DICOM output folder of fuse --dicom)
     fixed_to_moving = np.eye(4) if transform is None else _affine_of(transform)
     moving_to_fixed = np.linalg.inv(fixed_to_moving)
     a = moving_to_fixed[:3, :3]

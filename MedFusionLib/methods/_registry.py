@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -104,6 +105,11 @@ class MethodInfo:
                 f"method '{self.name}' has no parameter {', '.join(repr(u) for u in unknown)}; "
                 f"its parameters are: {known}."
             )
+        for key, value in params.items():
+            problem = _type_problem(self.params[key], value)
+            if problem:
+                raise InvalidInputError(f"method '{self.name}': parameter '{key}' must be "
+                                        f"{problem}, got {value!r}.")
         return params
 
 
@@ -165,6 +171,28 @@ METHODS = MethodRegistry()
 register = METHODS.register
 
 
+def _type_problem(default, value) -> str:
+    """What ``value`` should be, judged by the parameter's default; empty when it fits. A
+    ``True``/``False`` default takes only true/false, a number only a finite number, text only
+    text (other defaults, e.g. None or a tuple, any finite value)."""
+    if isinstance(default, bool):
+        return "" if isinstance(value, bool) else "true or false"
+    if isinstance(default, (int, float)):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return "" if number and math.isfinite(value) else "a finite number"
+    if isinstance(default, str):
+        return "" if isinstance(value, str) else "text"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "finite"
+    if isinstance(value, (list, tuple)):
+        return next((p for p in (_type_problem(None, v) for v in value) if p), "")
+    return ""
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a finite number")
+
+
 def method_params(pairs: list[str]) -> dict:
     """Parse a method's parameters given as text (``--param``, a manifest's ``param`` cell).
 
@@ -183,7 +211,9 @@ def method_params(pairs: list[str]) -> dict:
         if not sep or not key.strip():
             raise InvalidInputError(f"--param {item!r}: expected KEY=VALUE.")
         try:
-            params[key.strip()] = json.loads(value)
+            params[key.strip()] = json.loads(value, parse_constant=_no_constant)
         except json.JSONDecodeError:
             params[key.strip()] = value
+        except ValueError as exc:  # NaN, Infinity: JSON's non-numbers
+            raise InvalidInputError(f"--param {item!r}: {exc}.") from None
     return params
