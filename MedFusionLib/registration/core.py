@@ -37,9 +37,9 @@ from ..methods import look_up
 from ..progress import ProgressCallback, report
 from .geometry import flatten, linear_part, mean_distance, overlap_fraction
 from .optimise import Level, evaluate, execute, exhaustive, metric_method
-from .search import (COARSE_SAMPLES, global_search, local_rigid, rigid_transform,
+from .search import (COARSE_SAMPLES, global_search, local_rigid, nearest_start, rigid_transform,
                      translation_candidates)
-from .selfcheck import PROBE_DEG, PROBE_MM, assess
+from .selfcheck import PROBE_DEG, PROBE_MM, assess, orientation
 from .working import foreground_mask, label_mask, mask_points, working_image
 
 __all__ = ["REGISTRATION_MODES", "RegistrationResult", "register", "default_mode"]
@@ -59,6 +59,9 @@ PROBE_SAMPLES = 10000
 
 #: First step (mm) of the affine refinement, which starts from the rigid result.
 AFFINE_STEP = 0.5
+
+#: Rivals that beat the search's best after its refinement and are refined in turn (re-choice).
+RECHOOSE = 2
 
 
 @dataclass
@@ -93,6 +96,11 @@ class RegistrationResult:
         distance between where the result and the rigid result send the fixed foreground.
     start : str
         How the optimisation started: ``global search`` or ``initial transform``.
+    orientation : dict
+        How the moving image's anatomy lies turned relative to the fixed image's (of the rigid
+        result): ``rotation_deg``, ``axis_aligned`` (the nearest axis-aligned turn in words,
+        ``"none"`` near the identity) and ``description`` (see
+        :func:`MedFusionLib.registration.selfcheck.orientation`); empty for ``none``.
     """
 
     transform: sitk.Transform
@@ -107,15 +115,28 @@ class RegistrationResult:
     confidence_reason: str = ""
     checks: dict = field(default_factory=dict)
     start: str = ""
+    orientation: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"mode": self.mode, "converged": self.converged, "confidence": self.confidence,
                 "confidence_reason": self.confidence_reason, "checks": self.checks,
-                "start": self.start, "metric_value": self.metric_value,
+                "start": self.start, "orientation": self.orientation,
+                "orientation_note": self.orientation_note() or "",
+                "metric_value": self.metric_value,
                 "iterations": self.iterations, "stop_reason": self.stop_reason,
                 "overlap": self.overlap, "seconds": self.seconds,
                 "transform_parameters": list(self.transform.GetParameters())
                 if self.transform.GetNumberOfParameters() < 100 else "(bspline, see .tfm)"}
+
+    def orientation_note(self) -> str | None:
+        """A sentence when the moving image was found turned far from the fixed image's
+        orientation (nearest axis-aligned turn not the identity), else None: such a turn often
+        means a header or positioning error (head-first vs feet-first, prone vs supine)."""
+        words = self.orientation.get("description") if self.orientation else ""
+        if not words:
+            return None
+        return (f"the moving image was found {words} relative to the fixed image; check the "
+                "scans' orientation and positioning if that is not expected")
 
     def warning(self) -> str | None:
         """A one-line warning when the result is not trustworthy, else None."""
@@ -373,14 +394,15 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, mode: str | None = None, 
                 f"{moving_name} and {fixed_name} do not overlap after centring; they may be of "
                 "different body parts.")
         report(progress, 0.05, "registration: global search over rotations")
-        optima = global_search(levels[0], centre, cands, probe_pts, seed=seed, progress=progress)
+        optima = global_search(levels[0], centre, f_pts, m_pts, probe_pts, seed=seed,
+                               progress=progress, fixed_fg=fg["fixed"],
+                               moving_fg=fg["moving"])
         if not optima:
             raise RegistrationError(
                 f"{moving_name} and {fixed_name} do not overlap after centring; they may be of "
                 "different body parts.")
         best = optima[0][1]
         start_kind = "global search"
-        starts = [rigid_transform(dim, centre, [0.0] * (1 if dim == 2 else 3) + list(t)) for t in cands]
 
     rigid_levels = levels[1:] if optima is not None else list(levels)
     if not rigid_levels and len(spacings) == 1:
@@ -392,9 +414,19 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, mode: str | None = None, 
                            iterations=150, progress=progress, stage=f"rigid {lv.spacing:g} mm",
                            moving_initial=base)
 
-    for lv in rigid_levels:
-        report(progress, 0.3, f"rigid registration at {lv.spacing:g} mm")
-        best, _, R_last, trace = _refine(lv, best, MIDDLE_SAMPLES, lv.spacing)
+    def _through(levels_, start):
+        """``start`` refined on each of ``levels_``: (transform, method, trace)."""
+        R, tr = None, []
+        for lv in levels_:
+            report(progress, 0.3, f"rigid registration at {lv.spacing:g} mm")
+            start, _, R, tr = _refine(lv, start, MIDDLE_SAMPLES, lv.spacing)
+        return start, R, tr
+
+    best, R_last, trace = _through(rigid_levels, best)
+    rivals = None
+    if optima is not None:
+        best, R_last, trace, rivals = _rechoose(best, R_last, trace, optima, levels[0],
+                                                rigid_levels, _through, probe_pts, seed)
     if len(spacings) > 1:
         report(progress, 0.5, f"rigid registration at {spacings[-1]:g} mm")
         rough = best if base is None else _composite(base, best)
@@ -434,17 +466,21 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, mode: str | None = None, 
         )
 
     report(progress, 0.9, "registration: self-check")
-    coarse_value = evaluate(metric_method(levels[0], COARSE_SAMPLES, seed), levels[0], best)
+    coarse = metric_method(levels[0], COARSE_SAMPLES, seed)
+    coarse_value = evaluate(coarse, levels[0], best)
+    if rivals is not None:  # those compared with the result at the coarse level: its final value
+        rivals = [(coarse_value if same_level else fv, rv, t) for fv, rv, t, same_level in rivals]
     mid = levels[len(levels) // 2] if len(levels) > 1 else levels[0]
     probe_base, probe_values = (None, None)
     if base is None:
         probe_base, probe_values = _probe(mid, best, seed)
-    if optima is not None:  # the edge of the search is measured from the nearest start
-        search_start = min(starts, key=lambda st: mean_distance(st, best, probe_pts))
-    check = assess(final_value=coarse_value, others=optima, transform=best,
+    if optima is not None:  # the edge of the search: from the nearest start of the same orientation
+        search_start = nearest_start(best, centre, f_pts, m_pts, probe_pts)
+    check = assess(final_value=coarse_value, rivals=rivals, transform=best,
                    probe_base=probe_base, probe_values=probe_values, points=probe_pts,
                    containment=_containment(fg, tx), trace=trace, start=search_start,
-                   dim=dim, stop_reason=R_last.GetOptimizerStopConditionDescription())
+                   dim=dim, stop_reason=R_last.GetOptimizerStopConditionDescription(),
+                   from_initial=optima is None)
     if mode != "rigid" and base is None:
         # how far the extra degrees of freedom moved the anatomy from the rigid result (the
         # checks above are of the rigid result)
@@ -455,10 +491,51 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, mode: str | None = None, 
         stop_reason=last.GetOptimizerStopConditionDescription(), overlap=ov,
         seconds=time.perf_counter() - t0, converged=check.converged,
         confidence=check.confidence, confidence_reason=check.reason, checks=check.checks,
-        start=start_kind)
+        start=start_kind, orientation=orientation(best if base is None else tx, dim))
+    note = result.orientation_note()
     report(progress, 1.0, f"{mode} registration done in {result.seconds:.1f} s "
-                          f"(confidence {result.confidence}: {result.confidence_reason})")
+                          f"(confidence {result.confidence}: {result.confidence_reason})"
+                          + (f"; {note}" if note else ""))
     return result
+
+
+def _rechoose(best, R_last, trace, optima, coarse_level, rigid_levels, through, points, seed):
+    """Never return a pose that another start beat.
+
+    ``best`` is the search's best start refined on ``rigid_levels``; the search's other optima
+    are rivals. A rival whose coarse-level value beats ``best``'s after that refinement (at most
+    :data:`RECHOOSE` of them, best first) is refined on the same levels and the two are compared
+    there; the better one goes on. The others keep their coarse-level values (they did not beat
+    the result there).
+
+    Returns
+    -------
+    best, R_last, trace
+        The pose that goes on, with its last optimiser and trace.
+    rivals : list of (result value or None, rival value, rival transform, on the coarse level)
+        What the self-check compares: for a rival on the coarse level the result's value is
+        filled in later (from the final pose).
+    """
+    R = metric_method(coarse_level, COARSE_SAMPLES, seed)
+    finest = rigid_levels[-1] if rigid_levels else coarse_level
+    F = metric_method(finest, MIDDLE_SAMPLES, seed)
+    value = evaluate(R, coarse_level, best)
+    compared, coarse_only = [], []
+    for v, t in optima[1:]:
+        if mean_distance(t, best, points) <= 2 * PROBE_MM:
+            continue
+        if v < value and len(compared) < RECHOOSE and rigid_levels:
+            refined, R_r, tr_r = through(rigid_levels, t)
+            compared.append((evaluate(F, finest, refined), refined, R_r, tr_r))
+        else:
+            coarse_only.append((v, t))
+    mine = evaluate(F, finest, best)
+    pool = [(mine, best, R_last, trace)] + compared
+    winner = min(range(len(pool)), key=lambda i: pool[i][0])
+    w_value, best, R_last, trace = pool[winner]
+    rivals = [(w_value, v, t, False) for i, (v, t, _, _) in enumerate(pool) if i != winner]
+    rivals += [(None, v, t, True) for v, t in coarse_only]
+    return best, R_last, trace, rivals
 
 
 def _composite(base: sitk.Transform, tx: sitk.Transform) -> sitk.Transform:
