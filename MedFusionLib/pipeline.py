@@ -179,6 +179,8 @@ def align_pair(fixed: sitk.Image, moving: sitk.Image, *, registration: str | Non
                                     f"trustworthy (low confidence: {reg.confidence_reason}); "
                                     "nothing was written (--strict-registration).")
         logger.warning("%s (%s onto %s)", reg.warning(), moving_name, fixed_name)
+    if reg.orientation_note():  # a flip between two scans: often a header or positioning error
+        logger.warning("%s onto %s: %s", moving_name, fixed_name, reg.orientation_note())
 
     if reg.mode == "none" and moving.GetSize() != fixed.GetSize():
         logger.warning("%s (%s) is resampled onto the grid of %s (%s) by physical position, "
