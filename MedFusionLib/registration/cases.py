@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from .search import set_rotation
+
 __all__ = ["random_rigid", "rigid", "turned", "moved_copy", "ct_with_neck_and_couch", "brain_only",
            "colin_t1_t2", "tre", "brain_points"]
 
@@ -47,9 +49,8 @@ def turned(matrix, angles_deg=(0.0, 0.0, 0.0), shift_mm=(0.0, 0.0, 0.0),
     points x -> R_small (matrix (x - c)) + c + shift."""
     small = rigid(angles_deg, shift_mm, centre)
     R = np.asarray(small.GetMatrix()).reshape(3, 3) @ np.asarray(matrix, float).reshape(3, 3)
-    tx = sitk.Euler3DTransform()
+    tx = set_rotation(sitk.Euler3DTransform(), R)
     tx.SetCenter(tuple(float(c) for c in centre))
-    tx.SetMatrix(tuple(R.ravel()))
     tx.SetTranslation(tuple(float(s) for s in shift_mm))
     return tx
 

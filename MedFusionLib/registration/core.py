@@ -38,7 +38,7 @@ from ..progress import ProgressCallback, report
 from .geometry import flatten, linear_part, mean_distance, overlap_fraction
 from .optimise import Level, evaluate, execute, exhaustive, metric_method
 from .search import (COARSE_SAMPLES, global_search, local_rigid, nearest_start, rigid_transform,
-                     translation_candidates)
+                     set_rotation, translation_candidates)
 from .selfcheck import PROBE_DEG, PROBE_MM, assess, orientation
 from .working import foreground_mask, label_mask, mask_points, working_image
 
@@ -59,6 +59,14 @@ PROBE_SAMPLES = 10000
 
 #: First step (mm) of the affine refinement, which starts from the rigid result.
 AFFINE_STEP = 0.5
+
+#: Gaussian smoothing (sigma, in voxels of the level) of the coarse levels.
+COARSE_SIGMA = 0.5
+
+#: Iterations of the rigid refinement on each finer level, and how many times it is restarted
+#: when it runs out of them still moving by more than a voxel.
+REFINE_ITERATIONS = 150
+REFINE_ROUNDS = 3
 
 #: Rivals that beat the search's best after its refinement and are refined in turn (re-choice).
 RECHOOSE = 2
@@ -210,8 +218,8 @@ def _pyramid(f: sitk.Image, m: sitk.Image, fixed_mask, moving_mask, names):
         mw = m_mid if s == mid else working_image(m_mid, s)
         if s > mid and min(fw.GetSize()) >= 4 and min(mw.GetSize()) >= 4:
             # coarse levels: also smooth, to widen the capture range
-            fw = sitk.SmoothingRecursiveGaussian(fw, s / 2.0)
-            mw = sitk.SmoothingRecursiveGaussian(mw, s / 2.0)
+            fw = sitk.SmoothingRecursiveGaussian(fw, COARSE_SIGMA * s)
+            mw = sitk.SmoothingRecursiveGaussian(mw, COARSE_SIGMA * s)
         levels.append(_make_level(s, fw, mw, keep, fixed_mask, moving_mask))
     return levels, fg, keep, spacings
 
@@ -377,8 +385,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, mode: str | None = None, 
         lin = linear_part(initial_transform, dim)
         if lin is not None and abs(np.linalg.det(lin[0]) - 1) < 1e-3 and np.allclose(
                 lin[0] @ lin[0].T, np.eye(dim), atol=1e-3):
-            start = rigid_transform(dim, centre)
-            start.SetMatrix(tuple(lin[0].ravel()))
+            start = set_rotation(rigid_transform(dim, centre), lin[0])
             start.SetTranslation(tuple(lin[0] @ centre + lin[1] - centre))
         else:
             base = initial_transform
@@ -410,9 +417,19 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, mode: str | None = None, 
     trace, R_last = [], None
 
     def _refine(lv, best, samples, step):
-        return local_rigid(lv, best, samples=samples, seed=seed, step=step, min_step=0.002,
-                           iterations=150, progress=progress, stage=f"rigid {lv.spacing:g} mm",
-                           moving_initial=base)
+        """Gradient descent on ``lv``; restarted with a fresh step from where it got to when it
+        ran out of iterations still moving (a start far from the optimum crawls once its step
+        has shrunk), at most :data:`REFINE_ROUNDS` times."""
+        for _ in range(REFINE_ROUNDS):
+            out = local_rigid(lv, best, samples=samples, seed=seed, step=step, min_step=0.002,
+                              iterations=REFINE_ITERATIONS, progress=progress,
+                              stage=f"rigid {lv.spacing:g} mm", moving_initial=base)
+            moved = mean_distance(out[0], best, probe_pts)
+            best = out[0]
+            if ("Maximum number of iterations" not in out[2].GetOptimizerStopConditionDescription()
+                    or moved < lv.spacing):
+                break
+        return out
 
     def _through(levels_, start):
         """``start`` refined on each of ``levels_``: (transform, method, trace)."""

@@ -26,7 +26,7 @@ import SimpleITK as sitk
 from .geometry import mean_distance
 from .optimise import Level, execute, exhaustive, metric_method
 
-__all__ = ["rigid_transform", "compose_rigid", "translation_candidates", "global_search", "local_rigid",
+__all__ = ["rigid_transform", "set_rotation", "compose_rigid", "translation_candidates", "global_search", "local_rigid",
            "axis_aligned_orientations", "nearest_start", "ORIENTATION_OFFSETS_DEG", "STARTS"]
 
 #: Offsets (deg) of the rotation grid about each axis, applied before each of the 24
@@ -38,8 +38,13 @@ ORIENTATION_OFFSETS_DEG = (-36.0, -18.0, 0.0, 18.0, 36.0)
 TRANSLATION_STEP_MM = 12.0
 FOV_DIFFERENCE_MM = 45.0
 
-#: Distinct grid poses optimised at the coarse level.
-STARTS = 5
+#: Grid poses optimised at the coarse level: the best ones at least START_APART_MM apart (mean
+#: distance over the fixed foreground), so that they are of different basins, not neighbours
+#: in the best one's.
+STARTS = 6
+START_APART_MM = 20.0
+#: Iterations of each start's optimisation (most stop on their step size well before).
+START_ITERATIONS = 80
 #: Poses closer than this (mean distance over the fixed foreground, mm) count as the same.
 DISTINCT_MM = 6.0
 #: Step shrink factor of the gradient descent on a change of direction: a gentle one, so that
@@ -47,7 +52,7 @@ DISTINCT_MM = 6.0
 RELAXATION = 0.8
 #: Metric samples for the exhaustive scoring and the coarse optimisation.
 GRID_SAMPLES = 1000
-COARSE_SAMPLES = 12000
+COARSE_SAMPLES = 6000
 
 
 def rigid_transform(dim: int, centre, params=None) -> sitk.Transform:
@@ -130,6 +135,28 @@ def local_rigid(level: Level, start: sitk.Transform, *, samples: float, seed: in
     return compose_rigid(start, update), float(R.GetMetricValue()), R, trace
 
 
+def set_rotation(tx: sitk.Transform, matrix) -> sitk.Transform:
+    """Give the Euler transform ``tx`` the rotation ``matrix`` (orthonormal, dim x dim); returns it.
+
+    ITK's own ``Euler3DTransform.SetMatrix`` decomposes some matrices at the gimbal lock (angle
+    about x of -90 degrees, e.g. two of the 24 axis-aligned turns) into angles of a *different*
+    rotation; the angles are therefore computed here for ITK's Z-X-Y order
+    (``R = Rz(gamma) Rx(alpha) Ry(beta)``), with gamma = 0 at the lock.
+    """
+    R = np.asarray(matrix, float).reshape(tx.GetDimension(), -1)
+    if R.shape == (2, 2):
+        tx.SetAngle(float(np.arctan2(R[1, 0], R[0, 0])))
+        return tx
+    alpha = float(np.arcsin(np.clip(R[2, 1], -1.0, 1.0)))
+    if np.hypot(R[2, 0], R[2, 2]) > 1e-9:
+        beta = float(np.arctan2(-R[2, 0], R[2, 2]))
+        gamma = float(np.arctan2(-R[0, 1], R[1, 1]))
+    else:  # gimbal lock: only beta + or - gamma is defined
+        beta, gamma = float(np.arctan2(R[0, 2], R[0, 0])), 0.0
+    tx.SetRotation(alpha, beta, gamma)
+    return tx
+
+
 def compose_rigid(outer: sitk.Transform, inner: sitk.Transform) -> sitk.Transform:
     """``outer`` after ``inner`` (x -> outer(inner(x))) as one Euler transform about ``outer``'s
     centre; both rigid (Euler) transforms of the same dimension."""
@@ -137,9 +164,8 @@ def compose_rigid(outer: sitk.Transform, inner: sitk.Transform) -> sitk.Transfor
     centre = tuple(float(c) for c in outer.GetFixedParameters()[:dim])
     product = (np.asarray(outer.GetMatrix(), float).reshape(dim, dim)
                @ np.asarray(inner.GetMatrix(), float).reshape(dim, dim))
-    u, _, vt = np.linalg.svd(product)  # orthonormal to rounding, as Euler's SetMatrix requires
-    out = rigid_transform(dim, centre)
-    out.SetMatrix(tuple((u @ vt).ravel()))
+    u, _, vt = np.linalg.svd(product)  # orthonormal to rounding
+    out = set_rotation(rigid_transform(dim, centre), u @ vt)
     out.SetTranslation(tuple(np.subtract(outer.TransformPoint(inner.TransformPoint(centre)), centre)))
     return out
 
@@ -165,8 +191,7 @@ def axis_aligned_orientations(dim: int) -> list[np.ndarray]:
 
 def _rigid_pose(dim: int, centre, matrix, translation) -> sitk.Transform:
     """The rigid transform x -> matrix (x - centre) + centre + translation (about ``centre``)."""
-    tx = rigid_transform(dim, centre)
-    tx.SetMatrix(tuple(float(v) for v in np.asarray(matrix).ravel()))
+    tx = set_rotation(rigid_transform(dim, centre), matrix)
     tx.SetTranslation(tuple(float(v) for v in translation))
     return tx
 
@@ -314,13 +339,13 @@ def global_search(level: Level, centre, fixed_pts: np.ndarray, moving_pts: np.nd
             A = O @ inner[key]
             poses.append((value, A, centre + np.asarray(shift) - A @ centre))
     poses.sort(key=lambda p: p[0])
-    picked = [poses[i] for i in _distinct(poses, points, STARTS, DISTINCT_MM)]
+    picked = [poses[i] for i in _distinct(poses, points, STARTS, START_APART_MM)]
     optima = []
     for i, (_, A, b) in enumerate(picked):
         cand = _rigid_pose(dim, centre, A, A @ centre + b - centre)
         tx, value, _, _ = local_rigid(level, cand, samples=COARSE_SAMPLES, seed=seed,
                                       step=2.0 * level.spacing, min_step=0.02 * level.spacing,
-                                      iterations=80, progress=progress,
+                                      iterations=START_ITERATIONS, progress=progress,
                                       stage=f"rigid start {i + 1}/{len(picked)}")
         optima.append((value, tx))
     optima.sort(key=lambda vt: vt[0])
