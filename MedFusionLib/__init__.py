@@ -1,7 +1,8 @@
 """MedFusionLib: the headless engine of MedFusion, multi-modal medical image fusion.
 
 The engine works on plain numpy arrays and SimpleITK images; it never imports Qt or the Slicer
-application. torch is imported lazily, only by the methods that need it.
+application. The heavy optional packages (PyTorch, PyWavelets, Dask, matplotlib, nilearn) are
+imported only by what needs them, when it runs (:mod:`MedFusionLib.optional`).
 
 >>> import MedFusionLib as mf
 >>> result = mf.fuse_images(mf.read_image("mr.nii.gz"), mf.read_image("ct.nii.gz"))  # doctest: +SKIP
@@ -10,9 +11,8 @@ application. torch is imported lazily, only by the methods that need it.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .errors import (  # noqa: E402
+from ._version import __version__
+from .errors import (
     CancelledError,
     DeviceUnavailableError,
     InvalidInputError,
@@ -21,11 +21,11 @@ from .errors import (  # noqa: E402
     RegistrationError,
     UnknownOptionError,
 )
-from .methods import METHODS, default_method, get_method, list_methods, register  # noqa: E402
-from .driver import fuse_arrays  # noqa: E402
-from .io import read_image, write_image  # noqa: E402
-from .pipeline import FusionResult, align_pair, fuse_images  # noqa: E402
-from .colour import fuse_colour  # noqa: E402
+from .methods import METHODS, default_method, get_method, list_methods, register
+from .driver import fuse_arrays
+from .io import read_image, write_image
+from .pipeline import FusionResult, align_pair, fuse_images
+from .colour import fuse_colour
 
 __all__ = [
     "__version__",

@@ -15,6 +15,7 @@ file that another row reads. :class:`ResultsFile` keeps one record per finished 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import tempfile
@@ -24,8 +25,10 @@ from pathlib import Path
 from .errors import InvalidInputError
 from .imagefiles import companion_files, files_of
 from .job import INPUT_OPTIONS, PairRecord, PairSpec
+from .options import look_up
+from .outputs import jsonable
 
-__all__ = ["SPEC_COLUMNS", "Row", "read_cohort", "check_cross_row_paths", "ResultsFile",
+__all__ = ["SPEC_COLUMNS", "Row", "read_manifest", "read_cohort", "check_cross_row_paths", "ResultsFile",
            "RESULT_COLUMNS", "is_done"]
 
 #: Per-row columns that set a :class:`~MedFusionLib.job.PairSpec` field, with their kind.
@@ -42,6 +45,55 @@ _FALSE = ("0", "false", "no", "n", "off")
 RESULT_COLUMNS = ("line", "fixed", "moving", "output", "status", "error", "seconds", "method",
                   "model", "model_sha256", "device", "registration", "worker")
 _STAGES = ("read", "normalise", "register", "resample", "fuse", "metrics", "write")
+
+
+#: Manifest columns that hold paths (resolved against the manifest's folder).
+PATH_COLUMNS = ("fixed", "moving", "output")
+
+
+def read_manifest(path: str | os.PathLike, required: tuple[str, ...],
+                  path_columns: tuple[str, ...] = PATH_COLUMNS) -> list[dict]:
+    """Rows of a CSV manifest (``batch``, ``compare``), header names lower-cased.
+
+    ``path_columns`` are resolved against the manifest's folder unless absolute; an empty cell stays empty (the caller decides whether that skips the row or
+    fails). Each row gets ``_line``, its line number in the file.
+
+    Raises
+    ------
+    InvalidInputError
+        If the file is missing, not UTF-8 text, its header lacks a ``required`` column, or it has
+        no rows.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidInputError(f"{p}: manifest not found.")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{p}: the manifest is not UTF-8 text (byte {exc.start}).") from None
+    with io.StringIO(text, newline="") as fh:
+        reader = csv.DictReader(fh)
+        header = [(h or "").strip().lower() for h in (reader.fieldnames or [])]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise InvalidInputError(f"{p}: the header must name the columns {','.join(required)}; "
+                                    f"missing: {', '.join(missing)}.")
+        rows = []
+        for raw in reader:
+            line = reader.line_num
+            if None in raw:
+                raise InvalidInputError(f"{p}, line {line}: more cells than the header has columns.")
+            row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
+            if not any(row.values()):
+                continue
+            for c in path_columns:
+                if row.get(c) and not Path(row[c]).is_absolute():
+                    row[c] = str(p.parent / row[c])
+            row["_line"] = line
+            rows.append(row)
+    if not rows:
+        raise InvalidInputError(f"{p}: the manifest has no rows.")
+    return rows
 
 
 @dataclass
@@ -113,8 +165,6 @@ def read_cohort(manifest: str | os.PathLike, defaults: PairSpec, fusion_actions=
         option must not be ignored silently), a value that is not valid for its column, or paths
         that collide across rows (:func:`check_cross_row_paths`).
     """
-    from .commands._common import read_manifest
-    from .methods import look_up
 
     path = Path(manifest)
     fusion_cols = _fusion_columns(fusion_actions)
@@ -306,7 +356,7 @@ class ResultsFile:
             buf = _CsvLine(self.columns)
             self._fh.write(buf.format(row))
         else:
-            self._fh.write(json.dumps({"line": line, **record.to_dict()}, default=_jsonable) + "\n")
+            self._fh.write(json.dumps({"line": line, **record.to_dict()}, default=jsonable) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
 
@@ -327,8 +377,6 @@ class _CsvLine:
     """Formats one CSV row as a single string, so it reaches the file in one write."""
 
     def __init__(self, columns):
-        import io
-
         self._buf = io.StringIO()
         self._w = csv.DictWriter(self._buf, columns, extrasaction="ignore")
 
@@ -341,9 +389,3 @@ def _cell(value):
     if isinstance(value, float):
         return repr(value)
     return value
-
-
-def _jsonable(value):
-    from .outputs import _jsonable as base
-
-    return base(value)

@@ -28,7 +28,9 @@ from .devices import resolve_device
 from .driver import fuse_arrays
 from .errors import InvalidInputError
 from .io import copy_geometry, is_colour, to_luminance
-from .methods import default_method, get_method, look_up
+from .methods import default_method, get_method
+from .normalize import resolve_modality
+from .options import look_up
 from .pipeline import FusionResult, align_pair
 from .progress import ProgressCallback, scaled
 from .registration import resample_to
@@ -158,7 +160,6 @@ def functional_source(fixed: sitk.Image, moving: sitk.Image, *, fixed_modality: 
             "(greyscale) source. Use --grey, or convert one of them to greyscale.")
     if colour[0] or colour[1]:
         return "fixed" if colour[0] else "moving"
-    from .normalize import resolve_modality
 
     mods = [resolve_modality(to_luminance(img), m)[0] for img, m in
             ((fixed, fixed_modality), (moving, moving_modality))]

@@ -28,9 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
-from .errors import InvalidInputError, MissingDependencyError
-from .methods import look_up
+from . import optional
+from .errors import InvalidInputError
+from .options import look_up
 
 __all__ = ["sample_volumes", "sample_pair", "truth_transform", "itk_example", "data_dir",
            "SAMPLE_KINDS", "SYNTHETIC_NOTE"]
@@ -65,10 +67,7 @@ def itk_example(name: str) -> Path:
 
 
 def _mni_arrays():
-    try:
-        from nilearn import datasets
-    except ImportError:  # pragma: no cover - nilearn is a declared dependency
-        raise MissingDependencyError("the sample data needs the 'nilearn' package (pip install nilearn).") from None
+    datasets = optional.require("nilearn.datasets", what="the bundled sample data (MNI152 template)")
     t1 = datasets.load_mni152_template(resolution=1)
     gm = np.asarray(datasets.load_mni152_gm_template(resolution=1).dataobj, dtype=np.float32)
     wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).dataobj, dtype=np.float32)
@@ -97,8 +96,6 @@ def _sphere(shape, centre, radius) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def _volumes():
-    from scipy import ndimage
-
     t1, gm, wm, mask, affine = _mni_arrays()
     rng = np.random.default_rng(2024)
     csf = np.clip(mask.astype(np.float32) - gm - wm, 0.0, 1.0)

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
-
+from . import optional
 from .errors import DeviceUnavailableError
-from .methods import look_up
+from .options import look_up
 
 __all__ = ["DEVICES", "cuda_available", "resolve_device", "available_devices"]
 
 DEVICES = ("auto", "cpu", "cuda")
 
+torch = optional.lazy("torch", what="the CUDA device")
+
 
 def cuda_available() -> bool:
-    """True if torch is installed and sees a CUDA device. Never imports torch if it is absent."""
-    if importlib.util.find_spec("torch") is None:
+    """True if torch imports and sees a CUDA device. Never imports torch if it is absent; a torch
+    that is installed but fails to import counts as no CUDA (the methods that need torch then
+    say why, through :func:`MedFusionLib.optional.require`)."""
+    if not optional.available("torch") or optional.problem("torch") is not None:
         return False
-    import torch
-
     return bool(torch.cuda.is_available())
 
 

@@ -8,6 +8,7 @@ device, reports progress (and honours cancellation), and assembles the fused vol
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import warnings
 
@@ -101,8 +102,8 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, method: str, axis: int = 0,
     info.validate_params(params)
     if not info.available:
         raise MissingDependencyError(
-            f"method '{info.name}' needs PyTorch, which is not installed; install torch or choose "
-            "another method (medfusion list-methods)."
+            f"method '{info.name}' needs {' and '.join(info.missing())}, which is not installed; "
+            "install it or choose another method (medfusion list-methods)."
         )
     if return_weights and not info.provides_weights:
         raise InvalidInputError(
@@ -179,7 +180,6 @@ def fuse_arrays(a: np.ndarray, b: np.ndarray, *, method: str, axis: int = 0,
 
 def _cuda_oom_types() -> tuple:
     """Exception types that mean 'CUDA ran out of memory' (empty when torch is absent)."""
-    import sys
 
     torch = sys.modules.get("torch")
     if torch is None or not hasattr(torch, "cuda"):

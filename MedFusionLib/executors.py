@@ -26,20 +26,30 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 import uuid
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .errors import CancelledError, InvalidInputError, MissingDependencyError
+import SimpleITK as sitk
+
+from . import optional
+from .errors import CancelledError, InvalidInputError
 from .job import PairRecord, PairSpec, package_versions, run_pair
 
 __all__ = ["run_jobs", "pair_task", "local_threads", "RESOURCE"]
 
 #: Dask worker resource that limits a worker to one pair at a time (``--resources pair=1``).
 RESOURCE = "pair"
+
+_WHAT = "--workers and --scheduler (cohorts on Dask)"
+dask = optional.lazy("dask", what=_WHAT)
+distributed = optional.lazy("distributed", what=_WHAT)
+torch = optional.lazy("torch")
 
 #: Seconds that running jobs get to stop after Ctrl-C before the cluster is closed.
 CANCEL_GRACE_S = 30.0
@@ -58,12 +68,8 @@ def _set_threads(threads: int | None) -> None:
     """Run torch and ITK with ``threads`` threads in this process (None: leave them)."""
     if not threads:
         return
-    import SimpleITK as sitk
-
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
-    try:
-        import torch
-    except ImportError:
+    if not optional.available("torch"):
         return
     if torch.get_num_threads() != threads:
         torch.set_num_threads(int(threads))
@@ -73,9 +79,7 @@ def _cancel_watch(event_name: str | None):
     """A progress callback that says stop once the Dask event ``event_name`` is set."""
     if not event_name:
         return None
-    from distributed import Event
-
-    event = Event(event_name)
+    event = distributed.Event(event_name)
     last = [0.0]
 
     def check(fraction, message):
@@ -99,9 +103,7 @@ def pair_task(spec: PairSpec, threads: int | None = None, cancel_event: str | No
     record with the exception and the last line of its traceback.
     """
     if threads == -1:
-        from distributed import get_worker
-
-        threads = get_worker().state.nthreads
+        threads = distributed.get_worker().state.nthreads
     _set_threads(threads)
     try:
         return run_pair(spec, progress=_cancel_watch(cancel_event), errors="record")
@@ -156,28 +158,22 @@ def run_jobs(jobs: Iterable[tuple[int, PairSpec]], on_record: Callable[[int, Pai
         raise InvalidInputError(f"--workers must be at least 1, got {workers}.")
     if max_tries < 1:
         raise InvalidInputError(f"max_tries must be at least 1, got {max_tries}.")
-    try:
-        import dask
-        from distributed import Client, LocalCluster
-    except ImportError:
-        raise MissingDependencyError(
-            "--workers and --scheduler run on Dask, which is not installed; install it with "
-            "pip install 'medfusion[dask]' (or run without them, in this process).") from None
+    optional.require("distributed", what=_WHAT)
     for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.worker"):
         logging.getLogger(name).setLevel(logging.ERROR)
     with dask.config.set({"distributed.scheduler.allowed-failures": max_tries - 1}):
         if workers is not None:
             threads = local_threads(workers)
-            with LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
+            with distributed.LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
                               dashboard_address=None, resources={RESOURCE: 1}) as cluster, \
-                    Client(cluster) as client:
+                    distributed.Client(cluster) as client:
                 # Ctrl-C reaches the whole process group: the workers leave it to this process,
                 # which stops their rows cleanly (restarted workers get the plugin too)
                 client.register_plugin(_IgnoreInterrupts())
                 _run_on(client, jobs, on_record, threads=threads, resources={RESOURCE: 1},
                         max_tries=max_tries)
         else:
-            with _connect(Client, scheduler) as client:
+            with _connect(scheduler) as client:
                 info = client.scheduler_info()
                 one_at_a_time = bool(info.get("workers")) and all(
                     RESOURCE in (w.get("resources") or {}) for w in info["workers"].values())
@@ -186,33 +182,29 @@ def run_jobs(jobs: Iterable[tuple[int, PairSpec]], on_record: Callable[[int, Pai
 
 
 def _IgnoreInterrupts():
-    """A Dask worker plugin that makes each worker process ignore SIGINT (built here so that
-    this module imports without Dask)."""
-    from distributed import WorkerPlugin
+    """A Dask worker plugin that makes each worker process ignore SIGINT (its class is built on
+    first use, so that this module imports without Dask)."""
 
-    class IgnoreInterrupts(WorkerPlugin):
+    class IgnoreInterrupts(distributed.WorkerPlugin):
         name = "medfusion-ignore-sigint"
 
         def setup(self, worker):
-            import signal
-            import threading
-
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     return IgnoreInterrupts()
 
 
-def _connect(Client, scheduler: str):
+def _connect(scheduler: str):
     """A client of an existing cluster: ``tcp://host:port`` or a scheduler JSON file."""
     path = Path(scheduler)
     try:
         if "://" in scheduler:
-            return Client(scheduler, timeout="15s")
+            return distributed.Client(scheduler, timeout="15s")
         if path.suffix.lower() == ".json":
             if not path.is_file():
                 raise InvalidInputError(f"{scheduler}: no such scheduler file.")
-            return Client(scheduler_file=str(path), timeout="15s")
+            return distributed.Client(scheduler_file=str(path), timeout="15s")
     except (OSError, TimeoutError) as exc:
         raise InvalidInputError(f"{scheduler}: cannot reach the Dask scheduler "
                                 f"({type(exc).__name__}: {exc}).") from None
@@ -221,17 +213,9 @@ def _connect(Client, scheduler: str):
 
 
 def _run_on(client, jobs, on_record, *, threads, resources, max_tries) -> None:
-    from distributed import Event, as_completed
-    from distributed.client import FutureCancelledError
-
-    try:
-        from distributed import KilledWorker
-    except ImportError:  # pragma: no cover - older distributed
-        from distributed.scheduler import KilledWorker
-
     run_id = uuid.uuid4().hex[:12]
     cancel = f"medfusion-cancel-{run_id}"
-    event = Event(cancel, client=client)
+    event = distributed.Event(cancel, client=client)
     futures = {}
     for key, spec in jobs:
         fut = client.submit(pair_task, spec, threads, cancel, key=f"medfusion-{run_id}-{key}",
@@ -244,10 +228,10 @@ def _run_on(client, jobs, on_record, *, threads, resources, max_tries) -> None:
         delivered.add(fut)
         try:
             record = fut.result()
-        except KilledWorker:
+        except distributed.KilledWorker:
             record = _failed(spec, f"the worker running this pair died {max_tries} times "
                                    "(out of memory? see the worker logs); not retried again")
-        except FutureCancelledError:
+        except distributed.client.FutureCancelledError:
             return
         except Exception as exc:  # e.g. the worker cannot import MedFusionLib
             record = _failed(spec, f"Dask could not run this pair: {type(exc).__name__}: {exc}")
@@ -255,7 +239,7 @@ def _run_on(client, jobs, on_record, *, threads, resources, max_tries) -> None:
         on_record(key, record)
 
     try:
-        for fut in as_completed(list(futures)):
+        for fut in distributed.as_completed(list(futures)):
             deliver(fut)
     except KeyboardInterrupt:
         _stop(client, event, [f for f in futures if f not in delivered])

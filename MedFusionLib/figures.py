@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import optional
+from .colour import apply_colour_table, colour_table
 from .outputs import atomic_output
 
 __all__ = ["orthogonal_planes", "save_planes_figure", "contribution_overlay", "save_figure",
@@ -15,8 +17,7 @@ __all__ = ["orthogonal_planes", "save_planes_figure", "contribution_overlay", "s
 
 def save_figure(fig, path: str | os.PathLike, *, dpi: int = 90) -> Path:
     """Save a matplotlib figure as PNG atomically (:func:`MedFusionLib.outputs.atomic_output`), close it."""
-    import matplotlib.pyplot as plt
-
+    plt = optional.pyplot()
     p = Path(path)
     try:
         with atomic_output(p) as tmp:
@@ -28,12 +29,8 @@ def save_figure(fig, path: str | os.PathLike, *, dpi: int = 90) -> Path:
 
 def add_contribution_legend(fig, axes) -> None:
     """A colour bar explaining :func:`contribution_overlay`'s tint, beside ``axes``."""
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import ListedColormap
-
-    from .colour import colour_table
-
-    legend = ScalarMappable(cmap=ListedColormap(colour_table("contribution")))
+    cm, colors = optional.require("matplotlib.cm"), optional.require("matplotlib.colors")
+    legend = cm.ScalarMappable(cmap=colors.ListedColormap(colour_table("contribution")))
     legend.set_clim(0.0, 1.0)
     bar = fig.colorbar(legend, ax=axes, fraction=0.046, pad=0.02)
     bar.set_label("source share: 0 = moving, 1 = fixed")
@@ -46,7 +43,6 @@ def contribution_overlay(fused01: np.ndarray, weight_fixed: np.ndarray, *, alpha
     share equally (the ``contribution`` colour table of :mod:`MedFusionLib.colour`); brightness is
     the fused image, so anatomy stays readable. Background (fused < 0.02) stays untinted.
     """
-    from .colour import apply_colour_table
 
     grey = np.clip(np.asarray(fused01, dtype=np.float32), 0.0, 1.0)[..., None]
     tint = apply_colour_table(weight_fixed, "contribution")
@@ -85,11 +81,7 @@ def save_planes_figure(path: str | os.PathLike, panels: dict[str, np.ndarray], *
     centre : (int, int, int), optional
         Voxel (z, y, x) where the planes cross; the volume centre by default.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = optional.pyplot()
     first = next(iter(panels.values()))
     cols = [(name, vol, vol.ndim == first.ndim + 1 and vol.shape[-1] == 3) for name, vol in panels.items()]
     if overlay is not None:

@@ -38,9 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
 
+from . import optional
+from .colour import apply_colour_table, colour_table, rgb_to_ycbcr
+from .datasets import sample_volumes
 from .errors import InvalidInputError
-from .methods import look_up
+from .options import look_up
 
 __all__ = ["FUNCTIONAL_KINDS", "CLINICAL_TABLES", "TissueMaps", "FunctionalPhantom",
            "mni_tissue_maps", "colin_tissue_maps", "functional_volume", "clinical_table",
@@ -134,11 +139,7 @@ def mni_tissue_maps() -> TissueMaps:
     """Tissue maps of the MNI152 2009a template (nilearn), ``(z, y, x)`` like
     :func:`MedFusionLib.datasets.sample_volumes`; extracranial tissue from the synthetic CT's
     scalp."""
-    import SimpleITK as sitk
-    from nilearn import datasets as nds
-
-    from .datasets import sample_volumes
-
+    nds = optional.require("nilearn.datasets", what="the MNI152 tissue maps")
     vols = sample_volumes()
     t1 = sitk.GetArrayFromImage(vols["mr_t1"]).astype(np.float32)
     ct = sitk.GetArrayFromImage(vols["ct"]).astype(np.float32)
@@ -167,8 +168,6 @@ def colin_tissue_maps(path: str | Path) -> TissueMaps:
     """Tissue maps of the Colin27 brain-extracted T1 (``ch2bet.nii.gz``): k-means classes of the
     brain's T1 intensities (CSF < grey < white matter), softened by a 0.7 mm Gaussian into
     partial-volume fractions. No extracranial tissue (the image is skull-stripped)."""
-    import SimpleITK as sitk
-    from scipy import ndimage
 
     path = Path(path)
     if not path.is_file():
@@ -205,7 +204,6 @@ def functional_volume(tissues: TissueMaps, kind: str, rng, *, z_range=None) -> F
     -------
     FunctionalPhantom
     """
-    from scipy import ndimage
 
     kind = look_up(kind, FUNCTIONAL_KINDS, what="functional kind")
     p = _KIND[kind]
@@ -261,7 +259,6 @@ def functional_volume(tissues: TissueMaps, kind: str, rng, *, z_range=None) -> F
 
 def clinical_table(name: str, n: int = 256) -> np.ndarray:
     """One of :data:`CLINICAL_TABLES` as an ``(n, 3)`` float array in [0, 1]."""
-    from .colour import colour_table
 
     key = look_up(name, CLINICAL_TABLES, what="clinical colour table")
     pts = np.array(CLINICAL_TABLES[key], dtype=float)
@@ -289,7 +286,6 @@ def pseudo_colour_luminance(values01: np.ndarray, table: str, *, quantise: bool 
     ndarray
         ``float32``, same shape, in [0, 1].
     """
-    from .colour import apply_colour_table, rgb_to_ycbcr
 
     rgb = apply_colour_table(values01, clinical_table(table))
     if quantise:

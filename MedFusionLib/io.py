@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .dicom import read_series
 from .errors import InvalidInputError, OutputError
 from .imagefiles import check_complete
 from .outputs import atomic_output
@@ -289,15 +290,12 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None,
     if not p.exists():
         raise InvalidInputError(f"{p}: no such file or folder.")
     if p.is_dir():
-        from .dicom import read_series
-
         return read_series(p, series_uid=series_uid)
     try:
         if p.stat().st_size == 0:
             raise InvalidInputError(f"{p}: the file is empty.")
         if _is_dicom_file(p):
             # one engine for DICOM: rescale to real units, enhanced multi-frame, modality metadata
-            from .dicom import read_series
 
             return read_series(p, series_uid=series_uid)
         nonfinite = check_complete(p)

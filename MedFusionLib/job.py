@@ -16,15 +16,29 @@ values, the method, the model and its SHA-256, and the package versions that mad
 
 from __future__ import annotations
 
+import inspect
 import os
+import platform
 import socket
 import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
 
 import SimpleITK as sitk
 
-from .errors import InvalidInputError, MedFusionError
+from ._version import __version__
+from .colour import fuse_colour
+from .dicom import check_derived_reference, write_fusion_dicom
+from .errors import CancelledError, InvalidInputError, MedFusionError
+from .io import (RASTER_EXTENSIONS, check_image_output, check_transform_output, extension_of,
+                 is_2d, is_colour, read_image, write_image, write_transform)
+from .methods import method_params
+from .metrics import ALL_KEYS, GREY_SCALE, resolve_keys, volume_metrics
+from .nets.weights import model_entry, model_for_modalities
+from .outputs import OutputSet, check_outputs, write_json
+from .pipeline import align_pair, check_method, fuse_aligned
 from .progress import ProgressCallback
 
 __all__ = ["PairSpec", "PairRecord", "run_pair", "align_spec", "read_sources", "check_outputs_distinct", "preflight",
@@ -37,7 +51,7 @@ STATUSES = ("ok", "failed", "skipped")
 #: Metrics left out of the default set for 3D volumes: about 1 s per slice each.
 SLOW_VOLUME_KEYS = ("FMI_pixel", "FMI_dct", "FMI_w")
 
-#: Fusion options (see :func:`MedFusionLib.commands._common.add_fusion_options`) that name input
+#: Fusion options (``fuse``'s ``--fixed-mask``, ``--moving-mask``, ``--initial-transform``) that name input
 #: files: they are read by the job and must never be written over.
 INPUT_OPTIONS = ("fixed_mask", "moving_mask", "initial_transform")
 
@@ -56,9 +70,10 @@ class PairSpec:
     fusion : dict
         The fusion options, keyed by their ``medfusion`` destination names: ``method``,
         ``registration``, ``device``, ``fixed_modality``, ``moving_modality``, ``ct_window``,
-        ``seed``, ``param`` (a list of ``KEY=VALUE`` strings) and any option added to
-        :func:`~MedFusionLib.commands._common.add_fusion_options` later. Missing keys take the
-        pipeline's defaults.
+        ``seed``, ``param`` (a list of ``KEY=VALUE`` strings), ``fixed_mask``, ``moving_mask``,
+        ``initial_transform``, ``strict_registration``: the keyword names of
+        :func:`~MedFusionLib.pipeline.align_pair` and :func:`~MedFusionLib.pipeline.fuse_aligned`.
+        Missing keys take the pipeline's defaults.
     metrics : str, optional
         Path of a JSON file for the fusion metrics and a description of what was done.
     metrics_keys : str, optional
@@ -113,7 +128,6 @@ class PairSpec:
         ``param`` strings become the method's parameters; every other fusion option is passed
         under its own name.
         """
-        from .commands._common import method_params
 
         kwargs = {k: v for k, v in self.fusion.items() if k != "param"}
         kwargs.update(method_params(self.fusion.get("param") or []))
@@ -192,7 +206,6 @@ def check_outputs_distinct(inputs: list[str], outputs: list[str | None]) -> None
     OutputError
         If an output (or the data file it creates) is a file an input reads.
     """
-    from .outputs import check_outputs
 
     check_outputs(inputs, outputs)
 
@@ -206,8 +219,6 @@ def preflight(spec: PairSpec) -> None:
     ------
     InvalidInputError, OutputError
     """
-    from .io import check_image_output, check_transform_output
-    from .outputs import check_outputs
 
     for o in (None if spec.dicom else spec.output, spec.weights_map):
         if o:
@@ -227,7 +238,6 @@ def check_raster_outputs(spec: PairSpec, fixed: sitk.Image) -> None:
     ------
     InvalidInputError
     """
-    from .io import RASTER_EXTENSIONS, extension_of, is_2d
 
     if is_2d(fixed):
         return
@@ -243,7 +253,6 @@ def volume_metrics_for(result, keys: str | None) -> dict:
     ``keys`` is a comma-separated list; ``None`` means every metric, except
     :data:`SLOW_VOLUME_KEYS` for 3D volumes (they stay available by name).
     """
-    from .metrics import ALL_KEYS, resolve_keys, volume_metrics
 
     fused = sitk.GetArrayViewFromImage(result.fused)
     if keys:
@@ -259,10 +268,7 @@ def volume_metrics_for(result, keys: str | None) -> dict:
 @lru_cache(maxsize=1)
 def package_versions() -> dict:
     """Versions of the packages that shape a result: medfusion, Python, numpy, SimpleITK, torch."""
-    import platform
-    from importlib import metadata
 
-    from . import __version__
 
     out = {"medfusion": __version__, "python": platform.python_version()}
     for dist in ("numpy", "SimpleITK", "torch", "scipy", "PyWavelets"):
@@ -278,7 +284,6 @@ def _model_of(result) -> tuple[str, str]:
     methods. The model is the one the method chose: given, or picked from the pair's modalities."""
     if result.method != "cnn":
         return "", ""
-    from .nets.weights import model_entry, model_for_modalities
 
     model = result.params.get("model", "default")
     if model in (None, "", "default"):
@@ -297,12 +302,9 @@ def read_sources(spec: PairSpec) -> tuple[sitk.Image, sitk.Image]:
     InvalidInputError
         An input is missing or unreadable, or (``dicom``) cannot be the reference.
     """
-    from .io import read_image
 
     fixed = read_image(spec.fixed, series_uid=spec.fixed_series, keep_colour=not spec.grey)
     if spec.dicom:
-        from .dicom import check_derived_reference
-
         check_derived_reference(spec.fixed, fixed)
     moving = read_image(spec.moving, series_uid=spec.moving_series, keep_colour=not spec.grey)
     return fixed, moving
@@ -316,9 +318,7 @@ def _read_input_options(kwargs: dict) -> dict:
     InvalidInputError
         A file is missing or unreadable.
     """
-    from pathlib import Path
 
-    from .io import read_image
 
     out = {}
     for key in ("fixed_mask", "moving_mask"):
@@ -339,9 +339,7 @@ def _read_input_options(kwargs: dict) -> dict:
 def _alignment_options(kwargs: dict) -> dict:
     """Pop the options of :func:`~MedFusionLib.pipeline.align_pair` (registration, modalities,
     CT window, seed, masks, initial transform, strictness) out of a spec's pipeline keywords."""
-    import inspect
 
-    from .pipeline import align_pair
 
     takes = inspect.signature(align_pair).parameters
     return {k: kwargs.pop(k) for k in list(kwargs) if k in takes}
@@ -364,7 +362,6 @@ def align_spec(spec: PairSpec, *, progress: ProgressCallback | None = None):
     InvalidInputError, UnknownOptionError, RegistrationError, CancelledError
         As :func:`run_pair` with ``errors="raise"``.
     """
-    from .pipeline import align_pair
 
     kwargs = spec.pipeline_kwargs()
     kwargs.update(_read_input_options(kwargs))
@@ -400,7 +397,6 @@ def run_pair(spec: PairSpec, *, progress: ProgressCallback | None = None,
     MedFusionError
         With ``errors="raise"``: the input's one-line error (nothing is written).
     """
-    from .errors import CancelledError
 
     if errors not in ("raise", "record"):
         raise ValueError(f"errors must be 'raise' or 'record', got {errors!r}")
@@ -422,12 +418,6 @@ def run_pair(spec: PairSpec, *, progress: ProgressCallback | None = None,
 
 
 def _run(spec: PairSpec, record: PairRecord, progress) -> None:
-    from .colour import fuse_colour
-    from .commands._common import OutputSet
-    from .io import is_colour, write_image, write_transform
-    from .outputs import write_json
-    from .pipeline import align_pair, check_method, fuse_aligned
-
     preflight(spec)
     outputs = OutputSet(spec.outputs())
     kwargs = spec.pipeline_kwargs()  # a bad --param fails before any reading
@@ -467,8 +457,6 @@ def _run(spec: PairSpec, record: PairRecord, progress) -> None:
         record.metrics = volume_metrics_for(result, spec.metrics_keys)
         record.stages["metrics"] = time.perf_counter() - t0
     if spec.metrics:
-        from .metrics import GREY_SCALE
-
         report = {"fixed": spec.fixed, "moving": spec.moving, "output": spec.output,
                   **result.summary(), "grey_scale": GREY_SCALE, "metrics": record.metrics}
     # the normalised sources are not written: free them before the (verified) writes
@@ -476,8 +464,6 @@ def _run(spec: PairSpec, record: PairRecord, progress) -> None:
     t0 = time.perf_counter()
     with outputs:
         if spec.dicom:
-            from .dicom import write_fusion_dicom
-
             for path in write_fusion_dicom(
                     result.fused, spec.output, fixed=spec.fixed, moving=spec.moving,
                     fixed_series_uid=spec.fixed_series, moving_series_uid=spec.moving_series,

@@ -35,7 +35,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InvalidInputError
-from .methods import look_up
+from .options import look_up
 
 __all__ = ["MODALITIES", "CT_WINDOWS", "NormalizationInfo", "guess_modality", "resolve_modality", "normalize",
            "parse_window", "replace_nonfinite"]

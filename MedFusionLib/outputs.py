@@ -29,15 +29,19 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .errors import OutputError
+import numpy as np
+
+from .errors import InvalidInputError, OutputError
 from .imagefiles import companion_files, files_of
 
 __all__ = ["atomic_output", "write_text", "write_json", "check_outputs", "check_output_folder",
-           "make_temp_folder", "sweep_stale_temp"]
+           "make_temp_folder", "sweep_stale_temp", "OutputSet", "jsonable"]
 
 
 #: Prefix of the temporary folders outputs are written in.
@@ -52,8 +56,6 @@ def _reason(exc: OSError) -> str:
 
 
 def _host() -> str:
-    import socket
-
     return "".join(c if c.isalnum() else "_" for c in socket.gethostname()) or "host"
 
 
@@ -74,8 +76,6 @@ def sweep_stale_temp(folder: str | os.PathLike, *, now: float | None = None) -> 
     runs, or (any host) when nothing in it changed for :data:`STALE_TEMP_S`. Anything else,
     including every other hidden file, is left alone. Errors are ignored: this is housekeeping.
     """
-    import time
-
     host, removed = _host(), []
     now = time.time() if now is None else now
     try:
@@ -176,12 +176,10 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(data: dict, path: str | os.PathLike) -> Path:
     """Write ``data`` as indented JSON (numpy scalars and arrays, paths allowed), atomically."""
-    return write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+    return write_text(path, json.dumps(data, indent=2, default=jsonable) + "\n")
 
 
-def _jsonable(value):
-    import numpy as np
-
+def jsonable(value):
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -291,3 +289,36 @@ def check_outputs(inputs: Iterable[str | os.PathLike | None],
                 raise OutputError(f"{d}: this output folder holds the input {owner}; write into "
                                   "another folder (inputs are never overwritten).")
 
+
+class OutputSet:
+    """Outputs of one run: written one by one, all removed again if any later step fails.
+
+    Use as a context manager; call :meth:`add` after writing each file. On an exception every
+    file added so far is deleted, so a failed run leaves no partial output behind.
+    """
+
+    def __init__(self, paths: list[str | os.PathLike | None]):
+        self.planned = [Path(p) for p in paths if p]
+        self.written: list[Path] = []
+        seen = set()
+        for p in self.planned:
+            if p.resolve() in seen:
+                raise InvalidInputError(f"{p}: the same path is given for two outputs.")
+            seen.add(p.resolve())
+            if not p.parent.exists():
+                raise InvalidInputError(f"{p}: the output folder {p.parent} does not exist.")
+
+    def add(self, path: Path) -> None:
+        self.written.append(Path(path))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            for p in self.written:
+                try:
+                    p.unlink()
+                except FileNotFoundError:
+                    pass
+        return False

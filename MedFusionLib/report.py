@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 import math
 import os
@@ -35,13 +36,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
+from . import optional
 from .driver import fuse_arrays
-from .figures import add_contribution_legend, contribution_overlay, save_figure
 from .errors import InvalidInputError, MedFusionError
+from .figures import add_contribution_legend, contribution_overlay, save_figure
+from .job import align_spec
 from .methods import get_method, list_methods
 from .metrics import GREY_SCALE, METRICS, MI_SETTINGS, STANDARD_KEYS, best_index, resolve_keys, volume_metrics
 from .outputs import write_text
+from .pipeline import align_pair
 from .progress import ProgressCallback, report
 
 __all__ = ["PairInput", "PairOutcome", "ComparisonResult", "REVIEW_TABLES", "resolve_methods",
@@ -201,8 +206,6 @@ def run_comparison(pairs: list[PairInput], *, methods=None, keys=None, registrat
     InvalidInputError
         If no pair is given, a pair cannot be aligned, or every method failed on every pair.
     """
-    from .job import align_spec
-    from .pipeline import align_pair
 
     if not pairs:
         raise InvalidInputError("no source pair to compare.")
@@ -297,8 +300,6 @@ def _atomic_write_text(path: Path, text: str) -> Path:
 
 
 def _csv_text(rows: list[list]) -> str:
-    import io
-
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerows(rows)
@@ -336,12 +337,7 @@ def _write_table(result: ComparisonResult, out: Path, stem: str, caption: str, k
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return optional.pyplot(what="the compare report's figures")
 
 
 def _save(fig, path: Path) -> Path:
@@ -401,7 +397,6 @@ def _panel_grid(images: dict[str, np.ndarray], title: str, path: Path, *, box=No
 
 def _zoom_box(a: np.ndarray, b: np.ndarray) -> tuple[int, int, int, int]:
     """A square crop (about a third of the smaller side) where the sources have most edges."""
-    from scipy import ndimage
 
     size = max(8, min(a.shape) // 3)
     energy = sum(np.hypot(*np.gradient(x.astype(np.float64))) for x in (a, b))

@@ -37,13 +37,29 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
 
+from . import optional
+from .datasets import sample_volumes
+from .devices import resolve_device
 from .errors import InvalidInputError
+from .functional_phantoms import (CLINICAL_TABLES, functional_volume, mni_tissue_maps,
+                                  pseudo_colour_luminance)
+from .io import read_image
+from .nets import losses as L
+from .nets.fusionnet import FEATURE_RULES, FusionNet
+from .nets.weights import (build_model, load_checkpoint, model_entry, register_model,
+                           save_checkpoint)
+from .normalize import normalize
 from .progress import ProgressCallback, report
 
 __all__ = ["TrainConfig", "load_config", "fusion_loss", "LOSS_TERMS", "DEFAULT_LOSS", "SliceBank",
@@ -222,10 +238,6 @@ def fusion_loss(fused, a, b, *, weights: dict | None = None, caps: dict | None =
     terms : dict
         Float value of each weighted term (over the pairs it applies to).
     """
-    import torch
-    import torch.nn.functional as F
-
-    from .nets import losses as L
 
     w = dict(DEFAULT_LOSS if weights is None else weights)
     unknown = set(w) - set(LOSS_TERMS)
@@ -389,7 +401,6 @@ class SliceBank:
 
 def _augment(x: np.ndarray, rng) -> np.ndarray:
     """Random contrast of one source: gamma, head inversion, scale, blur, noise (stays in [0, 1])."""
-    from scipy import ndimage
 
     x = np.asarray(x, np.float32)
     fg = x > 0.02
@@ -409,7 +420,6 @@ def _render_functional(x: np.ndarray, rng, colour_prob: float) -> np.ndarray:
     """A functional source as a fusion method gets it: uptake in [0, 1] with a random gamma
     (0.8-1.25, display scaling) and, with probability ``colour_prob``, the luminance of its
     rendering through a random clinical colour table (hot, jet, NIH, spectrum)."""
-    from .functional_phantoms import CLINICAL_TABLES, pseudo_colour_luminance
 
     y = np.asarray(x, np.float32) ** np.float32(math.exp(rng.uniform(math.log(0.8),
                                                                      math.log(1.25))))
@@ -421,11 +431,7 @@ def _render_functional(x: np.ndarray, rng, colour_prob: float) -> np.ndarray:
 
 def _mni_sources():
     """MNI-grid volumes (z, y, x): T1, CT (HU), PET and tissue fractions."""
-    import SimpleITK as sitk
-    from nilearn import datasets as nds
-
-    from .datasets import sample_volumes
-
+    nds = optional.require("nilearn.datasets", what="the CNN's training data (MNI152 template)")
     vols = sample_volumes()
     t1 = sitk.GetArrayFromImage(vols["mr_t1"]).astype(np.float32)
     ct = sitk.GetArrayFromImage(vols["ct"]).astype(np.float32)
@@ -482,7 +488,6 @@ def functional_bank(*, z_range=(12, 176), exclude=(75, 115), n_volumes: int = 4,
     pseudo-colour luminance (:func:`_render_functional`). Every pair is one anatomical and one
     functional source, in random order. Slices in ``exclude`` are never used (validation slab).
     """
-    from .functional_phantoms import functional_volume, mni_tissue_maps
 
     base = mni_bank(z_range=z_range, exclude=exclude)
     zs = [z for z in range(*z_range) if not exclude[0] <= z < exclude[1]]
@@ -505,8 +510,6 @@ def folder_bank(folder: str | os.PathLike, *, patch: int = 96) -> SliceBank:
 
     Every slice is zero-padded to the largest slice size (at least ``patch``).
     """
-    from .io import read_image
-    from .normalize import normalize
 
     folder = Path(folder)
     da, db = folder / "A", folder / "B"
@@ -592,13 +595,7 @@ def train(config: TrainConfig, out: str | os.PathLike, *, init: str | os.PathLik
     -------
     TrainResult
     """
-    import random
 
-    import torch
-
-    from .devices import resolve_device
-    from .nets.fusionnet import FEATURE_RULES, FusionNet
-    from .nets.weights import build_model, load_checkpoint, model_entry, register_model, save_checkpoint
 
     config.validate()
     out = Path(out)

@@ -255,7 +255,7 @@ def test_every_engine_and_model_file_is_packaged():
     assert "GLOB_RECURSE MEDFUSIONLIB_FILES" in text
     lib_files = [p.relative_to(ROOT).as_posix() for p in (ROOT / "MedFusionLib").rglob("*")
                  if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"]
-    assert "MedFusionLib/slicer_bridge.py" in lib_files
+    assert "MedFusionLib/slicer_bridge/fuse.py" in lib_files
     assert all(fnmatch.fnmatch(f, lib_globs[0]) for f in lib_files)
     model_files = [p.relative_to(ROOT).as_posix() for p in (ROOT / "models").iterdir() if p.is_file()]
     unmatched = [f for f in model_files if not any(fnmatch.fnmatch(f, g) for g in model_globs)]
@@ -320,7 +320,7 @@ def test_engine_imports_with_only_what_slicer_has_plus_engine_requirements(modul
 
     # Slicer 5.10 and 5.12 bundle numpy, scipy, pydicom and SimpleITK; only PyWavelets is missing
     assert set(module.ENGINE_REQUIREMENTS) == {"pywt"}
-    blocked = ["torch", "torchvision", "matplotlib", "nilearn", "pydicom", "PIL", "tqdm", "pandas",
+    blocked = ["torch", "torchvision", "matplotlib", "nilearn", "PIL", "tqdm", "pandas",
                "skimage", "requests"]
     code = (
         "import sys\n"

@@ -14,6 +14,7 @@ import slicer
 
 import slicer_shim
 from MedFusionLib import slicer_bridge as sb
+from MedFusionLib.slicer_bridge.placement import _matrix_to_world
 from MedFusionLib.errors import InvalidInputError
 from slicer_shim import mrml_scene  # noqa: F401  (fixture)
 
@@ -43,7 +44,7 @@ def _error_mm(moving, ct_to_mr, original_parent_to_world=np.eye(4)):
     """Largest distance between where the moving volume's content is shown now and where that
     anatomy is in the fixed volume. ``original_parent_to_world``: the parents the CT had when it
     was built (its content was misaligned by ``ct_to_mr`` without them)."""
-    shown = sb._matrix_to_world(moving.GetParentTransformNode())
+    shown = _matrix_to_world(moving.GetParentTransformNode())
     local = np.linalg.inv(original_parent_to_world)
     points = np.c_[POINTS, np.ones(len(POINTS))].T
     expected = ct_to_mr @ local @ points
@@ -110,7 +111,7 @@ def test_no_registration_places_without_moving(mrml_scene, synthetic):
     moving.SetAndObserveTransformNodeID(_linear(shift).GetID())
     tx = mrml_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "result")
     _run(fixed, moving, tx, registration="none")
-    np.testing.assert_allclose(sb._matrix_to_world(moving.GetParentTransformNode()), shift, atol=1e-9)
+    np.testing.assert_allclose(_matrix_to_world(moving.GetParentTransformNode()), shift, atol=1e-9)
 
 
 def test_output_node_that_moves_the_fixed_volume_is_refused(mrml_scene, synthetic):

@@ -8,7 +8,7 @@ import torch
 
 from MedFusionLib.errors import InvalidInputError
 from MedFusionLib.transforms import nsct_decompose, nsct_reconstruct, nsst_decompose, nsst_reconstruct
-from MedFusionLib.transforms import _frame
+from MedFusionLib.transforms import _frame, _responses
 
 TRANSFORMS = {
     "nsst": (nsst_decompose, nsst_reconstruct),
@@ -85,10 +85,10 @@ def test_oriented_texture_lands_in_the_matching_direction(kind, k):
     assert energy[k] > 0.8 * energy.sum()
 
 
-@pytest.mark.parametrize("pfilt", _frame.PYRAMID_FILTERS)
+@pytest.mark.parametrize("pfilt", _responses.PYRAMID_FILTERS)
 def test_pyramid_satisfies_the_bezout_identity(pfilt):
-    wy, wx = _frame.frequency_grid(40, 54)
-    low_a, low_s, bands = _frame.pyramid_responses(pfilt, wy, wx, 4)
+    wy, wx = _responses.frequency_grid(40, 54)
+    low_a, low_s, bands = _responses.pyramid_responses(pfilt, wy, wx, 4)
     total = low_a * low_s + sum(a * s for a, s in bands)
     np.testing.assert_allclose(total, 1.0, atol=1e-12)
     # Low-pass at DC, band-pass vanishes there; the finest band holds the highest frequency.
@@ -98,15 +98,15 @@ def test_pyramid_satisfies_the_bezout_identity(pfilt):
 
 def test_nine_seven_pyramid_product_is_the_maxflat_halfband():
     w = np.linspace(0, np.pi, 33)
-    h0, g0 = _frame.pyramid_filters_1d("9-7", w)
-    np.testing.assert_allclose(h0 * g0, _frame._maxflat_halfband(np.sin(w / 2) ** 2, 4), atol=1e-12)
+    h0, g0 = _responses.pyramid_filters_1d("9-7", w)
+    np.testing.assert_allclose(h0 * g0, _responses._maxflat_halfband(np.sin(w / 2) ** 2, 4), atol=1e-12)
 
 
 @pytest.mark.parametrize("n", [2, 4, 8, 16, 32])
 def test_directional_windows_are_power_complementary(n):
     theta = np.linspace(0, 4, 1001, endpoint=False)
-    shear = _frame.partition_windows(theta, n)
-    tree = _frame.tree_windows(theta, int(np.log2(n)))
+    shear = _responses.partition_windows(theta, n)
+    tree = _responses.tree_windows(theta, int(np.log2(n)))
     np.testing.assert_allclose((shear ** 2).sum(axis=0), 1.0, atol=1e-12)
     np.testing.assert_allclose((tree ** 2).sum(axis=0), 1.0, atol=1e-12)
     # Each window peaks (at 1) in its own slope interval.
@@ -120,22 +120,22 @@ def test_directional_windows_are_power_complementary(n):
 def test_pseudo_polar_coordinate():
     wy = np.array([0.0, 1.0, 1.0, 1.0, -1.0, 0.0])
     wx = np.array([1.0, 1.0, 0.0, -1.0, 1.0, 0.0])
-    np.testing.assert_allclose(_frame.pseudo_polar_coordinate(wy, wx), [1.0, 2.0, 3.0, 0.0, 0.0, 0.0])
+    np.testing.assert_allclose(_responses.pseudo_polar_coordinate(wy, wx), [1.0, 2.0, 3.0, 0.0, 0.0, 0.0])
     # Invariant to w -> -w.
-    np.testing.assert_allclose(_frame.pseudo_polar_coordinate(-wy, -wx),
-                               _frame.pseudo_polar_coordinate(wy, wx))
+    np.testing.assert_allclose(_responses.pseudo_polar_coordinate(-wy, -wx),
+                               _responses.pseudo_polar_coordinate(wy, wx))
 
 
 @pytest.mark.parametrize("n,before,after", [(5, 3, 4), (3, 7, 2), (1, 2, 2), (8, 0, 0)])
 def test_symmetric_indices_match_numpy_pad(n, before, after):
     x = np.arange(n)
-    np.testing.assert_array_equal(x[_frame.symmetric_indices(n, before, after)],
+    np.testing.assert_array_equal(x[_responses.symmetric_indices(n, before, after)],
                                   np.pad(x, (before, after), mode="symmetric"))
 
 
 def test_fft_size_is_even_and_smooth():
     for n in (1, 7, 65, 97, 257, 289, 1000):
-        m = _frame.fft_size(n)
+        m = _responses.fft_size(n)
         assert m >= n and m % 2 == 0 and m < 1.2 * n + 4
         k = m
         for p in (2, 3, 5):

@@ -1,69 +1,14 @@
-"""Argument helpers shared by the subcommands: the fusion options and safe output writing."""
+"""Argument helpers shared by the subcommands: the fusion, alignment and per-pair options."""
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import os
-from pathlib import Path
 
 from ..devices import DEVICES
-from ..errors import InvalidInputError
 from ..normalize import CT_WINDOWS, MODALITIES
 from ..registration import REGISTRATION_MODES
 
-__all__ = ["add_fusion_options", "add_alignment_options", "fusion_options", "add_pair_options", "method_params", "OutputSet", "write_json", "read_manifest"]
-
-#: Manifest columns that hold paths (resolved against the manifest's folder).
-PATH_COLUMNS = ("fixed", "moving", "output")
-
-
-def read_manifest(path: str | os.PathLike, required: tuple[str, ...],
-                  path_columns: tuple[str, ...] = PATH_COLUMNS) -> list[dict]:
-    """Rows of a CSV manifest (``batch``, ``compare``), header names lower-cased.
-
-    ``path_columns`` are resolved against the manifest's folder unless absolute; an empty cell stays empty (the caller decides whether that skips the row or
-    fails). Each row gets ``_line``, its line number in the file.
-
-    Raises
-    ------
-    InvalidInputError
-        If the file is missing, not UTF-8 text, its header lacks a ``required`` column, or it has
-        no rows.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise InvalidInputError(f"{p}: manifest not found.")
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InvalidInputError(f"{p}: the manifest is not UTF-8 text (byte {exc.start}).") from None
-    import io
-
-    with io.StringIO(text, newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = [(h or "").strip().lower() for h in (reader.fieldnames or [])]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise InvalidInputError(f"{p}: the header must name the columns {','.join(required)}; "
-                                    f"missing: {', '.join(missing)}.")
-        rows = []
-        for raw in reader:
-            line = reader.line_num
-            if None in raw:
-                raise InvalidInputError(f"{p}, line {line}: more cells than the header has columns.")
-            row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
-            if not any(row.values()):
-                continue
-            for c in path_columns:
-                if row.get(c) and not Path(row[c]).is_absolute():
-                    row[c] = str(p.parent / row[c])
-            row["_line"] = line
-            rows.append(row)
-    if not rows:
-        raise InvalidInputError(f"{p}: the manifest has no rows.")
-    return rows
+__all__ = ["add_fusion_options", "add_alignment_options", "fusion_options", "add_pair_options"]
 
 
 def add_fusion_options(p: argparse.ArgumentParser) -> None:
@@ -136,58 +81,3 @@ def add_pair_options(p: argparse.ArgumentParser) -> None:
 def fusion_options(args: argparse.Namespace) -> dict:
     """``{dest: value}`` of every option :func:`add_fusion_options` added, as parsed."""
     return {a.dest: getattr(args, a.dest) for a in args._fusion_actions}
-
-
-def method_params(pairs: list[str]) -> dict:
-    """``["levels=3", "wavelet=db4"]`` -> ``{"levels": 3, "wavelet": "db4"}`` (JSON values when they parse)."""
-    params = {}
-    for item in pairs:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InvalidInputError(f"--param {item!r}: expected KEY=VALUE.")
-        try:
-            params[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key.strip()] = value
-    return params
-
-
-def write_json(data: dict, path: str | os.PathLike) -> Path:
-    """Write ``data`` as indented JSON, atomically (:func:`MedFusionLib.outputs.write_json`)."""
-    from ..outputs import write_json as _write
-
-    return _write(data, path)
-
-
-class OutputSet:
-    """Outputs of one run: written one by one, all removed again if any later step fails.
-
-    Use as a context manager; call :meth:`add` after writing each file. On an exception every
-    file added so far is deleted, so a failed run leaves no partial output behind.
-    """
-
-    def __init__(self, paths: list[str | os.PathLike | None]):
-        self.planned = [Path(p) for p in paths if p]
-        self.written: list[Path] = []
-        seen = set()
-        for p in self.planned:
-            if p.resolve() in seen:
-                raise InvalidInputError(f"{p}: the same path is given for two outputs.")
-            seen.add(p.resolve())
-            if not p.parent.exists():
-                raise InvalidInputError(f"{p}: the output folder {p.parent} does not exist.")
-
-    def add(self, path: Path) -> None:
-        self.written.append(Path(path))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            for p in self.written:
-                try:
-                    p.unlink()
-                except FileNotFoundError:
-                    pass
-        return False

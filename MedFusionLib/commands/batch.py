@@ -24,9 +24,10 @@ from ..cohort import ResultsFile, read_cohort
 from ..errors import InvalidInputError
 from ..executors import run_jobs
 from ..job import PairRecord, PairSpec
-from ..methods import get_method
+from ..methods import get_method, method_params
+from ..metrics import ALL_KEYS, resolve_keys
 from ..progress import TextProgress
-from ._common import add_fusion_options, add_pair_options, fusion_options, method_params
+from ._common import add_fusion_options, add_pair_options, fusion_options
 
 NAME = "batch"
 HELP = "fuse every row (fixed,moving,output[,options]) of a CSV manifest, here or on Dask"
@@ -107,8 +108,6 @@ def _duration(s: float) -> str:
 
 
 def _metric_columns(rows, scoring: bool) -> list[str]:
-    from ..metrics import ALL_KEYS, resolve_keys
-
     if not scoring:
         return []
     keys: list[str] = []

@@ -20,12 +20,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..cohort import read_manifest
 from ..errors import InvalidInputError
 from ..job import PairSpec
 from ..outputs import check_output_folder
 from ..progress import TextProgress
 from ..report import PairInput, resolve_methods, run_comparison, write_report
-from ._common import add_alignment_options, read_manifest
+from ._common import add_alignment_options
 
 #: Alignment options (destinations of :func:`add_alignment_options`) that go into each pair's spec.
 ALIGNMENT_DESTS = ("registration", "fixed_modality", "moving_modality", "ct_window", "seed",

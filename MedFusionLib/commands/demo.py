@@ -22,7 +22,7 @@ from ..methods import get_method
 from ..colour import ColourFusionResult, fuse_colour
 from ..pipeline import fuse_images
 from ..progress import TextProgress, scaled
-from ._common import write_json
+from ..outputs import write_json
 from ..job import volume_metrics_for
 
 NAME = "demo"

@@ -32,10 +32,11 @@ import sys
 import numpy as np
 import SimpleITK as sitk
 
+from ..driver import acquisition_axis
 from ..errors import InvalidInputError
 from ..io import RASTER_EXTENSIONS, check_same_grid, extension_of, read_image
 from ..metrics import GREY_SCALE, METRICS, MI_SETTINGS, resolve_keys, volume_metrics
-from ..normalize import CT_WINDOWS, MODALITIES, normalize, replace_nonfinite
+from ..normalize import CT_WINDOWS, MODALITIES, normalize, replace_nonfinite, resolve_modality
 from ..progress import TextProgress
 
 NAME = "metrics"
@@ -151,7 +152,6 @@ def load_triplet(args) -> tuple[list[np.ndarray], dict, float, sitk.Image]:
 def _is_ct(image: sitk.Image, modality: str | None) -> bool:
     if modality is not None:
         return modality.strip().upper() == "CT"
-    from ..normalize import resolve_modality
 
     return resolve_modality(image, None)[0] == "CT"
 
@@ -183,8 +183,6 @@ def run(args) -> int:
         mask = sitk.GetArrayFromImage(mimg) > 0
     if ref.GetDimension() == 3:
         if args.axis is None:
-            from ..driver import acquisition_axis
-
             axis = acquisition_axis(ref.GetSpacing()[::-1])
         else:
             axis = args.axis

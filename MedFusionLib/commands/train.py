@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import optional
 from ..devices import DEVICES
 
 NAME = "train"
 HELP = "train the CNN fusion network (or fine-tune it on your own image pairs)"
+
+training = optional.lazy("MedFusionLib.training", needs="torch", what="medfusion train")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,9 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..training import load_config, train
-
-    config = load_config(args.config)
+    config = training.load_config(args.config)
     if args.steps is not None:
         config.steps = args.steps
     if args.seed is not None:
@@ -43,7 +44,7 @@ def run(args) -> int:
         if not args.quiet:
             print(message, file=sys.stderr, flush=True)
 
-    result = train(config, args.out, init=args.init, data=args.data, device=args.device,
+    result = training.train(config, args.out, init=args.init, data=args.data, device=args.device,
                    threads=args.threads, name=args.name, progress=progress)
     print(f"{result.path}\tsha256={result.sha256}\tsteps={result.steps}\t"
           f"loss {result.first_loss:.4f} -> {result.final_loss:.4f}\t{result.seconds:.0f} s")

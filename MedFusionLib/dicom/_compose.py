@@ -3,6 +3,8 @@ code items and instance references."""
 
 from __future__ import annotations
 
+from pydicom.dataset import Dataset
+
 # Copied from the fixed (reference) series only: patient, study and frame-of-reference identity.
 _PATIENT_STUDY_KEYWORDS = (
     "SpecificCharacterSet",
@@ -23,8 +25,6 @@ _SOURCE_PURPOSE = ("121322", "DCM", "Source image for image processing operation
 
 
 def _code(value: str, scheme: str, meaning: str):
-    from pydicom.dataset import Dataset
-
     item = Dataset()
     item.CodeValue = value
     item.CodingSchemeDesignator = scheme
@@ -33,8 +33,6 @@ def _code(value: str, scheme: str, meaning: str):
 
 
 def _ref_item(sop_class: str, sop_instance: str, *, purpose: bool = False):
-    from pydicom.dataset import Dataset
-
     item = Dataset()
     item.ReferencedSOPClassUID = sop_class
     item.ReferencedSOPInstanceUID = sop_instance
@@ -49,7 +47,6 @@ def _add_instance_references(ds, refs: dict[tuple[str, str], list[tuple[str, str
     Series of ``study_uid`` go to ReferencedSeriesSequence, the others to
     StudiesContainingOtherReferencedInstancesSequence.
     """
-    from pydicom.dataset import Dataset
 
     same, other = [], {}
     for (study, series), sops in refs.items():

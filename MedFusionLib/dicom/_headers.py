@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from pydicom.datadict import tag_for_keyword
 
 from ..errors import InvalidInputError
 
@@ -18,7 +19,6 @@ _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 def _tag(keyword: str) -> str:
     """``"RescaleSlope"`` -> ``"RescaleSlope (0028,1053)"`` for error messages."""
-    from pydicom.datadict import tag_for_keyword
 
     t = tag_for_keyword(keyword)
     if t is None:

@@ -11,8 +11,13 @@ from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.valuerep import format_number_as_ds
 
+from .._version import __version__
 from ..errors import InvalidInputError, OutputError
+from ..outputs import make_temp_folder
 from ._compose import (_PATIENT_STUDY_KEYWORDS, _TYPE2, _add_instance_references, _ref_item)
 from .compat import require_pydicom, write_file
 from ._headers import _looks_dicom, _tag
@@ -206,12 +211,7 @@ def write_derived_series(
         output file exists already.
     """
     require_pydicom()
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-    from pydicom.valuerep import format_number_as_ds
 
-    from .. import __version__
-    from ..outputs import make_temp_folder
 
     if not isinstance(image, sitk.Image):
         raise TypeError(f"write_derived_series needs a SimpleITK.Image, got {type(image).__name__}.")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from ..errors import InvalidInputError
 from ._headers import _ORIENTATION_TOL, _POSITION_TOL, _floats, _n_frames, _required, _scalar, _tag
@@ -227,7 +228,6 @@ def _regularize(vol: np.ndarray, layout: _Layout, spacing_xy: tuple[float, float
     Slice ``k`` is shifted in-plane by its offset from the first slice (undoing gantry tilt), then
     the stack is linearly interpolated along the normal at ``dist[0] + j * step``.
     """
-    from scipy import ndimage
 
     sx, sy = spacing_xy
     work = vol.astype(np.float32, copy=True)

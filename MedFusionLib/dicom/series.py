@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
+
+from pydicom.errors import InvalidDicomError
 
 from ..errors import InvalidInputError
 from .compat import require_pydicom
@@ -87,7 +89,6 @@ def _iter_files(path: Path) -> Iterable[Path]:
 def _scan(path: Path) -> _Scan:
     """Read every DICOM header under ``path`` (pixel data deferred), grouped by SeriesInstanceUID."""
     pydicom = require_pydicom()
-    from pydicom.errors import InvalidDicomError
 
     if not path.exists():
         raise InvalidInputError(f"{path}: no such file or folder.")
@@ -162,7 +163,6 @@ def list_series(path: str | os.PathLike) -> list[SeriesInfo]:
 
 def _with_geometry(info: SeriesInfo, items: list[tuple[Path, object]]) -> SeriesInfo:
     """Add the header-only geometry check (no pixel data is read) to ``info``."""
-    from dataclasses import replace
 
     images = [(p, ds) for p, ds in items if _has_pixels(ds)]
     if not images:

@@ -8,8 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.valuerep import format_number_as_ds
 
+from .._version import __version__
 from ..errors import InvalidInputError
+from ..outputs import atomic_output
 from ._compose import _PATIENT_STUDY_KEYWORDS, _TYPE2, _add_instance_references, _ref_item
 from .compat import require_pydicom, write_file
 from ._headers import _tag
@@ -87,11 +92,7 @@ def write_spatial_registration(
     """
 
     require_pydicom()
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-    from pydicom.valuerep import format_number_as_ds
 
-    from .. import __version__
 
     out_path = Path(out_path)
     if out_path.exists():
@@ -181,7 +182,6 @@ def write_spatial_registration(
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
-    from ..outputs import atomic_output
 
     with atomic_output(out_path) as tmp:  # verified by pydicom's own write errors; umask applies
         write_file(tmp, ds)

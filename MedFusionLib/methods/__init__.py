@@ -6,7 +6,7 @@ Importing this package registers every built-in method. Use :func:`get_method` t
 
 from __future__ import annotations
 
-from ._registry import METHODS, MethodInfo, MethodRegistry, look_up, register
+from ._registry import METHODS, MethodInfo, MethodRegistry, method_params, register
 from . import pixel  # noqa: F401  (registers average, maximum, pca)
 from . import msvd  # noqa: F401  (registers msvd)
 from . import nsct  # noqa: F401  (registers nsct)
@@ -14,7 +14,7 @@ from . import nsst  # noqa: F401  (registers nsst)
 from . import wavelet  # noqa: F401  (registers dwt, swt, wpd)
 from . import cnn  # noqa: F401  (registers cnn, the default; torch is imported only when it runs)
 
-__all__ = ["METHODS", "MethodInfo", "MethodRegistry", "register", "look_up", "get_method",
+__all__ = ["METHODS", "MethodInfo", "MethodRegistry", "register", "method_params", "get_method",
            "list_methods", "default_method"]
 
 

@@ -21,6 +21,13 @@ All functions take torch tensors whose last two axes are the image plane.
 
 from __future__ import annotations
 
+import math
+
+from .. import optional
+
+torch = optional.lazy("torch", what="fusion rule 'papcnn'")
+F = optional.lazy("torch.nn.functional", what="fusion rule 'papcnn'")
+
 __all__ = ["activity_select", "papcnn_firing", "papcnn_select", "otsu_threshold", "ITERATIONS"]
 
 #: Number of PCNN iterations (Yin et al. 2019).
@@ -31,30 +38,20 @@ _SMOOTH = ((1.0, 2.0, 1.0), (2.0, 4.0, 2.0), (1.0, 2.0, 1.0))
 
 def _as_planes(x):
     """``(..., H, W)`` -> ``(P, 1, H, W)`` float32."""
-    import torch
-
     return x.reshape(-1, 1, x.shape[-2], x.shape[-1]).to(torch.float32)
 
 
 def _kernel(values, scale, like):
-    import torch
-
     return torch.tensor(values, dtype=like.dtype, device=like.device).mul(scale)[None, None]
 
 
 def _pad_reflect(x, pad: int = 1):
-    import torch.nn.functional as F
-
     mode = "reflect" if min(x.shape[-2:]) > pad else "replicate"
     return F.pad(x, (pad, pad, pad, pad), mode=mode)
 
 
 def _activity(low):
     """WLE x WSEML activity of lowpass planes ``(P, 1, H, W)``."""
-    import math
-
-    import torch.nn.functional as F
-
     smooth = _kernel(_SMOOTH, 1.0 / 16.0, low)
     wle = F.conv2d(_pad_reflect(low * low), smooth)
     p = _pad_reflect(low)
@@ -75,8 +72,6 @@ def activity_select(la, lb):
     la, lb : Tensor (..., H, W)
         Low-pass coefficients of the two sources.
     """
-    import torch
-
     act_a = _activity(_as_planes(la)).reshape(la.shape)
     act_b = _activity(_as_planes(lb)).reshape(lb.shape)
     return torch.where(act_a >= act_b, la, lb)
@@ -89,8 +84,6 @@ def otsu_threshold(s):
     the between-class variance is maximal over several levels their mean is taken. The threshold
     is returned on the [0, 1] scale, shape ``(P,)``.
     """
-    import torch
-
     planes = s.shape[0]
     q = torch.round(s.clamp(0.0, 1.0) * 255.0).to(torch.int64).reshape(planes, -1)
     offsets = torch.arange(planes, device=s.device)[:, None] * 256
@@ -119,8 +112,6 @@ def papcnn_firing(s, iterations: int = ITERATIONS):
     Tensor (P, H, W)
         Number of iterations in which each neuron fired.
     """
-    import torch
-
     s = s.to(torch.float32)
     flat = s.reshape(s.shape[0], -1)
     eps = 1e-6
@@ -176,8 +167,6 @@ def papcnn_select(ca, cb, iterations: int = ITERATIONS):
     and ties are frequent; a tie is broken by the larger magnitude (max-abs), not in favour of
     either source.
     """
-    import torch
-
     planes = ca.reshape(-1, ca.shape[-2], ca.shape[-1])
     other = cb.reshape(-1, cb.shape[-2], cb.shape[-1])
     mag_a, mag_b = planes.abs(), other.abs()

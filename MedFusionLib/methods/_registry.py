@@ -23,51 +23,15 @@ Contract of a method function
 from __future__ import annotations
 
 import inspect
+import json
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable
 
-from ..errors import InvalidInputError, UnknownOptionError
+from .. import optional
+from ..errors import InvalidInputError
+from ..options import look_up
 
-__all__ = ["MethodInfo", "MethodRegistry", "METHODS", "register", "look_up"]
-
-
-def _edit_distance(a: str, b: str) -> int:
-    """Damerau-Levenshtein (optimal string alignment) distance between two short strings."""
-    d = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
-    for i in range(len(a) + 1):
-        d[i][0] = i
-    for j in range(len(b) + 1):
-        d[0][j] = j
-    for i in range(1, len(a) + 1):
-        for j in range(1, len(b) + 1):
-            cost = 0 if a[i - 1] == b[j - 1] else 1
-            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
-            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
-                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
-    return d[-1][-1]
-
-
-def look_up(value: str, supported: Iterable[str], *, what: str = "option") -> str:
-    """Return ``value`` normalised (stripped, lower-case) if it is in ``supported``.
-
-    Raises
-    ------
-    UnknownOptionError
-        With a "did you mean" suggestion (edit distance <= 3) and the list of valid values.
-    """
-    supported = list(supported)
-    if not isinstance(value, str):
-        raise UnknownOptionError(f"{what} must be a string, got {type(value).__name__} {value!r}.")
-    key = value.strip().lower()
-    if key in supported:
-        return key
-    close = sorted(supported, key=lambda s: _edit_distance(key, s))
-    hint = ""
-    if close and _edit_distance(key, close[0]) <= 3:
-        hint = f" Did you mean '{close[0]}'?"
-    raise UnknownOptionError(
-        f"unknown {what} '{value}'.{hint} Available: {', '.join(sorted(supported))}."
-    )
+__all__ = ["MethodInfo", "MethodRegistry", "METHODS", "register", "method_params"]
 
 
 @dataclass(frozen=True)
@@ -86,8 +50,9 @@ class MethodInfo:
         ``"pixel"``, ``"multiscale"`` or ``"deep"``; used to group methods in reports.
     reference : str
         Citation of the method.
-    needs_torch : bool
-        True if the method imports torch (it is then unavailable where torch is missing).
+    requires : tuple of str
+        The optional packages the method runs on (``"torch"``, ``"pywt"``; see
+        :mod:`MedFusionLib.optional`); it is unavailable where one is not installed.
     supports_cuda : bool
         True if the method runs on CUDA when ``device="cuda"``.
     provides_weights : bool
@@ -101,20 +66,26 @@ class MethodInfo:
     func: Callable
     family: str = "pixel"
     reference: str = ""
-    needs_torch: bool = False
+    requires: tuple = ()
     supports_cuda: bool = False
     provides_weights: bool = False
     slices_per_batch: int = 64
     params: dict = field(default_factory=dict)
 
     @property
-    def available(self) -> bool:
-        """False when the method needs torch and torch is not installed."""
-        if not self.needs_torch:
-            return True
-        import importlib.util
+    def needs_torch(self) -> bool:
+        """True if the method runs on PyTorch."""
+        return "torch" in self.requires
 
-        return importlib.util.find_spec("torch") is not None
+    @property
+    def available(self) -> bool:
+        """True when every package of :attr:`requires` is installed (nothing is imported)."""
+        return all(optional.available(p) for p in self.requires)
+
+    def missing(self) -> list[str]:
+        """Names users know (``"PyTorch"``, ``"PyWavelets"``) of the :attr:`requires` packages
+        that are not installed here."""
+        return [optional.PACKAGES[p][0] for p in self.requires if not optional.available(p)]
 
     def with_modalities(self, params: dict, modalities) -> dict:
         """``params`` plus ``modalities=(a, b)`` for a method that takes the pair's modalities
@@ -143,7 +114,7 @@ class MethodRegistry:
         self._entries: dict[str, MethodInfo] = {}
 
     def register(self, name: str, *, title: str, family: str = "pixel", reference: str = "",
-                 needs_torch: bool = False, supports_cuda: bool = False,
+                 requires: tuple = (), supports_cuda: bool = False,
                  provides_weights: bool = False, slices_per_batch: int = 64):
         """Decorator that registers a method function under ``name``.
 
@@ -164,7 +135,7 @@ class MethodRegistry:
             }
             self._entries[key] = MethodInfo(
                 name=key, title=title, func=func, family=family, reference=reference,
-                needs_torch=needs_torch, supports_cuda=supports_cuda,
+                requires=tuple(requires), supports_cuda=supports_cuda,
                 provides_weights=provides_weights, slices_per_batch=slices_per_batch,
                 params=params,
             )
@@ -192,3 +163,27 @@ class MethodRegistry:
 
 METHODS = MethodRegistry()
 register = METHODS.register
+
+
+def method_params(pairs: list[str]) -> dict:
+    """Parse a method's parameters given as text (``--param``, a manifest's ``param`` cell).
+
+    ``["levels=3", "wavelet=db4"]`` -> ``{"levels": 3, "wavelet": "db4"}``: a value is read as
+    JSON when it parses (numbers, lists, true/false), else kept as the string. The names are
+    checked against the method by :meth:`MethodInfo.validate_params`.
+
+    Raises
+    ------
+    InvalidInputError
+        An item is not ``KEY=VALUE``.
+    """
+    params = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInputError(f"--param {item!r}: expected KEY=VALUE.")
+        try:
+            params[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.strip()] = value
+    return params

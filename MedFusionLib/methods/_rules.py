@@ -20,7 +20,10 @@ import numbers
 import numpy as np
 from scipy import ndimage
 
+from .. import optional
 from ..errors import InvalidInputError
+
+torch = optional.lazy("torch", what="the NSCT/NSST fusion rules")
 
 __all__ = [
     "majority_filter",
@@ -144,8 +147,6 @@ def majority_filter_torch(choose_a):
     half-sample symmetric border as the numpy version), which is several times faster on the CPU
     than a pooling layer.
     """
-    import torch
-
     x = choose_a.to(torch.uint8)
     x = torch.cat([x[..., :1, :], x, x[..., -1:, :]], dim=-2)
     x = torch.cat([x[..., :1], x, x[..., -1:]], dim=-1)
@@ -156,8 +157,6 @@ def majority_filter_torch(choose_a):
 
 def select_maxabs_torch(ca, cb, *, consistency: bool = False):
     """Torch version of :func:`select_maxabs`."""
-    import torch
-
     choose_a = ca.abs() >= cb.abs()
     if consistency:
         choose_a = majority_filter_torch(choose_a)

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+
+from .. import optional
+from ..transforms import _frame
+from ._rules import select_maxabs_torch
+
+torch = optional.lazy("torch", what="the NSCT/NSST methods")
 
 __all__ = ["fuse_in_frame", "average_maxabs_rules"]
 
@@ -25,10 +33,6 @@ def fuse_in_frame(bank_for, a: np.ndarray, b: np.ndarray, *, device: str, fuse_l
     -------
     ndarray, float32, shape (N, H, W), clipped to [0, 1]
     """
-    import torch
-
-    from ..transforms import _frame
-
     on_cpu = torch.device(device).type == "cpu"
     threads = torch.get_num_threads()
     n = a.shape[0]
@@ -55,8 +59,6 @@ def fuse_in_frame(bank_for, a: np.ndarray, b: np.ndarray, *, device: str, fuse_l
             if workers <= 1:
                 fused = run(0, n)
             else:
-                from concurrent.futures import ThreadPoolExecutor
-
                 edges = np.linspace(0, n, workers + 1).round().astype(int)
                 with ThreadPoolExecutor(max_workers=workers) as pool:
                     parts = list(pool.map(run, edges[:-1], edges[1:]))
@@ -69,8 +71,6 @@ def fuse_in_frame(bank_for, a: np.ndarray, b: np.ndarray, *, device: str, fuse_l
 def average_maxabs_rules(consistency: bool):
     """``(fuse_low, fuse_band)`` of the standard rules: average the low-pass, max-abs the bands
     (with the 3 x 3 consistency check when ``consistency`` is True)."""
-    from ._rules import select_maxabs_torch
-
     def fuse_low(la, lb):
         return 0.5 * (la + lb)
 

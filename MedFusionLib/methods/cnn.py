@@ -1,16 +1,22 @@
 """CNN fusion (the review's algorithm, §2.5 and §2.7) with the shipped, SHA-256 verified weights.
 
 The method runs :class:`MedFusionLib.nets.fusionnet.FusionNet` on batches of slices. torch is
-imported only when the method runs, so the engine imports without it.
+imported only when the method runs (:mod:`MedFusionLib.optional`), so the engine imports without it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ._registry import look_up, register
+from .. import optional
+from ..nets import weights
+from ..options import look_up
+from ._registry import register
 
 __all__ = ["cnn_fusion", "LEVELS", "RULES"]
+
+torch = optional.lazy("torch", what="fusion method 'cnn'")
+fusionnet = optional.lazy("MedFusionLib.nets.fusionnet", needs="torch", what="fusion method 'cnn'")
 
 LEVELS = ("feature", "pixel")
 RULES = ("learned", "addition", "average", "maximum", "l1")
@@ -20,7 +26,7 @@ RULES = ("learned", "addition", "average", "maximum", "l1")
           reference="Multi-modal medical image fusion with a Siamese CNN, per-pixel weights and a "
                     "reconstruction decoder, following the algorithm of the MedFusion review "
                     "(sections 2.5 and 2.7); MedFusion model card: models/MODEL_CARD.md.",
-          needs_torch=True, supports_cuda=True, provides_weights=True, slices_per_batch=16)
+          requires=("torch",), supports_cuda=True, provides_weights=True, slices_per_batch=16)
 def cnn_fusion(a: np.ndarray, b: np.ndarray, *, level: str = "feature", rule: str = "learned",
                model: str = "default", enhance: bool = False, modalities=None,
                device: str = "cpu", return_weights: bool = False):
@@ -70,19 +76,14 @@ def cnn_fusion(a: np.ndarray, b: np.ndarray, *, level: str = "feature", rule: st
     torch.cuda.OutOfMemoryError
         On CUDA when a batch does not fit; the driver then continues on the CPU.
     """
-    import torch
-
-    from ..nets.fusionnet import unsharp_mask
-    from ..nets.weights import load_model, model_for_modalities
-
     level = look_up(level, LEVELS, what="CNN fusion level")
     rule = look_up(rule, RULES, what="CNN fusion rule")
     if not isinstance(enhance, (bool, np.bool_)):
         raise TypeError(f"enhance must be True or False, got {enhance!r}.")
     cuda = str(device).startswith("cuda")
     if model in (None, "", "default"):
-        model = model_for_modalities(modalities)
-    net = load_model(model, device=device, half=cuda)
+        model = weights.model_for_modalities(modalities)
+    net = weights.load_model(model, device=device, half=cuda)
     dtype = torch.float16 if cuda else torch.float32
     try:
         with torch.inference_mode():
@@ -93,7 +94,7 @@ def cnn_fusion(a: np.ndarray, b: np.ndarray, *, level: str = "feature", rule: st
             fused, share = net(ta, tb, rule=rule, level=level)
             fused = fused.clamp(0.0, 1.0)
             if enhance:
-                fused = unsharp_mask(fused)
+                fused = fusionnet.unsharp_mask(fused)
             out = fused[:, 0].float().cpu().numpy()
             wa = share[:, 0].float().cpu().numpy() if return_weights else None
     except torch.cuda.OutOfMemoryError:

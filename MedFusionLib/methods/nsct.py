@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..transforms._frame import check_levels
+from ..transforms.nsct import nsct_bank
 from ._registry import register
 from ._rules import check_bool, check_choice
+from ._transform_fusion import average_maxabs_rules, fuse_in_frame
 
 __all__ = ["nsct"]
 
 
 @register("nsct", title="Nonsubsampled contourlet transform (NSCT)", family="multiscale",
-          needs_torch=True, supports_cuda=True, slices_per_batch=8,
+          requires=("torch", "pywt"), supports_cuda=True, slices_per_batch=8,
           reference="A.L. da Cunha, J. Zhou, M.N. Do, IEEE Trans. Image Process. 15(10):3089-3101, "
                     "2006; rules and levels: Y. Liu, S. Liu, Z. Wang, Information Fusion "
                     "24:147-164, 2015.")
@@ -45,10 +48,6 @@ def nsct(a: np.ndarray, b: np.ndarray, *, levels=(2, 3, 3, 4), pfilt: str = "9-7
     -------
     ndarray, float32, shape (N, H, W), values in [0, 1]
     """
-    from ..transforms.nsct import nsct_bank
-    from ..transforms._frame import check_levels
-    from ._transform_fusion import average_maxabs_rules, fuse_in_frame
-
     levels = check_levels("method 'nsct'", levels)
     pfilt = check_choice("nsct", "pfilt", pfilt, ("9-7", "maxflat"))
     consistency = check_bool("nsct", "consistency", consistency)

@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..transforms._frame import check_levels
+from ..transforms.nsst import nsst_bank
+from . import _pcnn
 from ._registry import register
 from ._rules import check_bool, check_choice
+from ._transform_fusion import average_maxabs_rules, fuse_in_frame
 
 __all__ = ["nsst", "RULES"]
 
@@ -28,7 +32,7 @@ RULES = ("avg_maxabs", "papcnn")
 
 
 @register("nsst", title="Nonsubsampled shearlet transform (NSST)", family="multiscale",
-          needs_torch=True, supports_cuda=True, slices_per_batch=8,
+          requires=("torch", "pywt"), supports_cuda=True, slices_per_batch=8,
           reference="G. Easley, D. Labate, W.-Q. Lim, Appl. Comput. Harmon. Anal. 25(1):25-46, "
                     "2008; rules: M. Yin, X. Liu, Y. Liu, X. Chen, IEEE Trans. Instrum. Meas. "
                     "68(1):49-64, 2019.")
@@ -57,11 +61,6 @@ def nsst(a: np.ndarray, b: np.ndarray, *, levels=(3, 3, 4, 4), pfilt: str = "max
     -------
     ndarray, float32, shape (N, H, W), values in [0, 1]
     """
-    from ..transforms.nsst import nsst_bank
-    from ..transforms._frame import check_levels
-    from . import _pcnn
-    from ._transform_fusion import average_maxabs_rules, fuse_in_frame
-
     levels = check_levels("method 'nsst'", levels)
     pfilt = check_choice("nsst", "pfilt", pfilt, ("maxflat", "9-7"))
     rule = check_choice("nsst", "rule", rule, RULES)

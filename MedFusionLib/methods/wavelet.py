@@ -14,12 +14,14 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pywt
 
+from .. import optional
 from ._registry import register
 from ._rules import check_bool, check_choice, check_int, select_maxabs
 
 __all__ = ["dwt", "swt", "wpd"]
+
+pywt = optional.lazy("pywt", what="the wavelet methods (dwt, swt, wpd)")
 
 _MAX_LEVEL = 8
 
@@ -57,6 +59,7 @@ def _finish(fused: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 @register("dwt", title="Discrete wavelet transform (DWT)", family="multiscale",
+          requires=("pywt",),
           reference="Y. Liu, S. Liu, Z. Wang, Information Fusion 24:147-164, 2015 (MST toolbox "
                     "defaults); H. Li, B.S. Manjunath, S.K. Mitra, Graph. Models Image Process. "
                     "57(3):235-245, 1995.")
@@ -101,6 +104,7 @@ def dwt(a: np.ndarray, b: np.ndarray, *, wavelet: str = "db1", level: int = 4,
 
 
 @register("swt", title="Stationary wavelet transform (SWT)", family="multiscale",
+          requires=("pywt",),
           reference="V.P.S. Naidu, J.R. Raol, Defence Sci. J. 58(3):338-352, 2008; "
                     "G.P. Nason, B.W. Silverman, Lecture Notes in Statistics 103:281-299, 1995.")
 def swt(a: np.ndarray, b: np.ndarray, *, wavelet: str = "sym2", level: int = 2,
@@ -142,6 +146,7 @@ def swt(a: np.ndarray, b: np.ndarray, *, wavelet: str = "sym2", level: int = 2,
 
 
 @register("wpd", title="Wavelet packet decomposition (WPD)", family="multiscale",
+          requires=("pywt",),
           reference="R.R. Coifman, M.V. Wickerhauser, IEEE Trans. Inf. Theory 38(2):713-718, "
                     "1992; fusion rules as in Y. Liu et al., Information Fusion 24:147-164, 2015.")
 def wpd(a: np.ndarray, b: np.ndarray, *, wavelet: str = "db1", level: int = 2,

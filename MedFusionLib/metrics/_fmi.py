@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+from scipy.fft import dctn
 
+from .. import optional
 from ..errors import InvalidInputError, UnknownOptionError
 from ._common import Triplet, prepare
+
+pywt = optional.lazy("pywt", what="metric FMI_w (wavelet features)")
 
 __all__ = ["fmi", "fmi_pixel", "fmi_dct", "fmi_wavelet", "FMI_FEATURES"]
 
@@ -35,11 +39,9 @@ def _feature(x: np.ndarray, feature: str) -> np.ndarray:
     if feature == "gradient":  # MATLAB gradient(x) with one output: d/dx only (along columns)
         return np.gradient(x, axis=1)
     if feature == "dct":
-        from scipy.fft import dctn
         return dctn(x, type=2, norm="ortho")
     # 'wavelet': one level of the discrete Meyer wavelet, [cA cH; cV cD] rescaled to [0, 1].
     # PyWavelets' 'dmey' (62 taps) is not MATLAB's filter, so values differ from fmi.m.
-    import pywt
     ca, (ch, cv, cd) = pywt.dwt2(x, "dmey", mode="symmetric")
     return _rerange(np.block([[ca, ch], [cv, cd]]))
 

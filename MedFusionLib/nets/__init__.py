@@ -3,7 +3,8 @@
 - :mod:`.fusionnet`: :class:`FusionNet`, the review's CNN fusion network (imports torch).
 - :mod:`.weights`: the ``models/models.json`` registry, SHA-256 verified loading, saving.
 
-Importing this package does not import torch; ``FusionNet`` is loaded on first access.
+Importing this package does not import torch (:mod:`.fusionnet` does: import it where the
+network itself is needed, or reach it through :mod:`MedFusionLib.optional`).
 """
 
 from __future__ import annotations
@@ -20,14 +21,7 @@ from .weights import (
     pair_type,
 )
 
-__all__ = ["FusionNet", "WeightsError", "WeightsIntegrityError", "WeightsNotFoundError",
+__all__ = ["WeightsError", "WeightsIntegrityError", "WeightsNotFoundError",
            "default_model", "list_models", "load_model", "model_for_modalities", "models_dir",
            "pair_type"]
 
-
-def __getattr__(name):
-    if name == "FusionNet":
-        from .fusionnet import FusionNet
-
-        return FusionNet
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .losses import local_contrast
+
 __all__ = ["FusionNet", "FEATURE_RULES", "LEVELS", "unsharp_mask"]
 
 #: Fusion rules accepted by :meth:`FusionNet.forward`.
@@ -62,7 +64,6 @@ def unsharp_mask(x: torch.Tensor, *, sigma: float = 1.0, amount: float = 0.6) ->
     Tensor
         Same shape and dtype as ``x``, in [0, 1].
     """
-    from .losses import local_contrast
 
     return (x + amount * local_contrast(x, sigma)).clamp(0.0, 1.0)
 

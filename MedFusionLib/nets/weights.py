@@ -44,7 +44,13 @@ import sys
 import threading
 from pathlib import Path
 
+from .. import optional
 from ..errors import MedFusionError
+from ..options import look_up
+from ..outputs import atomic_output, write_text
+
+torch = optional.lazy("torch", what="the CNN")
+fusionnet = optional.lazy("MedFusionLib.nets.fusionnet", needs="torch", what="the CNN")
 
 __all__ = [
     "WeightsError", "WeightsNotFoundError", "WeightsIntegrityError",
@@ -201,8 +207,6 @@ def model_entry(name: str | os.PathLike | None = None,
             f"weights file {path} is not listed in {path.parent / REGISTRY_NAME}, so its SHA-256 "
             "cannot be verified; register it (medfusion train does this) before use."
         )
-    from ..methods import look_up
-
     reg = read_registry(folder)
     key = default_model(folder) if name in (None, "", "default") else look_up(
         str(name), reg["models"], what="model")
@@ -241,8 +245,6 @@ def load_checkpoint(path: str | os.PathLike, *, sha256: str | None) -> dict:
     WeightsIntegrityError
         If the digest differs, or the content is not a FusionNet checkpoint.
     """
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(
@@ -280,13 +282,11 @@ def load_checkpoint(path: str | os.PathLike, *, sha256: str | None) -> dict:
 
 def build_model(ckpt: dict):
     """Instantiate the network described by a checkpoint and load its weights (eval mode)."""
-    from .fusionnet import FusionNet
-
     config = dict(ckpt.get("config") or {})
     if "channels" in config:
         config["channels"] = tuple(config["channels"])
     try:
-        net = FusionNet(**config)
+        net = fusionnet.FusionNet(**config)
         net.load_state_dict(ckpt["state_dict"], strict=True)
     except (TypeError, RuntimeError, ValueError) as exc:
         raise WeightsIntegrityError(f"checkpoint does not fit FusionNet{config}: {exc}") from exc
@@ -319,8 +319,6 @@ def load_model(name: str | os.PathLike | None = None, *, device: str = "cpu",
     half : bool
         Cast the weights to float16 (CUDA only).
     """
-    import torch
-
     path, entry = model_entry(name, folder)
     try:
         st = path.stat()
@@ -351,8 +349,6 @@ def load_model(name: str | os.PathLike | None = None, *, device: str = "cpu",
 
 def save_checkpoint(net, path: str | os.PathLike, *, meta: dict | None = None) -> str:
     """Write ``net`` as a weights file (atomically) and return its SHA-256."""
-    import torch
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = {
@@ -367,8 +363,6 @@ def save_checkpoint(net, path: str | os.PathLike, *, meta: dict | None = None) -
     buf = io.BytesIO()
     torch.save(ckpt, buf)
     data = buf.getvalue()
-    from ..outputs import atomic_output
-
     with atomic_output(path) as tmp:  # a full disk: OutputError, nothing left behind
         tmp.write_bytes(data)
     return sha256_of(data)
@@ -400,7 +394,5 @@ def register_model(path: str | os.PathLike, *, name: str | None = None, sha256: 
     reg["models"][key] = entry
     if make_default or not reg.get("default") or reg["default"] not in reg["models"]:
         reg["default"] = key
-    from ..outputs import write_text
-
     write_text(reg_path, json.dumps(reg, indent=2, sort_keys=False) + "\n")
     return entry

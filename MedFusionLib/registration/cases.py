@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from ..functional_phantoms import colin_tissue_maps
 from .search import set_rotation
 
 __all__ = ["random_rigid", "rigid", "turned", "moved_copy", "ct_with_neck_and_couch", "brain_only",
@@ -154,7 +155,6 @@ def colin_t1_t2(path) -> tuple[sitk.Image, sitk.Image]:
     """The Colin27 brain-extracted T1 (``ch2bet.nii.gz``) and a SYNTHETIC T2-like volume on its
     grid: CSF bright (1000), grey matter 600, white matter 350, from the tissue classes of
     :func:`MedFusionLib.functional_phantoms.colin_tissue_maps` (k-means of the T1)."""
-    from ..functional_phantoms import colin_tissue_maps
 
     maps = colin_tissue_maps(path)
     t1 = sitk.Cast(sitk.ReadImage(str(path)), sitk.sitkFloat32)

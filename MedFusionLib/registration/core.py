@@ -33,7 +33,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..errors import InvalidInputError, RegistrationError
-from ..methods import look_up
+from ..options import look_up
 from ..progress import ProgressCallback, report
 from .geometry import flatten, linear_part, mean_distance, overlap_fraction
 from .optimise import Level, evaluate, execute, exhaustive, metric_method
