@@ -126,7 +126,8 @@ def align_pair(fixed: sitk.Image, moving: sitk.Image, *, registration: str | Non
 
     Parameters are those of :func:`fuse_images`; progress fractions run from 0 to 0.55. A
     low-confidence registration is logged as a one-line warning (or raised when
-    ``strict_registration``).
+    ``strict_registration``), and so is a moving image found turned far from the fixed image's
+    orientation (e.g. 180 degrees about A-P: often a header or positioning error).
 
     Raises
     ------

@@ -17,6 +17,7 @@ import SimpleITK as sitk
 from MedFusionLib.datasets import data_dir, sample_volumes
 from MedFusionLib.io import copy_geometry
 from MedFusionLib.normalize import normalize
+from MedFusionLib.pipeline import align_pair
 from MedFusionLib.registration import cases, register
 from MedFusionLib.registration.search import axis_aligned_orientations
 from MedFusionLib.registration.selfcheck import MIN_INFORMATION, assess, orientation, percent
@@ -176,6 +177,20 @@ def test_a_turned_pair_converges_with_high_confidence_and_reports_the_turn(vols,
     assert note and words in note
     d = result.to_dict()
     assert d["orientation"]["axis_aligned"] == words and words in d["orientation_note"]
+
+
+@pytest.mark.slow
+def test_align_pair_warns_that_the_moving_image_was_found_turned(vols, caplog):
+    """What `fuse` prints (the pipeline's warning) and what the metrics JSON holds."""
+    truth = cases.turned(_turn(1, 180), (3, -4, 5), (6, -8, 4))
+    moving = cases.moved_copy(vols["ct"], truth, spacing=(2.0, 2.0, 3.0))
+    with caplog.at_level("WARNING", logger="MedFusionLib.pipeline"):
+        aligned = align_pair(vols["mr"], moving, registration="rigid", fixed_modality="MR",
+                             moving_modality="CT", moving_name="ct.nii.gz", fixed_name="mr.nii.gz")
+    assert aligned.registration.confidence == "high", aligned.registration.confidence_reason
+    notes = [r.getMessage() for r in caplog.records if "rotated 180° about A–P" in r.getMessage()]
+    assert len(notes) == 1 and notes[0].startswith("ct.nii.gz onto mr.nii.gz")
+    assert "rotated 180° about A–P" in aligned.registration.to_dict()["orientation_note"]
 
 
 #: The issue's style: angles uniform in +-45 deg about each axis, shifts up to 90 mm (seeded).

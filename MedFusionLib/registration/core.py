@@ -7,13 +7,17 @@ Recipe:
    [:data:`FINEST_MM`, 3] mm in 3D (native spacing in 2D), never the input's full matrix.
    Foreground masks drop air, noise and objects apart from the patient (a CT couch); the metric
    samples the fixed foreground (plus a margin).
-2. **Start** (:mod:`.search`): foreground centres of mass, extra candidates for different
-   fields of view, an exhaustive rotation/translation grid at the coarsest level and local
-   optimisation of its best distinct poses; or the caller's initial transform.
+2. **Start** (:mod:`.search`): over all 24 axis-aligned orientations, foreground centres of
+   mass and extra candidates for different fields of view, an exhaustive rotation/translation
+   grid at the coarsest level and local optimisation of its best poses; or the caller's initial
+   transform.
 3. **Refinement**: regular-step gradient descent of a rigid (Euler) transform at the middle and
-   the finest level; ``affine`` continues from the rigid result; ``bspline`` adds a free-form
-   B-spline on top of the affine result.
-4. **Self-check** (:mod:`.selfcheck`): converged / confidence with the reason.
+   the finest level. When another optimum of the search beats the refined best one at the
+   coarse level, it is refined too and the better of the two goes on (:func:`_rechoose`), so the
+   result is never a pose that another start beat. ``affine`` continues from the rigid result;
+   ``bspline`` adds a free-form B-spline on top of the affine result.
+4. **Self-check** (:mod:`.selfcheck`): converged / confidence with the reason in words, and the
+   orientation found (e.g. "rotated 180° about A–P") when it is far from the fixed image's.
 
 Every ITK evaluation runs on one thread with REGULAR (seeded) sampling, so the same inputs and seed
 give the same transform whatever ITK's thread setting (:mod:`.optimise`).
@@ -99,9 +103,10 @@ class RegistrationResult:
     confidence_reason : str
         Why: the checks that failed, or the figures that support the result.
     checks : dict
-        The self-check's figures (runner-up ratio, sharpness, foreground overlap, ...), which are
-        of the rigid stage; for ``affine``/``bspline`` also ``departure_from_rigid_mm``, the mean
-        distance between where the result and the rigid result send the fixed foreground.
+        The self-check's figures (information, runner-up ratio, sharpness, foreground overlap,
+        ...), which are of the rigid stage; for ``affine``/``bspline`` also
+        ``departure_from_rigid_mm``, the mean distance between where the result and the rigid
+        result send the fixed foreground.
     start : str
         How the optimisation started: ``global search`` or ``initial transform``.
     orientation : dict

@@ -1,19 +1,26 @@
 """Where the rigid optimisation starts: centres of mass, field-of-view candidates, a global search.
 
-The local optimiser of :mod:`.register` converges from about 15 degrees and 20 mm away; real
-repositioning between two sessions and different fields of view bring more. The start is
-therefore found at the coarsest working level:
+The local optimiser of :mod:`.core` converges from about 15 degrees and 20 mm away; real
+repositioning between two sessions, different fields of view and scans in other orientations
+(head-first vs feet-first, prone vs supine, a flipped phantom or specimen) bring more. The start
+is therefore found at the coarsest working level, over every orientation:
 
-1. Translation candidates: the foreground centres of mass aligned; and, for the axes where
-   the two foregrounds' extents differ by more than :data:`FOV_DIFFERENCE_MM` (a CT with neck and
-   shoulders against a brain-only MR, a partial field of view), every combination of their
-   centres, low ends or high ends aligned along each of those axes.
-2. Around each candidate an exhaustive grid of translations (+-20 mm, 10 mm steps) is scored
-   with the metric (no optimisation; a thousand samples); about the best
-   :data:`TRANSLATION_BASES` distinct translations an exhaustive grid of rotations
-   (:data:`ROTATION_STEP_DEG` steps up to :data:`ROTATION_RANGE_DEG` about each axis) is scored.
-3. The best :data:`STARTS` distinct poses are each optimised locally at the coarse level; their
-   optima are returned best first (the self-check compares them).
+1. For each of the 24 :func:`axis_aligned_orientations` (identity first), translation candidates
+   for the fixed foreground turned that way: the foreground centres of mass aligned; and, for the
+   axes where the two foregrounds' extents differ by more than :data:`FOV_DIFFERENCE_MM` (a CT
+   with neck and shoulders against a brain-only MR, a partial field of view), every combination
+   of their centres, low ends or high ends aligned along each of them. The centres and the
+   candidate under which the two foregrounds agree best (Dice where both images have data,
+   :func:`_agreement`) are scored on a small translation grid (+-:data:`TRANSLATION_STEP_MM`).
+2. About the best translation, a grid of rotations (:data:`ORIENTATION_OFFSETS_DEG` about each
+   axis, applied before the orientation) is scored with the metric (no optimisation; a thousand
+   samples): 3,000 poses that come within 15 degrees of any rotation.
+3. The best :data:`STARTS` poses at least :data:`START_APART_MM` apart are each optimised locally
+   at the coarse level; their distinct optima are returned best first (the caller refines the
+   best, re-chooses if another one beats it, and the self-check compares them).
+
+Euler angles are computed by :func:`set_rotation`, not by ITK's ``SetMatrix``, which returns a
+different rotation at the gimbal lock (two of the 24 turns).
 """
 
 from __future__ import annotations
