@@ -111,8 +111,8 @@ def orientation(transform: sitk.Transform, dim: int) -> dict:
         ``rotation_deg``: the rotation's angle (deg, 0-180); ``axis_aligned``: the nearest
         axis-aligned turn in words (``"none"`` for the identity, else e.g. ``"180° about A–P"``);
         ``description``: for a turn other than the identity, a sentence for the user
-        (e.g. ``"rotated 180° about A–P (anterior → anterior, superior → inferior)"``), else
-        ``""``. Empty for a transform without a linear part.
+        (e.g. ``"rotated 180° about A–P (anterior stays anterior, superior points inferior)"``),
+        else ``""``. Empty for a transform without a linear part.
     """
     lin = _linear(transform, dim)
     if lin is None:
@@ -135,8 +135,9 @@ def orientation(transform: sitk.Transform, dim: int) -> dict:
     out["axis_aligned"] = words
     # fixed-image anatomical directions (LPS: anterior = -y, superior = +z) in the moving image
     dirs = [("anterior", -np.eye(dim)[1])] + ([("superior", np.eye(dim)[2])] if dim == 3 else [])
+    where = [(name, _direction(R @ d)) for name, d in dirs]
     out["description"] = f"rotated {words} (" + ", ".join(
-        f"{name} → {_direction(R @ d)}" for name, d in dirs) + ")"
+        f"{name} stays {name}" if name == to else f"{name} points {to}" for name, to in where) + ")"
     return out
 
 
