@@ -31,7 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .geometry import mean_distance
-from .optimise import Level, execute, exhaustive, metric_method
+from .optimise import Level, evaluate, execute, exhaustive, metric_method
 
 __all__ = ["rigid_transform", "set_rotation", "compose_rigid", "translation_candidates", "global_search", "local_rigid",
            "axis_aligned_orientations", "nearest_start", "ORIENTATION_OFFSETS_DEG", "STARTS"]
@@ -40,16 +40,27 @@ __all__ = ["rigid_transform", "set_rotation", "compose_rigid", "translation_cand
 #: axis-aligned orientations: 5 x 5 x 5 x 24 = 3000 rotations, every rotation within 15 degrees
 #: of one of them (a flip of 180 degrees, a head-first/feet-first or prone/supine pair included).
 ORIENTATION_OFFSETS_DEG = (-36.0, -18.0, 0.0, 18.0, 36.0)
-#: Translation offsets tried (+-1 step per axis) around each translation candidate when the
-#: fields of view differ.
+#: Translation offsets tried around each translation candidate: +-1 step per axis, and in the
+#: scans' own orientation (where moves of +-45 degrees and 90 mm are searched) +-2 steps around
+#: every candidate, with the rotations searched about the best IDENTITY_BASES distinct ones.
 TRANSLATION_STEP_MM = 12.0
+IDENTITY_TRANSLATION_STEPS = 2
+IDENTITY_BASES = 2
 FOV_DIFFERENCE_MM = 45.0
 
+#: In the scans' own orientation the rotation grid is finer and wider: IDENTITY_STEP_DEG steps
+#: up to IDENTITY_RANGE_DEG about each axis (the moves within +-45 degrees that the README
+#: promises), and its best IDENTITY_STARTS distinct poses are always optimised.
+IDENTITY_RANGE_DEG = 45.0
+IDENTITY_STEP_DEG = 15.0
+IDENTITY_STARTS = 3
 #: Grid poses optimised at the coarse level: the best ones at least START_APART_MM apart (mean
 #: distance over the fixed foreground), so that they are of different basins, not neighbours
 #: in the best one's.
-STARTS = 6
+STARTS = 4
 START_APART_MM = 20.0
+#: Best distinct grid poses scored again with COARSE_SAMPLES before the starts are chosen.
+RESCORE = 24
 #: Iterations of each start's optimisation (most stop on their step size well before).
 START_ITERATIONS = 80
 #: Poses closer than this (mean distance over the fixed foreground, mm) count as the same.
@@ -311,6 +322,9 @@ def global_search(level: Level, centre, fixed_pts: np.ndarray, moving_pts: np.nd
     k = len(ORIENTATION_OFFSETS_DEG) // 2
     step = float(np.radians(ORIENTATION_OFFSETS_DEG[1] - ORIENTATION_OFFSETS_DEG[0]))
     r_steps, r_scales = [k] * n_rot + [0] * dim, [step] * n_rot + [1.0] * dim
+    k0 = int(round(IDENTITY_RANGE_DEG / IDENTITY_STEP_DEG))
+    r0_steps = [k0] * n_rot + [0] * dim
+    r0_scales = [float(np.radians(IDENTITY_STEP_DEG))] * n_rot + [1.0] * dim
     t_steps, t_scales = [0] * n_rot + [1] * dim, [1.0] * n_rot + [TRANSLATION_STEP_MM] * dim
     identity = rigid_transform(dim, centre)
     inner: dict[tuple, np.ndarray] = {}  # grid parameters -> rotation matrix about the centre
@@ -323,30 +337,58 @@ def global_search(level: Level, centre, fixed_pts: np.ndarray, moving_pts: np.nd
         stage = f"global search: orientation {i + 1}/{len(orientations)}"
         turned = (sub - centre) @ O.T + centre
         cands = translation_candidates(turned, moving_pts)
-        if len(cands) > 1:  # the centres, and the candidate under which the foregrounds agree best
+        thorough = i == 0  # the scans' own orientation: every candidate, a wider grid, two bases
+        if len(cands) > 1 and not thorough:
+            # the centres, and the candidate under which the foregrounds agree best
             on_grid = (grid_pts - centre) @ O.T + centre
             scores = _agreement(on_grid[None] + np.asarray(cands)[:, None], grid_labels, moving_fg)
             best = int(np.argmax(scores))
             cands = [cands[0]] + ([cands[best]] if best > 0 else [])
+        steps = list(t_steps) if not thorough else [0] * n_rot + [IDENTITY_TRANSLATION_STEPS] * dim
         shifts = []
         for t in cands:
-            scored = exhaustive(level, identity, t_steps, t_scales, samples=GRID_SAMPLES,
+            scored = exhaustive(level, identity, steps, t_scales, samples=GRID_SAMPLES,
                                 seed=seed, progress=progress, stage=stage,
                                 moving_initial=_rigid_pose(dim, centre, O, t))
             # a translation d before the turn is a translation O d after it
-            shifts += [(v, t + O @ np.asarray(p[n_rot:])) for v, p in scored[:1]]
-        shift = min(shifts, key=lambda vt: vt[0])[1] if shifts else cands[0]
-        base = _rigid_pose(dim, centre, O, shift)
-        grid = exhaustive(level, identity, r_steps, r_scales, samples=GRID_SAMPLES, seed=seed,
-                          progress=progress, stage=stage, moving_initial=base)
-        for value, params in grid:
-            key = tuple(np.round(params, 9))
-            if key not in inner:
-                inner[key] = np.asarray(rigid_transform(dim, centre, params).GetMatrix()).reshape(dim, dim)
-            A = O @ inner[key]
-            poses.append((value, A, centre + np.asarray(shift) - A @ centre))
+            shifts += [(v, t + O @ np.asarray(p[n_rot:])) for v, p in scored[: IDENTITY_BASES if thorough else 1]]
+        shifts.sort(key=lambda vt: vt[0])
+        bases: list[np.ndarray] = []
+        for _, t in shifts:
+            if all(np.linalg.norm(t - b) > 2 * TRANSLATION_STEP_MM for b in bases):
+                bases.append(t)
+            if len(bases) == (IDENTITY_BASES if thorough else 1):
+                break
+        for shift in bases or [cands[0]]:
+            grid = exhaustive(level, identity, r0_steps if thorough else r_steps,
+                              r0_scales if thorough else r_scales, samples=GRID_SAMPLES,
+                              seed=seed, progress=progress, stage=stage,
+                              moving_initial=_rigid_pose(dim, centre, O, shift))
+            for value, params in grid:
+                key = tuple(np.round(params, 9))
+                if key not in inner:
+                    inner[key] = np.asarray(rigid_transform(dim, centre, params).GetMatrix()).reshape(dim, dim)
+                A = O @ inner[key]
+                poses.append((value, A, centre + np.asarray(shift) - A @ centre))
+        if thorough:
+            own = sorted(poses, key=lambda p: p[0])
     poses.sort(key=lambda p: p[0])
-    picked = [poses[i] for i in _distinct(poses, points, STARTS, START_APART_MM)]
+    # the grid's few samples flatter poses where little of the fixed anatomy lands on the moving
+    # image (fewer valid samples: a biased mutual information); the best distinct ones are
+    # scored again with the coarse optimisation's samples before the starts are chosen
+    R = metric_method(level, COARSE_SAMPLES, seed)
+    rescored = []
+    for i in _distinct(poses, points, RESCORE, DISTINCT_MM):
+        _, A, b = poses[i]
+        rescored.append((evaluate(R, level, _rigid_pose(dim, centre, A, A @ centre + b - centre)), A, b))
+    rescored.sort(key=lambda p: p[0])
+    picked = [rescored[i] for i in _distinct(rescored, points, STARTS, START_APART_MM)]
+    # and the best poses in the scans' own orientation, whatever the other orientations scored
+    for i in _distinct(own, points, IDENTITY_STARTS, DISTINCT_MM):
+        _, A, b = own[i]
+        if all(np.linalg.norm(points @ (A - P[1]).T + (b - P[2]), axis=1).mean() > DISTINCT_MM
+               for P in picked):
+            picked.append(own[i])
     optima = []
     for i, (_, A, b) in enumerate(picked):
         cand = _rigid_pose(dim, centre, A, A @ centre + b - centre)
