@@ -14,10 +14,17 @@ is therefore found at the coarsest working level, over every orientation:
    :func:`_agreement`) are scored on a small translation grid (+-:data:`TRANSLATION_STEP_MM`).
 2. About the best translation, a grid of rotations (:data:`ORIENTATION_OFFSETS_DEG` about each
    axis, applied before the orientation) is scored with the metric (no optimisation; a thousand
-   samples): 3,000 poses that come within 15 degrees of any rotation.
-3. The best :data:`STARTS` poses at least :data:`START_APART_MM` apart are each optimised locally
-   at the coarse level; their distinct optima are returned best first (the caller refines the
-   best, re-chooses if another one beats it, and the self-check compares them).
+   samples): 3,000 poses that come within 15 degrees of any rotation. In the scans' own
+   orientation (identity), where moves of +-45 degrees and 90 mm are expected, every candidate
+   gets a wider translation grid and the rotations are searched more finely
+   (:data:`IDENTITY_STEP_DEG` steps to :data:`IDENTITY_RANGE_DEG`) about the best
+   :data:`IDENTITY_BASES` distinct translations.
+3. The best :data:`RESCORE` distinct poses are scored again with more samples (a thousand samples
+   flatter poses where little of the fixed anatomy lands on the moving image); the best
+   :data:`STARTS` of them at least :data:`START_APART_MM` apart, and the best
+   :data:`IDENTITY_STARTS` of the identity's grid, are each optimised locally at the coarse
+   level; their distinct optima are returned best first (the caller refines the best,
+   re-chooses if another one beats it, and the self-check compares them).
 
 Euler angles are computed by :func:`set_rotation`, not by ITK's ``SetMatrix``, which returns a
 different rotation at the gimbal lock (two of the 24 turns).
@@ -291,12 +298,10 @@ def global_search(level: Level, centre, fixed_pts: np.ndarray, moving_pts: np.nd
                   moving_fg: tuple[np.ndarray, sitk.Image]) -> list[tuple[float, sitk.Transform]]:
     """Coarse-level optima from the best distinct poses of a grid over all orientations.
 
-    For each of the :func:`axis_aligned_orientations` (identity first) the translation candidates
-    of :func:`translation_candidates` are computed for the fixed foreground turned that way and
-    scored on a small translation grid (when there are several, or when the centres of mass may
-    not coincide); about the best one a grid of rotations (:data:`ORIENTATION_OFFSETS_DEG` about
-    each axis, applied before the orientation) is scored. The best :data:`STARTS` distinct poses
-    of all orientations are optimised locally at this level.
+    Steps 1-3 of the module's description: for each of the :func:`axis_aligned_orientations`
+    (identity first) the translation candidates for the fixed foreground turned that way, a
+    translation grid about them and a rotation grid about the best; the best poses re-scored;
+    the starts optimised locally at this level.
 
     Parameters
     ----------
