@@ -127,7 +127,8 @@ def align_pair(fixed: sitk.Image, moving: sitk.Image, *, registration: str | Non
 
     Parameters are those of :func:`fuse_images`; progress fractions run from 0 to 0.55. A
     low-confidence registration is logged as a one-line warning (or raised when
-    ``strict_registration``).
+    ``strict_registration``), and so is a moving image found turned far from the fixed image's
+    orientation (e.g. 180 degrees about A-P: often a header or positioning error).
 
     Raises
     ------
@@ -182,6 +183,8 @@ def align_pair(fixed: sitk.Image, moving: sitk.Image, *, registration: str | Non
                                     f"trustworthy (low confidence: {reg.confidence_reason}); "
                                     "nothing was written (--strict-registration).")
         logger.warning("%s (%s onto %s)", reg.warning(), moving_name, fixed_name)
+    if reg.orientation_note():  # a flip between two scans: often a header or positioning error
+        logger.warning("%s onto %s: %s", moving_name, fixed_name, reg.orientation_note())
 
     if reg.mode == "none" and moving.GetSize() != fixed.GetSize():
         logger.warning("%s (%s) is resampled onto the grid of %s (%s) by physical position, "

@@ -64,7 +64,7 @@ CASES = {
                               dict(spacing=(2.0, 2.0, 3.0))),
     "anisotropic oblique 5 mm mr vs ct": ("ct", "mr", "MR", (-24, 17, 21), (33, -22, -28),
                                           dict(spacing=(1.0, 1.0, 5.0), direction=OBLIQUE)),
-    # beyond the 30 deg / 50 mm: the grid reaches 90 deg about each axis
+    # beyond the 30 deg / 50 mm: the search covers every orientation (#22)
     "ct-mr near 55 deg / 80 mm": ("mr", "ct", "CT", (-52, 48, 41), (-46, 50, 44), dict(spacing=(2.0, 2.0, 3.0))),
     "ct-mr 88 / 73 deg, gimbal lock of the Euler angles": ("mr", "ct", "CT", (88, 73, 13), (20, -25, 22),
                                                          dict(spacing=(2.0, 2.0, 3.0))),

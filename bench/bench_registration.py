@@ -1,13 +1,20 @@
 """Benchmark: registration capture range, accuracy and speed.
 
-1. Capture range: seeded random rigid transforms (angles about each axis and translation length
-   drawn inside each band of the table) applied to 3D pairs built from the shipped data: MNI T1
-   against the synthetic CT and PET, the Colin27 T1 against a T2-like contrast from its tissue
-   classes (when ``make data`` fetched it), a brain-only MR against a CT with neck, shoulders and
-   couch, and a CT against an MR of anisotropic oblique 0.5 x 0.5 x 5 mm slices. Success: mean
-   target error over brain points < 0.5 mm. Prints rotation band x translation band -> success
-   rate, mean / max TRE, seconds, and how often the self-check's confidence agreed.
-2. Speed: rigid and affine registration of a 256^3 1 mm MR pair (T1 against a T2-like contrast)
+Pairs built from the shipped data (3D, 1 mm): MNI T1 against the synthetic CT and PET, the
+Colin27 T1 (a different subject) against a T2-like contrast from its tissue classes (when
+``make data`` fetched it), a brain-only MR against a CT with neck, shoulders and couch, and a CT
+against an MR of anisotropic oblique 0.5 x 0.5 x 5 mm slices. Success: mean target error over
+brain points < 0.5 mm.
+
+1. Orientations: each of the 24 axis-aligned orientations (90/180 degree turns about each axis
+   and their compositions) with a seeded small offset (+-8 degrees, +-15 mm), per pair.
+2. Random moves: a seeded set of angles uniform in +-45 degrees about each axis and shifts up to
+   90 mm (``--moves`` per pair, default 40), per pair.
+   Both print per pair: success rate, mean / max TRE, CPU seconds, and whether every failure
+   was flagged low-confidence.
+3. ``--bands``: rotation band x translation band -> success rate, mean / max TRE, seconds, and
+   how often the self-check's confidence agreed (``--per-cell`` transforms per cell).
+4. Speed: rigid and affine registration of a 256^3 1 mm MR pair (T1 against a T2-like contrast)
    and of a 512 x 512 x 400 CT (with neck and couch) against an MR, global search included.
 
 Times are of :func:`MedFusionLib.registration.register` on the normalised images (what
@@ -15,7 +22,8 @@ Times are of :func:`MedFusionLib.registration.register` on the normalised images
 process used (registration runs ITK on one thread, so on an idle machine wall time is close to
 the CPU time). The machine may be shared: the load average is printed with the figures.
 
-    python bench/bench_registration.py [--per-cell N] [--seed S] [--no-capture] [--no-speed]
+    python bench/bench_registration.py [--moves N] [--pairs A,B] [--bands [--per-cell N]]
+                                       [--seed S] [--no-orientations] [--no-moves] [--no-speed]
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from MedFusionLib.datasets import data_dir, sample_volumes  # noqa: E402
 from MedFusionLib.io import copy_geometry  # noqa: E402
 from MedFusionLib.normalize import normalize  # noqa: E402
 from MedFusionLib.registration import cases, register  # noqa: E402
+from MedFusionLib.registration.search import axis_aligned_orientations  # noqa: E402
 
 ROTATION_BANDS = ((0, 10), (10, 20), (20, 30), (30, 45), (45, 60), (60, 90))
 TRANSLATION_BANDS = ((0, 25), (25, 50), (50, 90))
@@ -83,9 +92,7 @@ def _pairs(vols):
     return pairs, points
 
 
-def capture(per_cell: int, seed: int) -> None:
-    vols = sample_volumes()
-    pairs, points = _pairs(vols)
+def capture(pairs, points, per_cell: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     rows = []
     print(f"\n== capture range: {len(pairs)} pairs x {len(ROTATION_BANDS) * len(TRANSLATION_BANDS)} "
@@ -126,6 +133,71 @@ def capture(per_cell: int, seed: int) -> None:
           f"{max(r[4] for r in rows):.2f} | {np.mean([r[5] for r in rows]):.1f} "
           f"({max(r[5] for r in rows):.1f}) | {np.mean([r[7] for r in rows]):.1f} | "
           f"{sum((r[3] < SUCCESS_MM) == (r[6] == 'high') for r in rows)}/{len(rows)} |")
+
+
+def _run(make, truth, points):
+    """Register the pair ``make(truth)``: (mean TRE, max TRE, CPU s, result)."""
+    fixed, moving = make(truth)
+    c0 = time.process_time()
+    r = register(fixed, moving, mode="rigid")
+    cpu = time.process_time() - c0
+    mean, worst = cases.tre(r.transform, truth, points)
+    return mean, worst, cpu, r
+
+
+def _summary(title: str, rows: dict) -> None:
+    """A table per pair: n, success rate, mean/max TRE, CPU s, failures flagged, high but wrong."""
+    print(f"\n{title} (load average {' '.join(f'{v:.2f}' for v in os.getloadavg())})")
+    print("| pair | n | success (TRE < 0.5 mm) | mean TRE (mm) | max TRE (mm) | CPU s mean (max) | "
+          "failures flagged low | high confidence but wrong |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, rr in rows.items():
+        ok = [r[0] < SUCCESS_MM for r in rr]
+        fails = [r for r in rr if r[0] >= SUCCESS_MM]
+        flagged = sum(r[3] == "low" for r in fails)
+        wrong_high = sum(r[3] == "high" for r in fails)
+        print(f"| {name} | {len(rr)} | {100 * np.mean(ok):.0f}% | {np.mean([r[0] for r in rr]):.2f} | "
+              f"{max(r[1] for r in rr):.2f} | {np.mean([r[2] for r in rr]):.1f} "
+              f"({max(r[2] for r in rr):.1f}) | {flagged}/{len(fails)} | {wrong_high} |", flush=True)
+
+
+def orientations(pairs, points, seed: int) -> None:
+    """Every axis-aligned orientation with a small seeded offset, per pair."""
+    mats = axis_aligned_orientations(3)
+    print(f"\n== orientations: {len(pairs)} pairs x {len(mats)} axis-aligned turns, each with "
+          f"+-8 deg / +-15 mm (seed {seed})")
+    rows = {}
+    for name, make in pairs.items():
+        rng = np.random.default_rng(seed)
+        rows[name] = []
+        for k, O in enumerate(mats):
+            truth = cases.turned(O, rng.uniform(-8, 8, 3), rng.uniform(-15, 15, 3))
+            mean, worst, cpu, r = _run(make, truth, points[name])
+            rows[name].append((mean, worst, cpu, r.confidence))
+            print(f"{name:32s} turn {k:2d} {r.orientation.get('axis_aligned', ''):32s} "
+                  f"TRE {mean:6.2f}/{worst:6.2f} CPU {cpu:4.1f} {r.confidence}"
+                  + ("" if r.converged else f" ({r.confidence_reason})"), flush=True)
+    _summary("| 24 orientations, per pair", rows)
+
+
+def random_moves(pairs, points, n: int, seed: int) -> None:
+    """``n`` seeded moves within +-45 deg per axis and 90 mm, per pair."""
+    print(f"\n== random moves: {len(pairs)} pairs x {n} moves, angles uniform in +-45 deg about "
+          f"each axis, shift uniform direction, length up to 90 mm (seed {seed})")
+    rows = {}
+    for name, make in pairs.items():
+        rng = np.random.default_rng(seed)
+        rows[name] = []
+        for _ in range(n):
+            d = rng.standard_normal(3)
+            truth = cases.rigid(rng.uniform(-45, 45, 3), d / np.linalg.norm(d) * rng.uniform(0, 90))
+            mean, worst, cpu, r = _run(make, truth, points[name])
+            rows[name].append((mean, worst, cpu, r.confidence))
+            print(f"{name:32s} {np.array2string(np.degrees(truth.GetParameters()[:3]), precision=1):>22s} "
+                  f"{np.linalg.norm(truth.GetTranslation()):5.1f} mm TRE {mean:6.2f}/{worst:6.2f} "
+                  f"CPU {cpu:4.1f} {r.confidence}" + ("" if r.converged else f" ({r.confidence_reason})"),
+                  flush=True)
+    _summary("| +-45 deg / 90 mm moves, per pair", rows)
 
 
 def _on_grid(image, size, spacing, background):
@@ -169,17 +241,31 @@ def speed() -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--per-cell", type=int, default=1, help="transforms per pair and table cell (default 1)")
+    ap.add_argument("--moves", type=int, default=40, help="random moves per pair (default 40)")
+    ap.add_argument("--pairs", default=None, help="comma-separated pair names (default: all)")
+    ap.add_argument("--bands", action="store_true", help="also the rotation x translation band table")
+    ap.add_argument("--per-cell", type=int, default=1, help="--bands: transforms per pair and cell")
     ap.add_argument("--seed", type=int, default=12)
-    ap.add_argument("--no-capture", action="store_true")
+    ap.add_argument("--no-orientations", action="store_true")
+    ap.add_argument("--no-moves", action="store_true")
     ap.add_argument("--no-speed", action="store_true")
     args = ap.parse_args()
     print(f"ITK threads (global default): {sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()}, "
           f"CPUs: {os.cpu_count()}")
     if not args.no_speed:
         speed()
-    if not args.no_capture:
-        capture(args.per_cell, args.seed)
+    if args.no_orientations and args.no_moves and not args.bands:
+        return 0
+    pairs, points = _pairs(sample_volumes())
+    if args.pairs:
+        keep = [p.strip() for p in args.pairs.split(",")]
+        pairs = {k: v for k, v in pairs.items() if k in keep}
+    if not args.no_orientations:
+        orientations(pairs, points, args.seed)
+    if not args.no_moves:
+        random_moves(pairs, points, args.moves, args.seed)
+    if args.bands:
+        capture(pairs, points, args.per_cell, args.seed)
     return 0
 
 

@@ -16,8 +16,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..functional_phantoms import colin_tissue_maps
+from .search import set_rotation
 
-__all__ = ["random_rigid", "rigid", "moved_copy", "ct_with_neck_and_couch", "brain_only",
+__all__ = ["random_rigid", "rigid", "turned", "moved_copy", "ct_with_neck_and_couch", "brain_only",
            "colin_t1_t2", "tre", "brain_points"]
 
 
@@ -38,6 +39,19 @@ def rigid(angles_deg, shift_mm, centre=(0.0, -18.0, 18.0)) -> sitk.Euler3DTransf
     tx = sitk.Euler3DTransform()
     tx.SetCenter(tuple(float(c) for c in centre))
     tx.SetRotation(*np.radians(angles_deg))
+    tx.SetTranslation(tuple(float(s) for s in shift_mm))
+    return tx
+
+
+def turned(matrix, angles_deg=(0.0, 0.0, 0.0), shift_mm=(0.0, 0.0, 0.0),
+           centre=(0.0, -18.0, 18.0)) -> sitk.Euler3DTransform:
+    """The rigid transform ``rigid(angles_deg, shift_mm)`` after the turn ``matrix`` (3 x 3,
+    orthonormal; e.g. one of :func:`..search.axis_aligned_orientations`), both about ``centre``:
+    points x -> R_small (matrix (x - c)) + c + shift."""
+    small = rigid(angles_deg, shift_mm, centre)
+    R = np.asarray(small.GetMatrix()).reshape(3, 3) @ np.asarray(matrix, float).reshape(3, 3)
+    tx = set_rotation(sitk.Euler3DTransform(), R)
+    tx.SetCenter(tuple(float(c) for c in centre))
     tx.SetTranslation(tuple(float(s) for s in shift_mm))
     return tx
 

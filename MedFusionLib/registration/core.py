@@ -7,13 +7,17 @@ Recipe:
    [:data:`FINEST_MM`, 3] mm in 3D (native spacing in 2D), never the input's full matrix.
    Foreground masks drop air, noise and objects apart from the patient (a CT couch); the metric
    samples the fixed foreground (plus a margin).
-2. **Start** (:mod:`.search`): foreground centres of mass, extra candidates for different
-   fields of view, an exhaustive rotation/translation grid at the coarsest level and local
-   optimisation of its best distinct poses; or the caller's initial transform.
+2. **Start** (:mod:`.search`): over all 24 axis-aligned orientations, foreground centres of
+   mass and extra candidates for different fields of view, an exhaustive rotation/translation
+   grid at the coarsest level and local optimisation of its best poses; or the caller's initial
+   transform.
 3. **Refinement**: regular-step gradient descent of a rigid (Euler) transform at the middle and
-   the finest level; ``affine`` continues from the rigid result; ``bspline`` adds a free-form
-   B-spline on top of the affine result.
-4. **Self-check** (:mod:`.selfcheck`): converged / confidence with the reason.
+   the finest level. When another optimum of the search beats the refined best one at the
+   coarse level, it is refined too and the better of the two goes on (:func:`_rechoose`), so the
+   result is never a pose that another start beat. ``affine`` continues from the rigid result;
+   ``bspline`` adds a free-form B-spline on top of the affine result.
+4. **Self-check** (:mod:`.selfcheck`): converged / confidence with the reason in words, and the
+   orientation found (e.g. "rotated 180° about A–P") when it is far from the fixed image's.
 
 Every ITK evaluation runs on one thread with REGULAR (seeded) sampling, so the same inputs and seed
 give the same transform whatever ITK's thread setting (:mod:`.optimise`).
@@ -37,9 +41,9 @@ from ..options import look_up
 from ..progress import ProgressCallback, report
 from .geometry import flatten, linear_part, mean_distance, overlap_fraction
 from .optimise import Level, evaluate, execute, exhaustive, metric_method
-from .search import (COARSE_SAMPLES, global_search, local_rigid, rigid_transform,
-                     translation_candidates)
-from .selfcheck import PROBE_DEG, PROBE_MM, assess
+from .search import (COARSE_SAMPLES, global_search, local_rigid, nearest_start, rigid_transform,
+                     set_rotation, translation_candidates)
+from .selfcheck import PROBE_DEG, PROBE_MM, assess, orientation
 from .working import foreground_mask, label_mask, mask_points, working_image
 
 __all__ = ["REGISTRATION_MODES", "RegistrationResult", "register", "default_mode"]
@@ -59,6 +63,17 @@ PROBE_SAMPLES = 10000
 
 #: First step (mm) of the affine refinement, which starts from the rigid result.
 AFFINE_STEP = 0.5
+
+#: Gaussian smoothing (sigma, in voxels of the level) of the coarse levels.
+COARSE_SIGMA = 0.5
+
+#: Iterations of the rigid refinement on each finer level, and how many times it is restarted
+#: when it runs out of them still moving by more than a voxel.
+REFINE_ITERATIONS = 150
+REFINE_ROUNDS = 3
+
+#: Rivals that beat the search's best after its refinement and are refined in turn (re-choice).
+RECHOOSE = 2
 
 
 @dataclass
@@ -88,11 +103,17 @@ class RegistrationResult:
     confidence_reason : str
         Why: the checks that failed, or the figures that support the result.
     checks : dict
-        The self-check's figures (runner-up ratio, sharpness, foreground overlap, ...), which are
-        of the rigid stage; for ``affine``/``bspline`` also ``departure_from_rigid_mm``, the mean
-        distance between where the result and the rigid result send the fixed foreground.
+        The self-check's figures (information, runner-up ratio, sharpness, foreground overlap,
+        ...), which are of the rigid stage; for ``affine``/``bspline`` also
+        ``departure_from_rigid_mm``, the mean distance between where the result and the rigid
+        result send the fixed foreground.
     start : str
         How the optimisation started: ``global search`` or ``initial transform``.
+    orientation : dict
+        How the moving image's anatomy lies turned relative to the fixed image's (of the rigid
+        result): ``rotation_deg``, ``axis_aligned`` (the nearest axis-aligned turn in words,
+        ``"none"`` near the identity) and ``description`` (see
+        :func:`MedFusionLib.registration.selfcheck.orientation`); empty for ``none``.
     """
 
     transform: sitk.Transform
@@ -107,15 +128,28 @@ class RegistrationResult:
     confidence_reason: str = ""
     checks: dict = field(default_factory=dict)
     start: str = ""
+    orientation: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"mode": self.mode, "converged": self.converged, "confidence": self.confidence,
                 "confidence_reason": self.confidence_reason, "checks": self.checks,
-                "start": self.start, "metric_value": self.metric_value,
+                "start": self.start, "orientation": self.orientation,
+                "orientation_note": self.orientation_note() or "",
+                "metric_value": self.metric_value,
                 "iterations": self.iterations, "stop_reason": self.stop_reason,
                 "overlap": self.overlap, "seconds": self.seconds,
                 "transform_parameters": list(self.transform.GetParameters())
                 if self.transform.GetNumberOfParameters() < 100 else "(bspline, see .tfm)"}
+
+    def orientation_note(self) -> str | None:
+        """A sentence when the moving image was found turned far from the fixed image's
+        orientation (nearest axis-aligned turn not the identity), else None: such a turn often
+        means a header or positioning error (head-first vs feet-first, prone vs supine)."""
+        words = self.orientation.get("description") if self.orientation else ""
+        if not words:
+            return None
+        return (f"the moving image was found {words} relative to the fixed image; check the "
+                "scans' orientation and positioning if that is not expected")
 
     def warning(self) -> str | None:
         """A one-line warning when the result is not trustworthy, else None."""
@@ -189,8 +223,8 @@ def _pyramid(f: sitk.Image, m: sitk.Image, fixed_mask, moving_mask, names):
         mw = m_mid if s == mid else working_image(m_mid, s)
         if s > mid and min(fw.GetSize()) >= 4 and min(mw.GetSize()) >= 4:
             # coarse levels: also smooth, to widen the capture range
-            fw = sitk.SmoothingRecursiveGaussian(fw, s / 2.0)
-            mw = sitk.SmoothingRecursiveGaussian(mw, s / 2.0)
+            fw = sitk.SmoothingRecursiveGaussian(fw, COARSE_SIGMA * s)
+            mw = sitk.SmoothingRecursiveGaussian(mw, COARSE_SIGMA * s)
         levels.append(_make_level(s, fw, mw, keep, fixed_mask, moving_mask))
     return levels, fg, keep, spacings
 
@@ -356,8 +390,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, mode: str | None = None, 
         lin = linear_part(initial_transform, dim)
         if lin is not None and abs(np.linalg.det(lin[0]) - 1) < 1e-3 and np.allclose(
                 lin[0] @ lin[0].T, np.eye(dim), atol=1e-3):
-            start = rigid_transform(dim, centre)
-            start.SetMatrix(tuple(lin[0].ravel()))
+            start = set_rotation(rigid_transform(dim, centre), lin[0])
             start.SetTranslation(tuple(lin[0] @ centre + lin[1] - centre))
         else:
             base = initial_transform
@@ -373,14 +406,15 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, mode: str | None = None, 
                 f"{moving_name} and {fixed_name} do not overlap after centring; they may be of "
                 "different body parts.")
         report(progress, 0.05, "registration: global search over rotations")
-        optima = global_search(levels[0], centre, cands, probe_pts, seed=seed, progress=progress)
+        optima = global_search(levels[0], centre, f_pts, m_pts, probe_pts, seed=seed,
+                               progress=progress, fixed_fg=fg["fixed"],
+                               moving_fg=fg["moving"])
         if not optima:
             raise RegistrationError(
                 f"{moving_name} and {fixed_name} do not overlap after centring; they may be of "
                 "different body parts.")
         best = optima[0][1]
         start_kind = "global search"
-        starts = [rigid_transform(dim, centre, [0.0] * (1 if dim == 2 else 3) + list(t)) for t in cands]
 
     rigid_levels = levels[1:] if optima is not None else list(levels)
     if not rigid_levels and len(spacings) == 1:
@@ -388,13 +422,33 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, mode: str | None = None, 
     trace, R_last = [], None
 
     def _refine(lv, best, samples, step):
-        return local_rigid(lv, best, samples=samples, seed=seed, step=step, min_step=0.002,
-                           iterations=150, progress=progress, stage=f"rigid {lv.spacing:g} mm",
-                           moving_initial=base)
+        """Gradient descent on ``lv``; restarted with a fresh step from where it got to when it
+        ran out of iterations still moving (a start far from the optimum crawls once its step
+        has shrunk), at most :data:`REFINE_ROUNDS` times."""
+        for _ in range(REFINE_ROUNDS):
+            out = local_rigid(lv, best, samples=samples, seed=seed, step=step, min_step=0.002,
+                              iterations=REFINE_ITERATIONS, progress=progress,
+                              stage=f"rigid {lv.spacing:g} mm", moving_initial=base)
+            moved = mean_distance(out[0], best, probe_pts)
+            best = out[0]
+            if ("Maximum number of iterations" not in out[2].GetOptimizerStopConditionDescription()
+                    or moved < lv.spacing):
+                break
+        return out
 
-    for lv in rigid_levels:
-        report(progress, 0.3, f"rigid registration at {lv.spacing:g} mm")
-        best, _, R_last, trace = _refine(lv, best, MIDDLE_SAMPLES, lv.spacing)
+    def _through(levels_, start):
+        """``start`` refined on each of ``levels_``: (transform, method, trace)."""
+        R, tr = None, []
+        for lv in levels_:
+            report(progress, 0.3, f"rigid registration at {lv.spacing:g} mm")
+            start, _, R, tr = _refine(lv, start, MIDDLE_SAMPLES, lv.spacing)
+        return start, R, tr
+
+    best, R_last, trace = _through(rigid_levels, best)
+    rivals = None
+    if optima is not None:
+        best, R_last, trace, rivals = _rechoose(best, R_last, trace, optima, levels[0],
+                                                rigid_levels, _through, probe_pts, seed)
     if len(spacings) > 1:
         report(progress, 0.5, f"rigid registration at {spacings[-1]:g} mm")
         rough = best if base is None else _composite(base, best)
@@ -434,17 +488,21 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, mode: str | None = None, 
         )
 
     report(progress, 0.9, "registration: self-check")
-    coarse_value = evaluate(metric_method(levels[0], COARSE_SAMPLES, seed), levels[0], best)
+    coarse = metric_method(levels[0], COARSE_SAMPLES, seed)
+    coarse_value = evaluate(coarse, levels[0], best)
+    if rivals is not None:  # those compared with the result at the coarse level: its final value
+        rivals = [(coarse_value if same_level else fv, rv, t) for fv, rv, t, same_level in rivals]
     mid = levels[len(levels) // 2] if len(levels) > 1 else levels[0]
     probe_base, probe_values = (None, None)
     if base is None:
         probe_base, probe_values = _probe(mid, best, seed)
-    if optima is not None:  # the edge of the search is measured from the nearest start
-        search_start = min(starts, key=lambda st: mean_distance(st, best, probe_pts))
-    check = assess(final_value=coarse_value, others=optima, transform=best,
+    if optima is not None:  # the edge of the search: from the nearest start of the same orientation
+        search_start = nearest_start(best, centre, f_pts, m_pts, probe_pts)
+    check = assess(final_value=coarse_value, rivals=rivals, transform=best,
                    probe_base=probe_base, probe_values=probe_values, points=probe_pts,
                    containment=_containment(fg, tx), trace=trace, start=search_start,
-                   dim=dim, stop_reason=R_last.GetOptimizerStopConditionDescription())
+                   dim=dim, stop_reason=R_last.GetOptimizerStopConditionDescription(),
+                   from_initial=optima is None)
     if mode != "rigid" and base is None:
         # how far the extra degrees of freedom moved the anatomy from the rigid result (the
         # checks above are of the rigid result)
@@ -455,10 +513,51 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, mode: str | None = None, 
         stop_reason=last.GetOptimizerStopConditionDescription(), overlap=ov,
         seconds=time.perf_counter() - t0, converged=check.converged,
         confidence=check.confidence, confidence_reason=check.reason, checks=check.checks,
-        start=start_kind)
+        start=start_kind, orientation=orientation(best if base is None else tx, dim))
+    note = result.orientation_note()
     report(progress, 1.0, f"{mode} registration done in {result.seconds:.1f} s "
-                          f"(confidence {result.confidence}: {result.confidence_reason})")
+                          f"(confidence {result.confidence}: {result.confidence_reason})"
+                          + (f"; {note}" if note else ""))
     return result
+
+
+def _rechoose(best, R_last, trace, optima, coarse_level, rigid_levels, through, points, seed):
+    """Never return a pose that another start beat.
+
+    ``best`` is the search's best start refined on ``rigid_levels``; the search's other optima
+    are rivals. A rival whose coarse-level value beats ``best``'s after that refinement (at most
+    :data:`RECHOOSE` of them, best first) is refined on the same levels and the two are compared
+    there; the better one goes on. The others keep their coarse-level values (they did not beat
+    the result there).
+
+    Returns
+    -------
+    best, R_last, trace
+        The pose that goes on, with its last optimiser and trace.
+    rivals : list of (result value or None, rival value, rival transform, on the coarse level)
+        What the self-check compares: for a rival on the coarse level the result's value is
+        filled in later (from the final pose).
+    """
+    R = metric_method(coarse_level, COARSE_SAMPLES, seed)
+    finest = rigid_levels[-1] if rigid_levels else coarse_level
+    F = metric_method(finest, MIDDLE_SAMPLES, seed)
+    value = evaluate(R, coarse_level, best)
+    compared, coarse_only = [], []
+    for v, t in optima[1:]:
+        if mean_distance(t, best, points) <= 2 * PROBE_MM:
+            continue
+        if v < value and len(compared) < RECHOOSE and rigid_levels:
+            refined, R_r, tr_r = through(rigid_levels, t)
+            compared.append((evaluate(F, finest, refined), refined, R_r, tr_r))
+        else:
+            coarse_only.append((v, t))
+    mine = evaluate(F, finest, best)
+    pool = [(mine, best, R_last, trace)] + compared
+    winner = min(range(len(pool)), key=lambda i: pool[i][0])
+    w_value, best, R_last, trace = pool[winner]
+    rivals = [(w_value, v, t, False) for i, (v, t, _, _) in enumerate(pool) if i != winner]
+    rivals += [(None, v, t, True) for v, t in coarse_only]
+    return best, R_last, trace, rivals
 
 
 def _composite(base: sitk.Transform, tx: sitk.Transform) -> sitk.Transform:

@@ -180,8 +180,12 @@ def evaluate(R: sitk.ImageRegistrationMethod, level: Level, transform: sitk.Tran
 
 
 def exhaustive(level: Level, start: sitk.Transform, steps, scales, *, samples: float, seed: int,
-               progress, stage: str) -> list[tuple[float, tuple]]:
+               progress, stage: str, moving_initial: sitk.Transform | None = None
+               ) -> list[tuple[float, tuple]]:
     """Metric values on the grid ``start +- k * scales`` (k = 0..steps per parameter).
+
+    ``moving_initial``, if given, is applied after the grid's transform (ITK's moving initial
+    transform: points x -> moving_initial(grid(x))); the parameters returned are the grid's.
 
     Returns
     -------
@@ -190,6 +194,8 @@ def exhaustive(level: Level, start: sitk.Transform, steps, scales, *, samples: f
     R = metric_method(level, samples, seed)
     R.SetOptimizerAsExhaustive(list(steps), stepLength=1.0)
     R.SetOptimizerScales(list(scales))
+    if moving_initial is not None:
+        R.SetMovingInitialTransform(moving_initial)
     R.SetInitialTransform(start, inPlace=False)
     values = []
     state = {}
