@@ -699,6 +699,9 @@ class MedFusionLogic(ScriptedLoadableModuleLogic):
         if registration.confidence == "low":
             text += " " + _("Check the alignment: the registration may have failed ({reason}).").format(
                 reason=registration.confidence_reason)
+        note = registration.orientation_note()
+        if note:  # e.g. head-first against feet-first: often a header or positioning error
+            text += " " + note
         return text
 
     @staticmethod

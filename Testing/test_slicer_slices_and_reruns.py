@@ -10,6 +10,7 @@ import slicer
 
 from MedFusionLib import slicer_bridge as sb
 from MedFusionLib.errors import InvalidInputError
+from MedFusionLib.slicer_bridge.testing import synthetic_head_pair
 from slicer_shim import mrml_scene  # noqa: F401  (fixture)
 
 
@@ -130,3 +131,19 @@ def test_lifting_a_2d_transform_keeps_the_normal_and_maps_the_plane():
     q2 = np.array(t2.TransformPoint(tuple(p2)))
     q3 = frame.origin + q2[0] * frame.u + q2[1] * frame.v + 5.0 * frame.normal
     np.testing.assert_allclose(lifted.TransformPoint(tuple(p3)), q3, atol=1e-9)
+
+
+def test_a_turned_moving_volume_is_named_in_the_final_status(mrml_scene):
+    """#22 through the bridge: a volume found turned 180 degrees about A-P (e.g. a positioning
+    or header error) is said in the last progress message, and the panel's status line."""
+    mr, ct, mr_ijk_to_ras, ct_ijk_to_ras, _ = synthetic_head_pair()
+    flip = np.diag([-1.0, 1.0, -1.0, 1.0])  # 180 degrees about the anterior-posterior axis
+    fixed = slicer.util.addVolumeFromArray(mr, ijkToRAS=mr_ijk_to_ras, name="MR")
+    moving = slicer.util.addVolumeFromArray(ct, ijkToRAS=flip @ ct_ijk_to_ras, name="CT")
+    messages = []
+    result = sb.fuse_nodes(fixed, moving, None, method="average", registration="rigid",
+                           fixed_modality="MR", moving_modality="CT",
+                           progress=lambda f, m: messages.append(m))
+    note = result.fusion.registration.orientation_note()
+    assert note and "180" in note and "A–P" in note
+    assert messages[-1].endswith(note)

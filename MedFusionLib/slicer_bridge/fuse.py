@@ -293,9 +293,11 @@ def write_result(request: FusionRequest, fusion, metrics: dict, directions: dict
         show_result(output, request.fixedVolume, contributionVolume=request.contributionVolume,
                     colourVolume=colour_node)
     seconds = time.perf_counter() - request.started
+    note = reg.orientation_note()
     report(progress, 1.0, f"Fusion completed in {seconds:.2f} seconds; {reg.mode} registration "
                           f"confidence {reg.confidence}"
-                          + (f" ({reg.confidence_reason})" if reg.confidence == "low" else ""))
+                          + (f" ({reg.confidence_reason})" if reg.confidence == "low" else "")
+                          + (f"; {note}" if note else ""))
     return NodeFusionResult(fusion=fusion, metrics=metrics, seconds=seconds, outputVolume=output,
                             colourVolume=colour_node)
 
