@@ -15,6 +15,7 @@ import sys
 
 from . import __version__
 from .errors import CancelledError, MedFusionError
+from .threads import apply_threads
 
 __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        # torch, ITK and pools: --threads, else $MEDFUSION_THREADS, else the usable cores
+        apply_threads(getattr(args, "threads", None))
         return int(args._run(args) or 0)
     except CancelledError as exc:
         print(f"medfusion: cancelled: {exc}", file=sys.stderr)

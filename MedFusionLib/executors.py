@@ -25,7 +25,6 @@ more is started, and the interrupt propagates.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 import traceback
@@ -35,6 +34,7 @@ from typing import Callable, Iterable
 
 from .errors import CancelledError, InvalidInputError, MissingDependencyError
 from .job import PairRecord, PairSpec, package_versions, run_pair
+from .threads import apply_threads, available_cores
 
 __all__ = ["run_jobs", "pair_task", "local_threads", "RESOURCE"]
 
@@ -48,25 +48,11 @@ logger = logging.getLogger("MedFusionLib")
 
 
 def local_threads(workers: int, cores: int | None = None) -> int:
-    """Threads per worker so that ``workers x threads`` is the number of cores (at least 1)."""
+    """Threads per worker so that ``workers x threads`` is ``cores`` (default: the cores this
+    process may use, :func:`MedFusionLib.threads.available_cores`), at least 1."""
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        cores = available_cores()
     return max(1, int(cores or 1) // max(1, workers))
-
-
-def _set_threads(threads: int | None) -> None:
-    """Run torch and ITK with ``threads`` threads in this process (None: leave them)."""
-    if not threads:
-        return
-    import SimpleITK as sitk
-
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
-    try:
-        import torch
-    except ImportError:
-        return
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(int(threads))
 
 
 def _cancel_watch(event_name: str | None):
@@ -102,7 +88,8 @@ def pair_task(spec: PairSpec, threads: int | None = None, cancel_event: str | No
         from distributed import get_worker
 
         threads = get_worker().state.nthreads
-    _set_threads(threads)
+    if threads:
+        apply_threads(threads)
     try:
         return run_pair(spec, progress=_cancel_watch(cancel_event), errors="record")
     except CancelledError as exc:
@@ -119,7 +106,8 @@ def _failed(spec: PairSpec, error: str) -> PairRecord:
 
 
 def run_jobs(jobs: Iterable[tuple[int, PairSpec]], on_record: Callable[[int, PairRecord], None], *,
-             workers: int | None = None, scheduler: str | None = None, max_tries: int = 3) -> None:
+             workers: int | None = None, scheduler: str | None = None, max_tries: int = 3,
+             threads: int | None = None) -> None:
     """Run pair jobs and hand each finished record to ``on_record(key, record)``.
 
     Parameters
@@ -135,6 +123,10 @@ def run_jobs(jobs: Iterable[tuple[int, PairSpec]], on_record: Callable[[int, Pai
         Dask: a job whose worker died this many times is recorded as failed (applies to the
         scheduler this call starts; an existing scheduler uses its own
         ``distributed.scheduler.allowed-failures``).
+    threads : int, optional
+        ``workers``: the threads shared among the local workers (default: the usable cores).
+        In this process the caller's setting applies (:func:`MedFusionLib.threads.apply_threads`);
+        workers of an existing cluster use their own ``--nthreads``.
 
     Raises
     ------
@@ -167,7 +159,7 @@ def run_jobs(jobs: Iterable[tuple[int, PairSpec]], on_record: Callable[[int, Pai
         logging.getLogger(name).setLevel(logging.ERROR)
     with dask.config.set({"distributed.scheduler.allowed-failures": max_tries - 1}):
         if workers is not None:
-            threads = local_threads(workers)
+            threads = local_threads(workers, threads)
             with LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
                               dashboard_address=None, resources={RESOURCE: 1}) as cluster, \
                     Client(cluster) as client:

@@ -82,11 +82,14 @@ def build_study(cache: Path, pairs: list[str]) -> dict:
     from MedFusionLib.registration import cases
 
     stamp = cache / "version.json"
-    want = {"version": DATA_VERSION, "pairs": sorted(set(pairs) | {"ct-mr"})}
+    have = json.loads(stamp.read_text()) if stamp.is_file() else {}
     paths = {k: {"dicom": cache / f"{k}-dicom", "nifti": cache / f"{k}.nii"}
              for k in ("ct", "mr", "pet")}
-    if stamp.is_file() and json.loads(stamp.read_text()) == want:
+    if have.get("version") == DATA_VERSION and set(pairs) <= set(have.get("pairs", [])):
         return paths
+    pairs = sorted(set(pairs) | {"ct-mr"} | (set(have.get("pairs", []))
+                                            if have.get("version") == DATA_VERSION else set()))
+    want = {"version": DATA_VERSION, "pairs": pairs}
     print(f"building the study in {cache} (once) ...", flush=True)
     t0 = time.perf_counter()
     cache.mkdir(parents=True, exist_ok=True)
@@ -194,10 +197,10 @@ def _cpu_features() -> dict:
 def _kernels() -> str:
     """Which CNN kernels ran, as the engine reports it (older code: the reference forward)."""
     try:
-        from MedFusionLib.nets import inference
+        from MedFusionLib.methods.cnn import last_kernels
     except ImportError:
-        return "fp32 (FusionNet.forward)"
-    return inference.describe_last_run()
+        return "fp32 FusionNet.forward"
+    return last_kernels()
 
 
 def child(args) -> None:

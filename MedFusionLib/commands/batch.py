@@ -26,7 +26,8 @@ from ..executors import run_jobs
 from ..job import PairRecord, PairSpec
 from ..methods import get_method
 from ..progress import TextProgress
-from ._common import add_fusion_options, add_pair_options, fusion_options, method_params
+from ._common import (add_fusion_options, add_pair_options, add_threads_option, fusion_options,
+                      method_params)
 
 NAME = "batch"
 HELP = "fuse every row (fixed,moving,output[,options]) of a CSV manifest, here or on Dask"
@@ -52,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="run on an existing Dask cluster: tcp://host:port or a scheduler JSON file")
     p.add_argument("--max-tries", type=int, default=3, metavar="N",
                    help="Dask: a row whose worker died N times is marked failed (default 3)")
+    add_threads_option(p, extra="; with --workers, shared among the workers (--scheduler workers "
+                              "use their own --nthreads)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -168,7 +171,7 @@ def run(args) -> int:
                                              status="failed", error=r.problem, label=r.spec.label))
         jobs = [(r.line, r.spec) for r in rows if r.line not in done and not r.problem]
         run_jobs(jobs, on_record, workers=args.workers, scheduler=args.scheduler,
-                 max_tries=args.max_tries)
+                 max_tries=args.max_tries, threads=args.threads)
     except KeyboardInterrupt:
         c = progress.counts
         print(f"\nmedfusion batch: interrupted; {c['ok']} rows finished and kept"
