@@ -28,7 +28,7 @@ import numpy as np
 
 from .errors import InvalidInputError
 
-__all__ = ["files_of", "companion_files", "check_complete", "nifti_nonfinite"]
+__all__ = ["files_of", "companion_files", "check_complete", "nifti_nonfinite", "nifti_header"]
 
 _CHUNK = 1 << 22
 
@@ -240,6 +240,14 @@ def _nifti_header(path: Path, ext: str) -> dict | None:
     shape = tuple(int(d) for d in dims[1:ndim + 1])
     return {"endian": endian, "shape": shape, "datatype": int(datatype), "bitpix": int(bitpix),
             "offset": offset, "bytes": int(np.prod(shape, dtype=np.int64)) * max(int(bitpix), 0) // 8}
+
+
+def nifti_header(path: str | os.PathLike) -> dict | None:
+    """The layout a NIfTI-1/-2 file's header declares (``.nii`` or ``.nii.gz``): ``endian``
+    (``"<"`` or ``">"``), ``shape`` (x, y, z, ...), ``datatype``, ``bitpix``, ``offset`` of the
+    voxel data and its size in ``bytes``; None when the header is not one this module reads."""
+    p = Path(path)
+    return _nifti_header(p, _ext(p))
 
 
 def _check_nifti(path: Path, ext: str) -> np.ndarray | None:
