@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import sys
+import threading
 
 from .errors import DeviceUnavailableError
 from .methods import look_up
 
-__all__ = ["DEVICES", "cuda_available", "resolve_device", "available_devices"]
+__all__ = ["DEVICES", "cuda_available", "resolve_device", "available_devices", "preload_torch"]
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -49,3 +52,29 @@ def resolve_device(device: str = "auto") -> str:
             "(torch missing, a CPU-only torch build, or no GPU); use --device cpu or auto."
         )
     return index
+
+
+_preload: threading.Thread | None = None
+
+
+def _import_torch() -> None:
+    try:
+        importlib.import_module("torch")
+    except Exception:  # noqa: BLE001 - the method's own import reports a broken torch
+        pass
+
+
+def preload_torch() -> None:
+    """Start importing torch on a background thread (issue #23).
+
+    The import takes 1.5-3 s. The pair job starts it before reading its inputs, so it runs while
+    ITK resamples and registers (ITK releases the GIL, and registration uses one core); whoever
+    imports torch next waits for it to finish (Python's import lock). No-op when torch is imported
+    or loading, or not installed. The thread is not a daemon: the interpreter waits for it at exit
+    rather than stopping it inside the import.
+    """
+    global _preload
+    if _preload is not None or "torch" in sys.modules or importlib.util.find_spec("torch") is None:
+        return
+    _preload = threading.Thread(target=_import_torch, name="medfusion-import-torch")
+    _preload.start()

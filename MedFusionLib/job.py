@@ -24,7 +24,9 @@ from functools import lru_cache
 
 import SimpleITK as sitk
 
+from .devices import preload_torch
 from .errors import InvalidInputError, MedFusionError
+from .methods import default_method, get_method
 from .progress import ProgressCallback
 
 __all__ = ["PairSpec", "PairRecord", "run_pair", "align_spec", "read_sources", "check_outputs_distinct", "preflight",
@@ -432,6 +434,8 @@ def _run(spec: PairSpec, record: PairRecord, progress) -> None:
     outputs = OutputSet(spec.outputs())
     kwargs = spec.pipeline_kwargs()  # a bad --param fails before any reading
     kwargs.update(_read_input_options(kwargs))
+    if get_method(kwargs.get("method") or default_method()).needs_torch:
+        preload_torch()  # imported while the inputs are read and registered
     t0 = time.perf_counter()
     fixed, moving = read_sources(spec)
     record.stages["read"] = time.perf_counter() - t0

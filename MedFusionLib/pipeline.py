@@ -293,7 +293,8 @@ def check_method(method: str | None, method_params: dict, *, return_weights: boo
         raise InvalidInputError(
             f"method '{info.name}' does not produce a contribution map; choose one of the methods "
             "marked 'weights' in medfusion list-methods.")
-    resolve_device(device)
+    if not (isinstance(device, str) and device.strip().lower() == "auto"):
+        resolve_device(device)  # 'auto' cannot fail: it is resolved (torch imported) at fusion
     return info.name
 
 

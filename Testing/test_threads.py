@@ -202,3 +202,32 @@ def test_bad_threads_flag_or_variable_exit_2_with_one_line(tmp_path, restore_thr
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert out.returncode == 2 and f"{T.ENV_VAR}=many" in out.stderr
     assert not (tmp_path / "f.png").exists()
+
+
+def test_torch_is_imported_beside_reading_not_before_it():
+    """check_method with device 'auto' no longer imports torch; the pair job imports it on a
+    background thread while it reads and registers (issue #23), and the fusion waits for it."""
+    code = ("import sys, threading; from MedFusionLib.pipeline import check_method; "
+            "check_method('cnn', {}, device='auto'); assert 'torch' not in sys.modules; "
+            "from MedFusionLib import devices; devices.preload_torch(); "
+            "t = devices._preload; assert t is not None and not t.daemon; "
+            "devices.preload_torch(); assert devices._preload is t; "
+            "import torch; assert torch.ones(2).sum().item() == 2; t.join(); print('ok')")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_a_pair_job_preloads_torch_for_the_cnn_only(tmp_path):
+    code = ("import sys; from MedFusionLib import devices; from MedFusionLib.job import PairSpec, "
+            "run_pair; a, b, o = sys.argv[1:4]; "
+            "run_pair(PairSpec(a, b, o, fusion={'method': sys.argv[4]})); "
+            "print(devices._preload is not None)")
+    a, b = _pair(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for method, want in (("average", "False"), ("cnn", "True")):
+        out = subprocess.run([sys.executable, "-c", code, a, b, str(tmp_path / f"{method}.png"),
+                              method], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip().splitlines()[-1] == want

@@ -170,15 +170,6 @@ class _Stages:
         return original
 
 
-def _torch_import(stages: _Stages):
-    if "torch" in sys.modules:
-        return
-    t0, c0 = time.perf_counter(), time.process_time()
-    import torch  # noqa: F401
-
-    stages.add("torch import", time.perf_counter() - t0, time.process_time() - c0)
-
-
 def _cpu_features() -> dict:
     flags = set()
     try:
@@ -204,22 +195,22 @@ def _kernels() -> str:
 
 
 def child(args) -> None:
+    from MedFusionLib import devices, job, pipeline
     from MedFusionLib import io as mio
-    from MedFusionLib import job, pipeline
     from MedFusionLib.nets import weights
 
     stages = _Stages()
+    stages.wrap(devices, "cuda_available", "torch import")  # its first call imports torch
     stages.wrap(job, "read_sources", "read")
     stages.wrap(pipeline, "resolve_modality", "normalise")
     stages.wrap(pipeline, "normalize", "normalise")
     stages.wrap(pipeline, "register", "register")
     stages.wrap(pipeline, "resample_to", "resample")
-    stages.wrap(pipeline, "fuse_arrays", "fuse", before=lambda: _torch_import(stages))
+    stages.wrap(pipeline, "fuse_arrays", "fuse")
     stages.wrap(weights, "load_model", "model load")
     write_image = stages.wrap(mio, "write_image", "write", capture="fused")
     spec = job.PairSpec(fixed=args.fixed, moving=args.moving, output=args.output)
-    if args.threads:
-        _apply_threads(args.threads)
+    _apply_threads(args.threads)  # as medfusion's main does
     t0, c0 = time.perf_counter(), time.process_time()
     record = job.run_pair(spec)
     total_wall, total_cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -244,15 +235,17 @@ def child(args) -> None:
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def _apply_threads(n: int) -> None:
-    """Threads for this process: the engine's own setting where it has one (issue #23)."""
+def _apply_threads(n: int | None) -> None:
+    """Threads for this process as ``medfusion``'s main sets them (issue #23); older code: ``n``
+    for torch and ITK when given, else their defaults."""
     try:
         from MedFusionLib import threads
     except ImportError:
-        import torch
+        if n:
+            import torch
 
-        torch.set_num_threads(n)
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
+            torch.set_num_threads(n)
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
         return
     threads.apply_threads(n)
 
@@ -263,14 +256,13 @@ def _apply_threads(n: int) -> None:
 
 def cnn_rates(seconds: float, threads: int | None) -> list[dict]:
     """slices/s of the ``cnn`` method at 512^2 and 256^2 (driver batch sizes), per precision."""
+    _apply_threads(threads)  # before torch starts its OpenMP runtime, as medfusion's main
     import torch
 
     from bench_cnn import _slices
     from MedFusionLib.driver import batch_size_for
     from MedFusionLib.methods import get_method
 
-    if threads:
-        _apply_threads(threads)
     info = get_method("cnn")
     precisions = ["fp32"]
     try:
@@ -334,10 +326,10 @@ def _print_run(name: str, res: dict, n_slices: int) -> None:
         wall, cpu = res["wall"][stage], res["cpu"][stage]
         note = ""
         if stage == "fuse":
-            own = wall - res["wall"].get("torch import", 0.0) - res["wall"].get("model load", 0.0)
-            note = f"{n_slices / own:.1f} slices/s without import and load"
+            own = wall - res["wall"].get("model load", 0.0)
+            note = f"{n_slices / own:.1f} slices/s without the model load"
         print(f"| {stage} | {wall:.2f} | {cpu:.2f} | {note} |")
-    timed = sum(v for k, v in res["wall"].items() if k not in ("torch import", "model load"))
+    timed = sum(v for k, v in res["wall"].items() if k != "model load")
     print(f"| (rest of the job) | {res['total_wall'] - timed:.2f} | | |")
     for ext, w in res.get("writes", {}).items():
         print(f"   write {ext}: {w['wall']:.2f} s wall, {w['cpu']:.2f} s CPU, {w['bytes'] / 1e6:.0f} MB")
