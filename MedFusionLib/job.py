@@ -434,11 +434,13 @@ def _run(spec: PairSpec, record: PairRecord, progress) -> None:
     outputs = OutputSet(spec.outputs())
     kwargs = spec.pipeline_kwargs()  # a bad --param fails before any reading
     kwargs.update(_read_input_options(kwargs))
-    if get_method(kwargs.get("method") or default_method()).needs_torch:
-        preload_torch()  # imported while the inputs are read and registered
+    needs_torch = get_method(kwargs.get("method") or default_method()).needs_torch
     t0 = time.perf_counter()
     fixed, moving = read_sources(spec)
     record.stages["read"] = time.perf_counter() - t0
+    if needs_torch:
+        # imported on the other core while ITK registers (reading is Python: it would compete)
+        preload_torch()
     colour = spec.color is not None or is_colour(fixed) or is_colour(moving)
     if colour and spec.dicom:
         raise InvalidInputError(f"{spec.output}: --dicom writes a greyscale series; add --grey "

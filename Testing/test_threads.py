@@ -204,9 +204,9 @@ def test_bad_threads_flag_or_variable_exit_2_with_one_line(tmp_path, restore_thr
     assert not (tmp_path / "f.png").exists()
 
 
-def test_torch_is_imported_beside_reading_not_before_it():
+def test_torch_is_imported_beside_registration_not_before_it():
     """check_method with device 'auto' no longer imports torch; the pair job imports it on a
-    background thread while it reads and registers (issue #23), and the fusion waits for it."""
+    background thread while it registers (issue #23), and the fusion waits for it."""
     code = ("import sys, threading; from MedFusionLib.pipeline import check_method; "
             "check_method('cnn', {}, device='auto'); assert 'torch' not in sys.modules; "
             "from MedFusionLib import devices; devices.preload_torch(); "
