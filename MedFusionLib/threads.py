@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -253,6 +255,21 @@ def configure_torch(torch) -> int:
     return n
 
 
+_POOLS: dict = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A thread pool of ``workers`` threads, kept for the process (threads that live on keep their
+    memory arenas and torch state warm between batches)."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(workers)
+        if pool is None:
+            pool = _POOLS[workers] = ThreadPoolExecutor(max_workers=workers,
+                                                        thread_name_prefix="medfusion-slices")
+        return pool
+
+
 def run_in_ranges(run, n: int, *, workers: int, grain: int = 1) -> list:
     """``run(lo, hi)`` over ``[0, n)`` in ranges of ``grain`` items, shared among ``workers``
     Python threads, with torch single-threaded meanwhile; the results in order.
@@ -276,6 +293,8 @@ def run_in_ranges(run, n: int, *, workers: int, grain: int = 1) -> list:
     edges = list(range(0, n, max(1, int(grain)))) + [n]
     ranges = list(zip(edges[:-1], edges[1:]))
     workers = max(1, min(int(workers), len(ranges)))
+    if threading.current_thread().name.startswith("medfusion-slices"):
+        workers = 1  # called from one of the pool's own threads: no waiting on the pool
     torch = sys.modules.get("torch")
     before = torch.get_num_threads() if torch is not None else None
     if before is not None and before != 1:
@@ -283,10 +302,7 @@ def run_in_ranges(run, n: int, *, workers: int, grain: int = 1) -> list:
     try:
         if workers == 1:
             return [run(lo, hi) for lo, hi in ranges]
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(lambda r: run(*r), ranges))
+        return list(_pool(workers).map(lambda r: run(*r), ranges))
     finally:
         if before is not None and before != 1:
             torch.set_num_threads(before)
