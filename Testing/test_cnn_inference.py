@@ -126,6 +126,9 @@ def test_run_in_ranges_keeps_order_and_restores_torch_threads():
     assert set(seen) == {1} and torch.get_num_threads() == before
     assert run_in_ranges(run, 2, workers=8, grain=1) == [[0], [1]]
     assert run_in_ranges(run, 0, workers=2) == []
+    # a range that itself runs ranges (the pool's own thread) does not wait on the pool
+    nested = run_in_ranges(lambda lo, hi: run_in_ranges(run, 3, workers=2), 4, workers=2)
+    assert nested == [[[0], [1], [2]]] * 4
 
 
 def test_precision_choice_and_fallback(monkeypatch, mr_pd_pair):
