@@ -565,7 +565,10 @@ def _write_streamed(image: sitk.Image, tmp: Path, ext: str, name: Path) -> None:
     OutputError
         When any step fails or a check finds other bytes than were meant (nothing is kept).
     """
-    raw = tmp if ext == ".nii" else tmp.with_name(f"uncompressed-{tmp.name}"[:-3 if ext == ".nii.gz" else None])
+    if ext == ".nii":
+        raw = tmp
+    else:  # X.nii.gz -> uncompressed-X.nii, X.nrrd -> uncompressed-X.nrrd, beside it
+        raw = tmp.with_name("uncompressed-" + (tmp.name[:-3] if ext == ".nii.gz" else tmp.name))
     _itk_write(image, raw, name, compress=False)
     if not _raw_header_ok(raw, ext, image):
         raise OutputError(f"{name}: the written file's header does not describe the image (is "

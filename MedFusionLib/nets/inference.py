@@ -18,8 +18,8 @@ fusion (rule ``learned``, level ``feature``, residual or not) with less memory t
 The arithmetic is the same up to rounding order: in float32 the result differs from
 :meth:`FusionNet.forward` by at most :data:`FP32_TOLERANCE` (tested). The bf16 kernels
 (``precision="bf16"``) run the convolutions after the first on bfloat16 features (AVX512-BF16 or
-AMX), with the first convolution (on the image itself), the weight map, the blend weights and the
-residual pixel fusion in float32. ``auto`` chooses bf16 where the CPU has it natively (the
+AMX); the first convolution (on the image itself), the weight map (sigmoid, up-sampling) and the
+residual pixel fusion stay in float32. ``auto`` chooses bf16 where the CPU has it natively (the
 bf16 kernels met issue #23's accuracy conditions, :data:`BF16_AUTO`); ``--param precision=fp32``
 turns it off. Results are deterministic: the same bytes on every run and thread count.
 
@@ -213,8 +213,8 @@ class FastFusion:
     def run(self, a: torch.Tensor, b: torch.Tensor, *, workers: int = 1
             ) -> tuple[torch.Tensor, torch.Tensor]:
         """Fuse a batch a few slices per call (:data:`GRAIN_PIXELS`), the calls shared among
-        ``workers`` threads (:func:`MedFusionLib.threads.run_in_ranges`); the same bytes as one
-        call on the whole batch, whatever ``workers``."""
+        ``workers`` threads (:func:`MedFusionLib.threads.run_in_ranges`); the same bytes whatever
+        ``workers``."""
         grain = max(1, GRAIN_PIXELS // max(1, a.shape[-2] * a.shape[-1]))
         parts = run_in_ranges(lambda lo, hi: self(a[lo:hi], b[lo:hi]), a.shape[0],
                               workers=workers, grain=grain)
@@ -232,7 +232,6 @@ class FastFusion:
         ph, pw = m + (-h) % s, m + (-w) % s
         mode = "reflect" if (h > max(m, ph) and w > max(m, pw)) else "replicate"
         x = F.pad(torch.cat([a, b], 0), (m, pw, m, ph), mode=mode)  # (2n, 1, H', W') float32
-        hp, wp = x.shape[-2:]
         # encoder (shared by both sources): (2n, c1, H'/2, W'/2) and (2n, c2, H'/4, W'/4)
         f1 = self.enc1(_cl(F.pixel_unshuffle(x, 2)), "relu").to(dt)
         f2 = self.enc3(self.enc2(f1, "relu"), "relu")
