@@ -8,7 +8,9 @@ SPECT-like phantoms) and slices of ``bench/bench_study.py``'s CT/MR study when i
 
 Per group it prints the share of pixels within 1 grey level, the largest grey-level difference,
 and per metric the relative difference of the group means (as the metrics are reported) and the
-largest per-slice relative difference. The verdict line says whether ``auto`` may choose bf16
+largest per-slice relative difference. Then the bundled 3D sample pairs (MNI T1 with the synthetic
+CT and PET, registered once) are fused whole in both precisions and their volume metrics (what
+``fuse --metrics`` reports) compared. The verdict line says whether ``auto`` may choose bf16
 (:data:`MedFusionLib.nets.inference.BF16_AUTO`).
 
 Usage::
@@ -53,6 +55,39 @@ def study_cases(folder: Path, step: int = 40) -> list:
     c, _ = normalize(ct, "CT")
     m, _ = normalize(mr, "MR")
     return [("study-ct-mr-512", c[z], m[z], z) for z in range(step, c.shape[0] - step, step)]
+
+
+def volume_pairs(keys) -> bool:
+    """The bundled 3D pairs through the pipeline in fp32 and bf16: grey levels and the volume
+    metrics ``fuse --metrics`` reports (slow FMI keys left out, as there)."""
+    from MedFusionLib.datasets import sample_pair
+    from MedFusionLib.job import SLOW_VOLUME_KEYS, volume_metrics_for
+    from MedFusionLib.pipeline import align_pair, fuse_aligned
+
+    ok = True
+    print("\n| bundled 3D pair | voxels within 1 grey level | max levels | worst volume metric |")
+    print("|---|---|---|---|")
+    vkeys = ",".join(k for k in keys if k not in SLOW_VOLUME_KEYS)
+    for kind in ("ct-mr", "pet-mr"):
+        fixed, moving, _ = sample_pair(kind)
+        pair = align_pair(fixed, moving)
+        res = {p: fuse_aligned(pair, method="cnn", precision=p) for p in ("fp32", "bf16")}
+        f32, f16 = (np.asarray(sitk_array(r.fused), dtype=np.float64) for r in res.values())
+        d = np.abs(np.rint(255 * f32) - np.rint(255 * f16))
+        m = {p: volume_metrics_for(r, vkeys) for p, r in res.items()}
+        worst = max(((k, abs(m["bf16"][k] - m["fp32"][k]) / max(abs(m["fp32"][k]), 1e-12))
+                     for k in m["fp32"] if np.isfinite(m["fp32"][k])), key=lambda t: t[1])
+        passed = (d <= 1).mean() >= GREY_SHARE and worst[1] <= METRIC_REL
+        ok = ok and passed
+        print(f"| MNI T1 + synthetic {kind.split('-')[0].upper()} | {100 * (d <= 1).mean():.3f} % | "
+              f"{d.max():.0f} | {worst[0]} {100 * worst[1]:.2f} % |{'' if passed else ' FAILS'}")
+    return ok
+
+
+def sitk_array(image):
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(image)
 
 
 def main() -> int:
@@ -110,6 +145,7 @@ def main() -> int:
         print(f"| {group} | {len(g['m32'])} | {100 * share:.3f} % | {g['max']:.0f} | "
               f"{worst_mean[0]} {100 * worst_mean[1]:.2f} % | {worst_one[0]} {100 * worst_one[1]:.2f} % |"
               f"{'' if passed else ' FAILS'}")
+    ok = volume_pairs(keys) and ok
     print(f"\nverdict: bf16 {'meets' if ok else 'does NOT meet'} the conditions (>= "
           f"{100 * GREY_SHARE:.1f} % of pixels within 1 grey level, group-mean metrics within "
           f"{100 * METRIC_REL:.1f} %); BF16_AUTO is {inference.BF16_AUTO}")
