@@ -67,8 +67,8 @@ def _import_torch() -> None:
 def preload_torch() -> None:
     """Start importing torch on a background thread (issue #23).
 
-    The import takes 1.5-3 s. The pair job starts it once its inputs are read, so it runs while
-    ITK registers and resamples (ITK releases the GIL, and registration uses one core); whoever
+    The import takes 1.5-3 s. The pair job starts it when registration starts, so it runs on the
+    core that registration leaves free (ITK registers on one thread and releases the GIL); whoever
     imports torch next waits for it to finish (Python's import lock). No-op when torch is imported
     or loading, or not installed. The thread is not a daemon: the interpreter waits for it at exit
     rather than stopping it inside the import.

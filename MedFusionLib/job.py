@@ -434,13 +434,12 @@ def _run(spec: PairSpec, record: PairRecord, progress) -> None:
     outputs = OutputSet(spec.outputs())
     kwargs = spec.pipeline_kwargs()  # a bad --param fails before any reading
     kwargs.update(_read_input_options(kwargs))
-    needs_torch = get_method(kwargs.get("method") or default_method()).needs_torch
+    # torch is imported on the core that registration leaves free (reading and normalising hold
+    # the GIL too often to share it)
+    preload = preload_torch if get_method(kwargs.get("method") or default_method()).needs_torch else None
     t0 = time.perf_counter()
     fixed, moving = read_sources(spec)
     record.stages["read"] = time.perf_counter() - t0
-    if needs_torch:
-        # imported on the other core while ITK registers (reading is Python: it would compete)
-        preload_torch()
     colour = spec.color is not None or is_colour(fixed) or is_colour(moving)
     if colour and spec.dicom:
         raise InvalidInputError(f"{spec.output}: --dicom writes a greyscale series; add --grey "
@@ -458,7 +457,7 @@ def _run(spec: PairSpec, record: PairRecord, progress) -> None:
         check_method(fusion.get("method"), kwargs, return_weights=bool(spec.weights_map),
                      device=fusion.get("device", "auto"))
         pair = align_pair(fixed, moving, progress=progress, fixed_name=spec.fixed,
-                          moving_name=spec.moving, **align)
+                          moving_name=spec.moving, while_registering=preload, **align)
         del fixed, moving
         result = fuse_aligned(pair, return_weights=bool(spec.weights_map), progress=progress,
                               **fusion, **kwargs)
