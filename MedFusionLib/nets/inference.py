@@ -19,9 +19,10 @@ The arithmetic is the same up to rounding order: in float32 the result differs f
 :meth:`FusionNet.forward` by at most :data:`FP32_TOLERANCE` (tested). The bf16 kernels
 (``precision="bf16"``) run the convolutions after the first on bfloat16 features (AVX512-BF16 or
 AMX); the first convolution (on the image itself), the weight map (sigmoid, up-sampling) and the
-residual pixel fusion stay in float32. ``auto`` chooses bf16 where the CPU has it natively (the
-bf16 kernels met issue #23's accuracy conditions, :data:`BF16_AUTO`); ``--param precision=fp32``
-turns it off. Results are deterministic: the same bytes on every run and thread count.
+residual pixel fusion stay in float32, and so do the blends of the features by the weights (the
+CPUs' bf16 element-wise kernels are several times slower than their fp32 ones). ``auto`` chooses
+bf16 where the CPU has it natively (the bf16 kernels met issue #23's accuracy conditions,
+:data:`BF16_AUTO`); ``--param precision=fp32`` turns it off. Results are deterministic: the same bytes on every run and thread count.
 
 This module imports torch; import it lazily (the ``cnn`` method does).
 """
@@ -143,7 +144,7 @@ def _cl(x: torch.Tensor) -> torch.Tensor:
 
 
 class _Conv:
-    """One convolution's weights, prepared for oneDNN (dtype, layout) with its geometry."""
+    """One convolution's weights, prepared for oneDNN (dtype, channels-last) with its geometry."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, stride: int = 1,
                  dtype=torch.float32):
@@ -208,6 +209,12 @@ class FastFusion:
         self.dec3_skip = _Conv(w[:, self.c1:], net.dec3.bias, dtype=dt)
         self.dec4 = _Conv(net.dec4.weight, net.dec4.bias, dtype=dt)
 
+    def _in_fp32(self, op, *args: torch.Tensor) -> torch.Tensor:
+        """``op(*args)`` computed in float32, returned in the features' dtype."""
+        if self.dtype == torch.float32:
+            return op(*args)
+        return op(*(a.float() for a in args)).to(self.dtype)
+
     @staticmethod
     def _upsample2(x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
@@ -235,20 +242,22 @@ class FastFusion:
         mode = "reflect" if (h > max(m, ph) and w > max(m, pw)) else "replicate"
         x = F.pad(torch.cat([a, b], 0), (m, pw, m, ph), mode=mode)  # (2n, 1, H', W') float32
         # encoder (shared by both sources): (2n, c1, H'/2, W'/2) and (2n, c2, H'/4, W'/4)
-        f1 = self.enc1(_cl(F.pixel_unshuffle(x, 2)), "relu").to(dt)
+        f1_32 = self.enc1(_cl(F.pixel_unshuffle(x, 2)), "relu")  # fp32, kept for the blend
+        f1 = f1_32.to(dt)
         f2 = self.enc3(self.enc2(f1, "relu"), "relu")
-        fa1, fb1, fa2, fb2 = f1[:n], f1[n:], f2[:n], f2[n:]
+        fa2, fb2 = f2[:n], f2[n:]
         # weight head: score(own, other), both orders; logit = score_a - score_b
         ra = self.head2(self.head_own.add(fa2, self.head_other(fb2), "relu"), "relu")
         rb = self.head2(self.head_own.add(fb2, self.head_other(fa2), "relu"), "relu")
-        logit = self.head3(ra.sub_(rb)).float()  # (n, 1, H'/4, W'/4)
+        logit = self.head3(self._in_fp32(torch.sub, ra, rb)).float()  # (n, 1, H'/4, W'/4)
         w2 = torch.sigmoid(logit)
         w1 = torch.sigmoid(self._upsample2(logit))  # (n, 1, H'/2, W'/2)
         share = self._upsample2(w1)  # (n, 1, H', W')
-        # decoder: dec3 on [pixel_shuffle(dec2(relu(dec1(g2)))), g1] as the sum of its halves
-        g2 = torch.lerp(fb2, fa2, w2.to(dt))
+        # decoder: dec3 on [pixel_shuffle(dec2(relu(dec1(g2)))), g1] as the sum of its halves;
+        # the blends in fp32 (CPUs' bf16 element-wise kernels are 10 x slower than fp32's)
+        g2 = self._in_fp32(torch.lerp, fb2, fa2, w2)
         u = F.pixel_shuffle(self.dec2(self.dec1(g2, "relu")), 2)  # (n, c1, H'/2, W'/2)
-        g1 = torch.lerp(fb1, fa1, w1.to(dt))
+        g1 = torch.lerp(f1_32[n:], f1_32[:n], w1).to(dt)
         o = self.dec4(self.dec3_up.add(u, self.dec3_skip(g1), "relu"))  # (n, 4, H'/2, W'/2)
         fused = F.pixel_shuffle(o.float(), 2)  # (n, 1, H', W')
         keep = (Ellipsis, slice(m, m + h), slice(m, m + w))
