@@ -16,6 +16,7 @@ import warnings
 
 from . import __version__, interrupts
 from .errors import CancelledError, MedFusionError
+from .threads import apply_threads
 
 __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings(), interrupts.terminate_like_interrupt():
         _quiet_library_warnings(args.verbose)
         try:
+            # torch, ITK and pools: --threads, else $MEDFUSION_THREADS, else the usable cores
+            apply_threads(getattr(args, "threads", None))
             return int(args._run(args) or 0)
         except CancelledError as exc:
             return _stopped(f"cancelled: {exc}")

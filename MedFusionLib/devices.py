@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
+import threading
 
 from . import optional
 from .errors import DeviceUnavailableError
 from .options import look_up
 
-__all__ = ["DEVICES", "cuda_available", "resolve_device", "available_devices"]
+__all__ = ["DEVICES", "cuda_available", "resolve_device", "available_devices", "preload_torch"]
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -59,3 +60,26 @@ def resolve_device(device: str = "auto") -> str:
             "(torch missing, a CPU-only torch build, or no GPU); use --device cpu or auto."
         )
     return index
+
+
+_preload: threading.Thread | None = None
+
+
+def _import_torch() -> None:
+    optional.problem("torch")  # a broken torch is reported by the method's own import
+
+
+def preload_torch() -> None:
+    """Start importing torch on a background thread (issue #23).
+
+    The import takes 1.5-3 s. The pair job starts it when registration starts, so it runs on the
+    core that registration leaves free (ITK registers on one thread and releases the GIL); whoever
+    imports torch next waits for it to finish (Python's import lock). No-op when torch is imported
+    or loading, or not installed. The thread is not a daemon: the interpreter waits for it at exit
+    rather than stopping it inside the import.
+    """
+    global _preload
+    if _preload is not None or "torch" in sys.modules or not optional.available("torch"):
+        return
+    _preload = threading.Thread(target=_import_torch, name="medfusion-import-torch")
+    _preload.start()

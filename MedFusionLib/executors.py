@@ -40,12 +40,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable
 
-import SimpleITK as sitk
-
 from . import interrupts, optional
 from .errors import CancelledError, InvalidInputError, MedFusionError
 from .job import WRITE_MESSAGE, PairRecord, PairSpec, package_versions, run_pair
 from .outputs import sweep_stale_temp
+from .threads import apply_threads, available_cores
 
 __all__ = ["run_jobs", "pair_task", "local_threads", "worker_environment", "scheduler_address",
            "probe_scheduler", "RESOURCE"]
@@ -56,7 +55,6 @@ RESOURCE = "pair"
 _WHAT = "--workers and --scheduler (cohorts on Dask)"
 dask = optional.lazy("dask", what=_WHAT)
 distributed = optional.lazy("distributed", what=_WHAT)
-torch = optional.lazy("torch")
 
 #: Seconds that running jobs get to stop after Ctrl-C before the cluster is closed.
 CANCEL_GRACE_S = 30.0
@@ -65,21 +63,11 @@ logger = logging.getLogger("MedFusionLib")
 
 
 def local_threads(workers: int, cores: int | None = None) -> int:
-    """Threads per worker so that ``workers x threads`` is the number of cores (at least 1)."""
+    """Threads per worker so that ``workers x threads`` is ``cores`` (default: the cores this
+    process may use, :func:`MedFusionLib.threads.available_cores`), at least 1."""
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        cores = available_cores()
     return max(1, int(cores or 1) // max(1, workers))
-
-
-def _set_threads(threads: int | None) -> None:
-    """Run torch and ITK with ``threads`` threads in this process (None: leave them)."""
-    if not threads:
-        return
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
-    if not optional.available("torch"):
-        return
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(int(threads))
 
 
 def _cancelled(event_name: str | None) -> bool:
@@ -123,7 +111,8 @@ def pair_task(spec: PairSpec, threads: int | None = None, cancel_event: str | No
     """
     if threads == -1:
         threads = distributed.get_worker().state.nthreads
-    _set_threads(threads)
+    if threads:
+        apply_threads(threads)
     _undo_malloc_trim()
     if _cancelled(cancel_event):  # queued when the batch was stopped: nothing is started
         return _failed(spec, "cancelled: the batch was stopped before this row started")
@@ -147,7 +136,8 @@ def _failed(spec: PairSpec, error: str) -> PairRecord:
 
 
 def run_jobs(jobs: Iterable[tuple[int, PairSpec]], on_record: Callable[[int, PairRecord], None], *,
-             workers: int | None = None, scheduler: str | None = None, max_tries: int = 3) -> None:
+             workers: int | None = None, scheduler: str | None = None, max_tries: int = 3,
+             threads: int | None = None) -> None:
     """Run pair jobs and hand each finished record to ``on_record(key, record)``.
 
     Parameters
@@ -163,6 +153,10 @@ def run_jobs(jobs: Iterable[tuple[int, PairSpec]], on_record: Callable[[int, Pai
         Dask: a job whose worker died this many times is recorded as failed (applies to the
         scheduler this call starts; an existing scheduler uses its own
         ``distributed.scheduler.allowed-failures``).
+    threads : int, optional
+        ``workers``: the threads shared among the local workers (default: the usable cores).
+        In this process the caller's setting applies (:func:`MedFusionLib.threads.apply_threads`);
+        workers of an existing cluster use their own ``--nthreads``.
 
     Raises
     ------
@@ -201,7 +195,7 @@ def run_jobs(jobs: Iterable[tuple[int, PairSpec]], on_record: Callable[[int, Pai
     logging.getLogger("distributed.scheduler").setLevel(logging.CRITICAL)
     with dask.config.set({"distributed.scheduler.allowed-failures": max_tries - 1}):
         if workers is not None:
-            threads = local_threads(workers)
+            threads = local_threads(workers, threads)
             try:
                 with dask.config.set({"distributed.nanny.pre-spawn-environ":
                                       worker_environment(threads)}), \

@@ -37,7 +37,7 @@ import numpy as np
 from .errors import InvalidInputError
 
 __all__ = ["files_of", "companion_files", "check_complete", "nifti_nonfinite", "NonFinite",
-           "nifti_pair", "nifti_pixdim"]
+           "nifti_pair", "nifti_pixdim", "nifti_header"]
 
 _CHUNK = 1 << 22
 
@@ -334,6 +334,13 @@ def _nifti_header(path: Path) -> dict | None:
     return {"endian": f["endian"], "shape": shape, "datatype": datatype, "offset": offset,
             "dtype": dtype, "components": components,
             "bytes": int(np.prod(shape, dtype=np.int64)) * per_voxel}
+
+
+def nifti_header(path: str | os.PathLike) -> dict | None:
+    """The layout a NIfTI-1/-2 file's header declares (``.nii`` or ``.nii.gz``): ``endian``
+    (``"<"`` or ``">"``), ``shape`` (x, y, z, ...), ``datatype``, ``dtype``, ``offset`` of the
+    voxel data and its size in ``bytes``; None when the header is not one this module reads."""
+    return _nifti_header(Path(path))
 
 
 def nifti_pixdim(path: str | os.PathLike) -> list[float] | None:

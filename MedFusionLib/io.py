@@ -11,6 +11,10 @@ pixels, and sheared (non-orthonormal) direction matrices are all refused or repo
 Writes go through :func:`MedFusionLib.outputs.atomic_output`: the file (with the detached data file
 of ``.mhd``/``.nhdr``) appears complete or not at all, is read back and compared before it is
 renamed into place (ITK's NIfTI writer does not report a full disk), and gets the user's umask.
+Scalar ``.nii``, ``.nii.gz`` and ``.nrrd`` volumes take a faster road with the same checks
+(issue #23): ITK writes them uncompressed, the voxel bytes in the file are compared with the
+image's, and the compressed forms are deflated on several threads (:mod:`MedFusionLib.gzipped`,
+level 1) and checked by the SHA-256 of the bytes written instead of a second decode.
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from . import optional
+from . import gzipped, optional
 from .dicom import read_series
 from .errors import InvalidInputError, OutputError
-from .imagefiles import NonFinite, check_complete, nifti_pixdim
+from .imagefiles import NonFinite, check_complete, nifti_header, nifti_pixdim
 from .outputs import atomic_output
+from .threads import current_threads
 
 __all__ = ["read_image", "write_image", "write_transform", "check_image_output", "check_direction",
            "check_same_grid",
@@ -545,16 +550,137 @@ def write_image(image: sitk.Image, path: str | os.PathLike) -> Path:
                 arr = np.clip(arr.astype(np.float64) * 255.0 + 0.5, 0, 255)
             out = sitk.GetImageFromArray(arr.astype(np.uint8), isVector=True)
     with atomic_output(p) as tmp:
-        lines: list[str] = []
-        try:
-            with _native_stderr(lines):
-                sitk.WriteImage(out, str(tmp), useCompression=ext in (".nrrd", ".mha", ".mhd"))
-        except RuntimeError as exc:
-            detail = _itk_detail(exc, lines).replace(str(tmp), str(p))
-            raise OutputError(f"{p}: could not write the image ({detail}); is the disk full? "
-                              "Nothing was written.") from None
-        _verify_written(tmp, out, ext, p)
+        if ext in _STREAMED and out.GetNumberOfComponentsPerPixel() == 1:
+            _write_streamed(out, tmp, ext, p)
+        else:
+            _itk_write(out, tmp, p, compress=ext in (".nrrd", ".mha", ".mhd"))
+            _verify_written(tmp, out, ext, p)
     return p
+
+
+#: Formats written uncompressed by ITK, checked byte for byte and (``.nii.gz``, ``.nrrd``)
+#: deflated on several threads by :func:`_write_streamed`.
+_STREAMED = (".nii", ".nii.gz", ".nrrd")
+
+
+def _itk_write(image: sitk.Image, path: Path, name: Path, *, compress: bool) -> None:
+    lines: list[str] = []
+    try:
+        with _native_stderr(lines):
+            sitk.WriteImage(image, str(path), useCompression=compress)
+    except RuntimeError as exc:
+        detail = _itk_detail(exc, lines).replace(str(path), str(name))
+        raise OutputError(f"{name}: could not write the image ({detail}); is the disk full? "
+                          "Nothing was written.") from None
+
+
+def _raw_header_ok(raw: Path, ext: str, image: sitk.Image) -> bool:
+    """Whether the uncompressed file's header declares ``image``'s size and voxel type."""
+    if ext in (".nii", ".nii.gz"):
+        hdr = nifti_header(raw)
+        size = tuple(image.GetSize())
+        return (hdr is not None and hdr["endian"] == "<" and
+                tuple(hdr["shape"][:len(size)]) == size and
+                all(d == 1 for d in hdr["shape"][len(size):]) and
+                hdr["bytes"] == image.GetNumberOfPixels() * image.GetSizeOfPixelComponent())
+    text = _nrrd_header(raw)
+    sizes = next((ln.split(":", 1)[1].split() for ln in text.splitlines()
+                  if ln.lower().startswith("sizes:")), None)
+    return sizes == [str(v) for v in image.GetSize()] and "encoding: raw" in text
+
+
+def _nrrd_header(path: Path) -> str:
+    """The text header of an attached-data NRRD file, up to and including its blank line."""
+    with path.open("rb") as fh:
+        head = fh.read(65536)
+    end = head.find(b"\n\n")
+    return head[:end + 2].decode("latin-1") if end >= 0 else ""
+
+
+def _same_bytes(x: np.ndarray, y: np.ndarray) -> bool:
+    """Whether two uint8 arrays hold the same bytes (compared 8 at a time: 20 x faster)."""
+    if x.size != y.size:
+        return False
+    n8 = x.size - x.size % 8
+    return (np.array_equal(x[:n8].view(np.uint64), y[:n8].view(np.uint64))
+            and np.array_equal(x[n8:], y[n8:]))
+
+
+def _checked_blocks(raw: Path, image: sitk.Image, name: Path, start: int = 0):
+    """The bytes of ``raw`` from ``start``, a block at a time, each compared with the image's
+    voxel bytes where it holds them (the data ends the file).
+
+    Raises
+    ------
+    OutputError
+        When the file is shorter than its data or a voxel differs.
+    """
+    want = sitk.GetArrayViewFromImage(image).reshape(-1).view(np.uint8)
+    total = raw.stat().st_size
+    first = total - want.size  # where the voxel data starts
+    if first < 0 or start > first or (start and start != first):
+        raise OutputError(f"{name}: the written file is cut off (is the disk full?); nothing was "
+                          "written.")
+    pos = start
+    with raw.open("rb") as fh:
+        fh.seek(start)
+        while True:
+            block = fh.read(gzipped.BLOCK)
+            if not block:
+                break
+            lo = max(pos, first)
+            hi = pos + len(block)
+            if hi > lo and not _same_bytes(np.frombuffer(block, np.uint8)[lo - pos:],
+                                           want[lo - first:hi - first]):
+                raise OutputError(f"{name}: the written file reads back with other pixel values "
+                                  "(is the disk full?); nothing was written.")
+            pos = hi
+            yield block
+    if pos != total:
+        raise OutputError(f"{name}: the written file changed while it was read back; nothing "
+                          "was written.")
+
+
+def _write_streamed(image: sitk.Image, tmp: Path, ext: str, name: Path) -> None:
+    """Write a scalar ``.nii``, ``.nii.gz`` or ``.nrrd`` volume at ``tmp`` (in an
+    :func:`~MedFusionLib.outputs.atomic_output` folder), checked.
+
+    ITK writes the uncompressed file (``.nii``, or a raw-encoded NRRD); its header is checked for
+    the image's size and type and its voxel bytes against the image's. ``.nii`` is then done; for
+    ``.nii.gz`` the whole file, for ``.nrrd`` its data (behind the same header, encoding gzip), is
+    deflated on :func:`MedFusionLib.threads.current_threads` threads while it is compared, and the
+    written file is checked by size and SHA-256 (:func:`MedFusionLib.gzipped.check_written`).
+
+    Raises
+    ------
+    OutputError
+        When any step fails or a check finds other bytes than were meant (nothing is kept).
+    """
+    if ext == ".nii":
+        raw = tmp
+    else:  # X.nii.gz -> uncompressed-X.nii, X.nrrd -> uncompressed-X.nrrd, beside it
+        raw = tmp.with_name("uncompressed-" + (tmp.name[:-3] if ext == ".nii.gz" else tmp.name))
+    _itk_write(image, raw, name, compress=False)
+    if not _raw_header_ok(raw, ext, image):
+        raise OutputError(f"{name}: the written file's header does not describe the image (is "
+                          "the disk full?); nothing was written.")
+    if ext == ".nii":
+        for _ in _checked_blocks(raw, image, name):
+            pass
+        return
+    prefix, start = b"", 0
+    if ext == ".nrrd":
+        header = _nrrd_header(raw)
+        prefix, start = header.replace("encoding: raw", "encoding: gzip").encode("latin-1"), len(header)
+    try:
+        with tmp.open("wb") as fh:
+            written = gzipped.write_gzip(_checked_blocks(raw, image, name, start), fh,
+                                         workers=current_threads(), prefix=prefix)
+    finally:
+        raw.unlink(missing_ok=True)
+    if not gzipped.check_written(tmp, written):
+        raise OutputError(f"{name}: the written file reads back different from what was written "
+                          "(is the disk full?); nothing was written.")
 
 
 def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> Path:

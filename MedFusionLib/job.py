@@ -34,11 +34,12 @@ import SimpleITK as sitk
 
 from ._version import __version__
 from .colour import fuse_colour
+from .devices import preload_torch
 from .dicom import check_derived_reference, write_fusion_dicom
 from .errors import CancelledError, InvalidInputError, MedFusionError, OutputError
 from .io import (RASTER_EXTENSIONS, check_image_output, check_transform_output, extension_of,
                  is_2d, is_colour, read_image, warn_far_apart, write_image, write_transform)
-from .methods import method_params
+from .methods import default_method, get_method, method_params
 from .metrics import ALL_KEYS, GREY_SCALE, resolve_keys, volume_metrics
 from .nets.weights import model_entry, model_for_modalities
 from .outputs import OutputSet, check_outputs, write_json
@@ -471,6 +472,9 @@ def _run(spec: PairSpec, record: PairRecord, progress,
     preflight(spec)
     kwargs = spec.pipeline_kwargs()  # a bad --param fails before any reading
     kwargs.update(_read_input_options(kwargs))
+    # torch is imported on the core that registration leaves free (reading and normalising hold
+    # the GIL too often to share it)
+    preload = preload_torch if get_method(kwargs.get("method") or default_method()).needs_torch else None
     t0 = time.perf_counter()
     fixed, moving = read_sources(spec)
     record.stages["read"] = time.perf_counter() - t0
@@ -491,7 +495,7 @@ def _run(spec: PairSpec, record: PairRecord, progress,
         check_method(fusion.get("method"), kwargs, return_weights=bool(spec.weights_map),
                      device=fusion.get("device", "auto"))
         pair = align_pair(fixed, moving, progress=progress, fixed_name=spec.fixed,
-                          moving_name=spec.moving, **align)
+                          moving_name=spec.moving, while_registering=preload, **align)
         del fixed, moving
         result = fuse_aligned(pair, return_weights=bool(spec.weights_map), progress=progress,
                               **fusion, **kwargs)

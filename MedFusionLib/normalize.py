@@ -39,7 +39,7 @@ from .errors import InvalidInputError
 from .options import look_up
 
 __all__ = ["MODALITIES", "CT_WINDOWS", "NormalizationInfo", "guess_modality", "resolve_modality", "normalize",
-           "parse_window", "replace_nonfinite"]
+           "parse_window", "replace_nonfinite", "percentiles"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def guess_modality(image: sitk.Image, array: np.ndarray | None = None) -> tuple[
         arr = arr[np.isfinite(arr)]
         if arr.size == 0:
             return "MR", "guess"
-    lo, hi = np.percentile(arr, [1, 99.9])
+    lo, hi = percentiles(arr, [1, 99.9])
     if lo <= -500 and hi >= 300:
         return "CT", "guess"
     return "MR", "guess"
@@ -184,28 +184,126 @@ def replace_nonfinite(arr: np.ndarray, name: str = "image") -> tuple[np.ndarray,
     return out, count
 
 
-def _percentile(arr: np.ndarray, q, dtype=np.float32):
-    """``np.percentile`` of ``arr`` taken as ``dtype``, with one scratch copy."""
-    return np.percentile(arr.astype(dtype), q, overwrite_input=True)
+#: Elements per chunk of the passes over a volume (1 MB of float32: they stay in the caches).
+_CHUNK = 1 << 18
 
 
-def _scaled(arr: np.ndarray, dtype, lower: float, upper: float, chunk: int = 1 << 20) -> np.ndarray:
-    """``(arr - lower) / (upper - lower)`` computed in ``dtype`` and stored as float32, a chunk at
-    a time (no volume-sized temporary)."""
-    out = np.empty(arr.shape, dtype=np.float32)
-    src, dst = arr.reshape(-1), out.reshape(-1)
-    lo, scale = dtype(lower), dtype(1.0 / (upper - lower))
-    for i in range(0, src.size, chunk):
-        dst[i:i + chunk] = (src[i:i + chunk].astype(dtype) - lo) * scale
+def _tail_statistics(flat: np.ndarray, ks: list[int], sample: np.ndarray, upper: bool) -> dict:
+    """Order statistics of ranks ``ks`` that lie in one tail of ``flat``, from the values beyond a
+    threshold ``t`` taken from ``sample``: one chunked pass counts the values beyond ``t`` and
+    equal to it and keeps those beyond. Ranks the threshold does not cover are left out."""
+    n, m = flat.size, sample.size
+    edge = min(ks) if upper else max(ks)
+    p = (edge + 0.5) / n
+    margin = 0.002 + 6.0 * np.sqrt(p * (1 - p) / m)
+    j = int(np.clip((p - margin if upper else p + margin) * (m - 1), 0, m - 1))
+    t = sample[j]  # sorted
+    beyond, kept, ties = 0, [], 0
+    for i in range(0, n, _CHUNK):
+        c = flat[i:i + _CHUNK]
+        mask = c > t if upper else c < t
+        part = c[mask]
+        beyond += part.size
+        kept.append(part)
+        ties += int(np.count_nonzero(c == t))
+    kept = np.concatenate(kept) if kept else flat[:0]
+    # ranks: lower tail, values < t at 0..beyond-1, then ties; upper tail, values > t at
+    # n-beyond..n-1, ties just below them
+    first = n - beyond if upper else 0
+    tie_lo, tie_hi = (n - beyond - ties, n - beyond) if upper else (beyond, beyond + ties)
+    inside = [k for k in ks if first <= k < first + beyond]
+    out = {}
+    if inside:
+        kept.sort()  # a small set (np.partition is slow on the many equal values of images)
+        out.update((k, kept[k - first]) for k in inside)
+    out.update((k, t) for k in ks if tie_lo <= k < tie_hi)
     return out
 
 
-def _all_finite(arr: np.ndarray, chunk: int = 1 << 22) -> bool:
-    """``np.isfinite(arr).all()`` without a volume-sized mask (integer arrays are always finite)."""
-    if not np.issubdtype(arr.dtype, np.floating):
-        return True
-    flat = arr.reshape(-1)
-    return all(np.isfinite(flat[i:i + chunk]).all() for i in range(0, flat.size, chunk))
+def _order_statistics(flat: np.ndarray, ks: list[int]) -> dict[int, float]:
+    """The ``k``-th smallest values of a 1D array (0-based ``k``), exactly, without sorting it.
+
+    Ranks in the lowest or highest 5 % are found among the values beyond a threshold taken from
+    a strided sample of ~65 000 values (one pass over the array, then a sort of that small set);
+    ranks the threshold misses (it is checked by counting) and middle ranks come from a full
+    partition of a copy, so the result is always exact.
+    """
+    n = flat.size
+    out: dict[int, float] = {}
+    if n >= (1 << 18):
+        sample = np.sort(flat[::n // (1 << 16)])
+        for upper in (False, True):
+            tail = [k for k in ks if ((k + 0.5) / n > 0.95 if upper else (k + 0.5) / n < 0.05)]
+            if tail:
+                out.update(_tail_statistics(flat, tail, sample, upper))
+    rest = sorted({k for k in ks if k not in out})
+    if rest:
+        copy = flat.copy()
+        copy.partition(rest)
+        out.update((k, copy[k]) for k in rest)
+    return out
+
+
+def percentiles(arr: np.ndarray, qs) -> list[float]:
+    """Percentiles of ``arr`` (any shape, finite values) by the ``linear`` rule of
+    ``np.percentile`` (Hyndman and Fan's type 7): exact order statistics, interpolated in float64.
+
+    Tail percentiles (the 0.5 / 99.5 / 99.9 of :func:`normalize`, the 1 / 99.9 of
+    :func:`guess_modality`) take one pass over the volume per tail instead of partitioning a copy
+    of it (issue #23). Equal to ``np.percentile``
+    up to its own rounding (it interpolates in the input's precision; tested).
+    """
+    flat = np.ascontiguousarray(arr).reshape(-1)
+    n = flat.size
+    qs = [float(q) / 100.0 for q in np.atleast_1d(qs)]
+    spots = []
+    for q in qs:
+        v = (n - 1) * q  # np.percentile's virtual index (method "linear")
+        lo = int(np.floor(v))
+        if v >= n - 1:
+            lo = hi = n - 1
+        elif v < 0:
+            lo = hi = 0
+        else:
+            hi = lo + 1
+        spots.append((lo, hi, v - lo))
+    stats = _order_statistics(flat, [i for lo, hi, _ in spots for i in (lo, hi)])
+    out = []
+    for lo, hi, g in spots:
+        a, b = float(stats[lo]), float(stats[hi])
+        out.append(a + (b - a) * g if g < 0.5 else b - (b - a) * (1.0 - g))
+    return out
+
+
+def _finite_min_max(arr: np.ndarray) -> tuple[bool, float, float]:
+    """Whether every value is finite, and the smallest and largest value (of the finite ones
+    when some are not): one pass, a chunk at a time."""
+    flat = np.ascontiguousarray(arr).reshape(-1)
+    floating = np.issubdtype(flat.dtype, np.floating)
+    finite, lo, hi = True, np.inf, -np.inf
+    for i in range(0, flat.size, _CHUNK):
+        c = flat[i:i + _CHUNK]
+        if floating and not np.isfinite(c).all():
+            finite = False
+            c = c[np.isfinite(c)]
+            if not c.size:
+                continue
+        lo, hi = min(lo, c.min()), max(hi, c.max())
+    return finite, float(lo), float(hi)
+
+
+def _scaled(arr: np.ndarray, dtype, lower: float, upper: float) -> np.ndarray:
+    """``clip((arr - lower) / (upper - lower), 0, 1)`` computed in ``dtype`` and stored as
+    float32, a chunk at a time (each chunk's temporary stays in the caches)."""
+    out = np.empty(arr.shape, dtype=np.float32)
+    src, dst = np.ascontiguousarray(arr).reshape(-1), out.reshape(-1)
+    lo, scale = dtype(lower), dtype(1.0 / (upper - lower))
+    for i in range(0, src.size, _CHUNK):
+        t = src[i:i + _CHUNK].astype(dtype)
+        t -= lo
+        t *= scale
+        np.clip(t, 0.0, 1.0, out=dst[i:i + _CHUNK])
+    return out
 
 
 def normalize(image: sitk.Image, modality: str | None = None, *, window=None,
@@ -241,8 +339,8 @@ def normalize(image: sitk.Image, modality: str | None = None, *, window=None,
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InvalidInputError(f"{name}: a scalar image is needed, got a vector image with "
                                 f"{image.GetNumberOfComponentsPerPixel()} components per pixel.")
-    # a read-only view of the image's buffer: the volume-sized arrays made here are ``out`` and
-    # the scratch copy np.percentile works on (plus a copy when NaN/Inf voxels are replaced)
+    # a read-only view of the image's buffer: the volume-sized array made here is ``out`` (plus
+    # a copy when NaN/Inf voxels are replaced)
     arr = sitk.GetArrayViewFromImage(image)
     if np.iscomplexobj(arr):
         raise InvalidInputError(f"{name}: the pixels are complex-valued; give the magnitude (or the "
@@ -250,9 +348,9 @@ def normalize(image: sitk.Image, modality: str | None = None, *, window=None,
     # float64 data is worked on in float64: values beyond the float32 range are not Inf
     work = np.float64 if arr.dtype == np.float64 else np.float32
     nonfinite = 0
-    if not _all_finite(arr):
+    finite, amin, amax = _finite_min_max(arr)
+    if not finite:
         arr, nonfinite = replace_nonfinite(arr.astype(work), str(name))
-    amin, amax = float(arr.min()), float(arr.max())
     if amax <= amin:
         raise InvalidInputError(f"{name}: the image is constant (every voxel is {amin:g}); nothing to fuse.")
     if modality is None:
@@ -270,18 +368,19 @@ def normalize(image: sitk.Image, modality: str | None = None, *, window=None,
         lower, upper = 0.0, 255.0
         rule = "8-bit scale (x / 255)"
     elif modality == "MR":
-        lower, upper = (float(v) for v in _percentile(arr, [0.5, 99.5], work))
+        lower, upper = percentiles(arr, [0.5, 99.5])
         rule = "robust percentiles [p0.5, p99.5]"
     else:  # PET, SPECT
         lower = 0.0
-        upper = float(_percentile(arr, 99.9, work))
+        upper = percentiles(arr, [99.9])[0]
         rule = "uptake [0, p99.9]"
     if upper <= lower:  # sparse images: fall back to the full range
         lower, upper = amin, amax
         rule += " (degenerate percentiles: full range used)"
     out = _scaled(arr, work, lower, upper)
-    np.clip(out, 0.0, 1.0, out=out)
-    if float(out.max()) <= float(out.min()):
+    # the mapping is monotonic: the result's extremes are those of the input's extremes
+    ends = _scaled(np.array([amin, amax], dtype=arr.dtype), work, lower, upper)
+    if float(ends[1]) <= float(ends[0]):
         raise InvalidInputError(
             f"{name}: after {rule} the image is constant; its values ({amin:g}..{amax:g}) lie "
             "outside the window — check the modality or give another window."

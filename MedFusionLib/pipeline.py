@@ -122,13 +122,16 @@ def align_pair(fixed: sitk.Image, moving: sitk.Image, *, registration: str | Non
                fixed_name: str = "fixed image", moving_name: str = "moving image",
                fixed_mask: sitk.Image | None = None, moving_mask: sitk.Image | None = None,
                initial_transform: sitk.Transform | None = None,
-               strict_registration: bool = False) -> AlignedPair:
+               strict_registration: bool = False, while_registering=None) -> AlignedPair:
     """Normalise both sources, register ``moving`` onto ``fixed`` and resample it there.
 
     Parameters are those of :func:`fuse_images`; progress fractions run from 0 to 0.55. A
     low-confidence registration is logged as a one-line warning (or raised when
     ``strict_registration``), and so is a moving image found turned far from the fixed image's
     orientation (e.g. 180 degrees about A-P: often a header or positioning error).
+    ``while_registering``, a callable, is called just before the registration starts: work to
+    start in the background there has a core to itself (ITK registers on one thread and
+    releases the GIL); the pair job imports torch there (:func:`MedFusionLib.devices.preload_torch`).
 
     Raises
     ------
@@ -161,6 +164,8 @@ def align_pair(fixed: sitk.Image, moving: sitk.Image, *, registration: str | Non
     # Memory: the normalised sources exist once as arrays (f01, m01); SimpleITK copies of them
     # are made only where registration or resampling needs an image, and dropped right after.
     t0 = time.perf_counter()
+    if while_registering is not None:
+        while_registering()
     only_check = (registration or default_mode(fixed)).strip().lower() == "none"
     if only_check:
         # no optimisation: the overlap check needs the geometry only
@@ -299,7 +304,8 @@ def check_method(method: str | None, method_params: dict, *, return_weights: boo
         raise InvalidInputError(
             f"method '{info.name}' does not produce a contribution map; choose one of the methods "
             "marked 'weights' in medfusion list-methods.")
-    resolve_device(device)
+    if not (isinstance(device, str) and device.strip().lower() == "auto"):
+        resolve_device(device)  # 'auto' cannot fail: it is resolved (torch imported) at fusion
     return info.name
 
 

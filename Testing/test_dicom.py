@@ -127,6 +127,47 @@ def ramp(shape=(6, 10, 12), seed=0):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("bits, stored, signed, values", [
+    (16, 16, False, (0, 65535)), (16, 12, False, (0, 4095)), (16, 12, True, (-2048, 2047)),
+    (16, 16, True, (-32768, 32767)), (8, 8, False, (0, 255)), (32, 32, True, (-70000, 70000)),
+    (16, 12, False, (0, 65535)),  # high bits set beyond BitsStored: pydicom's decoder decides
+    (16, 12, True, (-32768, 32767)),
+])
+def test_uncompressed_pixels_are_read_as_pydicom_decodes_them(tmp_path, bits, stored, signed,
+                                                                values):
+    """The direct read of native little-endian pixel data (issue #23) gives exactly
+    ``ds.pixel_array``; where bits beyond BitsStored are set it leaves the decoding to pydicom."""
+    from MedFusionLib.dicom.pixels import _native_array, _pixels
+
+    rng = np.random.default_rng(bits + stored)
+    dtype = np.dtype(f"{'i' if signed else 'u'}{bits // 8}")
+    arr = rng.integers(values[0], values[1], (3, 5, 7), endpoint=True).astype(dtype)
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CLASS_OF["CT"], generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+    ds.Modality, ds.NumberOfFrames = "CT", 3
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = 5, 7
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, stored, stored - 1
+    ds.PixelRepresentation = int(signed)
+    ds.PixelData = arr.tobytes()
+    path = tmp_path / "multi.dcm"
+    write_file(path, ds)
+    back = pydicom.dcmread(path, defer_size=16)
+    want = np.asarray(pydicom.dcmread(path).pixel_array)
+    fast = _native_array(path, back)
+    if values[1] >= (1 << (stored - signed)):  # high bits in use: not read directly
+        assert fast is None
+    else:
+        assert fast is not None and fast.dtype == want.dtype and np.array_equal(fast, want)
+    assert np.array_equal(_pixels(path, back), want)
+
+
 def test_ct_rescale_hu_and_geometry_with_shuffled_names(tmp_path):
     stored = ramp()
     order = np.random.default_rng(1).permutation(stored.shape[0])

@@ -23,7 +23,8 @@ LIB = Path(__file__).resolve().parents[1] / "MedFusionLib"
 HEAVY = ("torch", "pywt", "dask", "distributed", "matplotlib", "nilearn")
 #: Modules built on torch: they import it at their top and are reached only through
 #: ``optional.lazy(..., needs="torch")`` or by ``medfusion train``.
-TORCH_MODULES = {"MedFusionLib.nets.fusionnet", "MedFusionLib.nets.losses", "MedFusionLib.training"}
+TORCH_MODULES = {"MedFusionLib.nets.fusionnet", "MedFusionLib.nets.losses", "MedFusionLib.nets.inference",
+                 "MedFusionLib.training"}
 #: Version shims: what they import depends on the installed pydicom (2.4 or 3.x).
 VERSION_SHIMS = {"MedFusionLib.dicom.compat"}
 

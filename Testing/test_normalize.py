@@ -110,3 +110,54 @@ def test_float64_beyond_float32_is_not_called_inf():
     arr = np.linspace(0, 1e300, 25).reshape(5, 5)
     out, info = normalize(_img(arr, np.float64), "MR", name="big.nrrd")
     assert info.nonfinite_voxels == 0 and np.all(np.isfinite(out)) and out.max() == 1.0
+
+
+# --- fast percentiles and the one-pass normalisation (issue #23) --------------------------------
+def _arrays():
+    rng = np.random.default_rng(23)
+    n = 600_000
+    yield rng.normal(0, 1, n).astype(np.float32)                     # no ties
+    yield np.where(rng.random(n) < 0.8, 0, rng.random(n) * 900).astype(np.float32)  # MR background
+    yield np.clip(rng.normal(0, 400, n), -1024, 3071).astype(np.int16)  # CT, many -1024
+    yield rng.integers(0, 5, n).astype(np.uint16)                      # few values, heavy ties
+    yield rng.exponential(1.0, n)                                       # float64 long tail
+    yield rng.random(1000).astype(np.float32)                          # small: plain partition
+    yield np.full(n, 7, np.int16)                                      # constant
+
+
+@pytest.mark.parametrize("qs", [[0.5, 99.5], [99.9], [1, 99.9], [0, 100], [50], [0.001, 99.999]])
+def test_percentiles_are_numpys_linear_percentiles(qs):
+    from MedFusionLib.normalize import percentiles
+
+    for arr in _arrays():
+        want = np.percentile(arr.astype(np.float64), qs)
+        assert percentiles(arr, qs) == list(want), (arr.dtype, arr.size, qs)
+        assert percentiles(arr.reshape(-1, 100) if arr.size % 100 == 0 else arr, qs) == list(want)
+
+
+def test_order_statistics_fall_back_to_a_full_partition(monkeypatch):
+    """Ranks a tail threshold does not cover come from partitioning a copy: still exact."""
+    from MedFusionLib import normalize as N
+
+    arr = np.random.default_rng(1).random(400_000).astype(np.float32)
+    monkeypatch.setattr(N, "_tail_statistics", lambda *a, **k: {})
+    ks = [10, 200_000, 399_990]
+    got = N._order_statistics(arr, ks)
+    assert [got[k] for k in ks] == list(np.sort(arr)[ks])
+
+
+def test_normalised_volume_is_unchanged_by_the_one_pass_rewrite(rng):
+    """Same float32 values as the straightforward formula, extremes taken from the input's."""
+    from MedFusionLib.normalize import percentiles
+
+    arr = (rng.random((20, 70, 80)) * 3000 - 1000).astype(np.float32)
+    arr[3] = 0
+    img = sitk.GetImageFromArray(arr)
+    for modality in ("CT", "MR", "PET"):
+        out, info = normalize(img, modality)
+        a64 = arr.astype(np.float32)
+        want = np.clip((a64 - np.float32(info.lower)) * np.float32(1.0 / (info.upper - info.lower)),
+                       0, 1)
+        assert np.array_equal(out, want.astype(np.float32))
+    lo, hi = percentiles(arr, [0.5, 99.5])
+    assert normalize(img, "MR")[1].lower == lo and normalize(img, "MR")[1].upper == hi

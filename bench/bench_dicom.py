@@ -22,29 +22,65 @@ from MedFusionLib.dicom import read_series, write_derived_series
 from MedFusionLib.dicom.compat import write_file
 
 
-def write_ct(folder: Path, n: int, size: int) -> None:
+def write_series(folder: Path, stored: np.ndarray, *, modality: str = "CT",
+                 spacing=(0.98, 0.98, 1.25), origin=(-250.0, -250.0, 0.0),
+                 direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), slope: float = 1.0,
+                 intercept: float = -1024.0, extra: dict | None = None) -> None:
+    """Write ``stored`` as a classic single-frame DICOM series, one file per slice.
+
+    Parameters
+    ----------
+    folder : Path
+        Existing folder for the files (named by random UIDs, so the reader cannot sort by name).
+    stored : ndarray
+        ``(z, y, x)`` stored values, ``uint16`` or ``int16``; real values are
+        ``stored * slope + intercept``.
+    modality : {"CT", "MR", "PT"}
+        DICOM Modality (and the matching SOP class).
+    spacing : (float, float, float)
+        Voxel size (x, y, z) in mm; z is the distance between slices.
+    origin : (float, float, float)
+        LPS position (mm) of the first voxel of the first slice.
+    direction : sequence of 9 float
+        Direction cosines as SimpleITK gives them (columns: row, column and slice axes).
+    slope, intercept : float
+        RescaleSlope and RescaleIntercept.
+    extra : dict, optional
+        More attributes for every file (e.g. ``{"Units": "BQML"}``).
+    """
+    sop = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4",
+           "PT": "1.2.840.10008.5.1.4.1.1.128"}[modality]
+    d = np.asarray(direction, dtype=float).reshape(3, 3)
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    rng = np.random.default_rng(0)
-    for k in range(n):
+    for k in range(stored.shape[0]):
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        meta.MediaStorageSOPClassUID = sop
         meta.MediaStorageSOPInstanceUID = generate_uid()
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds = Dataset()
         ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.Modality, ds.PatientName, ds.PatientID, ds.SeriesNumber, ds.InstanceNumber = "CT", "B^P", "B", 1, k + 1
-        ds.ImagePositionPatient = [-250.0, -250.0, 1.25 * k]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [0.98, 0.98]
-        ds.SliceThickness = 1.25
+        ds.Modality, ds.PatientName, ds.PatientID, ds.SeriesNumber, ds.InstanceNumber = modality, "B^P", "B", 1, k + 1
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in np.asarray(origin) + k * spacing[2] * d[:, 2]]
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in np.concatenate([d[:, 0], d[:, 1]])]
+        ds.PixelSpacing = [spacing[1], spacing[0]]
+        ds.SliceThickness = spacing[2]
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.Rows = ds.Columns = size
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-        ds.PixelData = rng.integers(0, 4096, (size, size), dtype=np.uint16).tobytes()
+        ds.Rows, ds.Columns = stored.shape[1], stored.shape[2]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.PixelRepresentation = int(stored.dtype == np.int16)
+        ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.6g}", f"{intercept:.6g}"
+        for key, value in (extra or {}).items():
+            setattr(ds, key, value)
+        ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
         write_file(folder / f"{generate_uid()}.dcm", ds)
+
+
+def write_ct(folder: Path, n: int, size: int) -> None:
+    """A CT series of ``n`` slices of ``size`` x ``size`` random 12-bit values."""
+    rng = np.random.default_rng(0)
+    write_series(folder, rng.integers(0, 4096, (n, size, size), dtype=np.uint16))
 
 
 def main() -> None:

@@ -8,7 +8,8 @@ from ..devices import DEVICES
 from ..normalize import CT_WINDOWS, MODALITIES
 from ..registration import REGISTRATION_MODES
 
-__all__ = ["add_fusion_options", "add_alignment_options", "fusion_options", "add_pair_options"]
+__all__ = ["add_fusion_options", "add_alignment_options", "fusion_options", "add_pair_options",
+           "add_threads_option"]
 
 
 def add_fusion_options(p: argparse.ArgumentParser) -> None:
@@ -76,6 +77,14 @@ def add_pair_options(p: argparse.ArgumentParser) -> None:
                              "rainbow, grey. Default when an input is an RGB image.")
     colour.add_argument("--grey", "--gray", dest="grey", action="store_true",
                         help="greyscale result even when an input is an RGB image")
+
+
+def add_threads_option(p: argparse.ArgumentParser, *, extra: str = "") -> None:
+    """``--threads N``: threads for torch, ITK and MedFusion's pools in this process (applied by
+    :func:`MedFusionLib.cli.main` through :func:`MedFusionLib.threads.apply_threads`)."""
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="threads to use (default: $MEDFUSION_THREADS, else the cores this process "
+                        "may use: CPU affinity and cgroup quota)" + extra)
 
 
 def fusion_options(args: argparse.Namespace) -> dict:

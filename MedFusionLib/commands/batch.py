@@ -28,7 +28,7 @@ from ..job import PairRecord, PairSpec
 from ..methods import get_method, method_params
 from ..metrics import ALL_KEYS, resolve_keys
 from ..progress import TextProgress
-from ._common import add_fusion_options, add_pair_options, fusion_options
+from ._common import add_fusion_options, add_pair_options, add_threads_option, fusion_options
 
 #: ``--max-tries`` when not given (a local cluster's retries: this minus one).
 DEFAULT_MAX_TRIES = 3
@@ -60,6 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"--workers: a row whose worker died N times is marked failed (default "
                         f"{DEFAULT_MAX_TRIES}). Not applied with --scheduler: an existing "
                         "cluster retries as its distributed.scheduler.allowed-failures says")
+    add_threads_option(p, extra="; with --workers, shared among the workers (--scheduler workers "
+                              "use their own --nthreads)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -165,7 +167,7 @@ def run(args) -> int:
                                                  options=r.spec.options_digest()))
             jobs = [(r.line, r.spec) for r in rows if r.line not in done and not r.problem]
             run_jobs(jobs, on_record, workers=args.workers, scheduler=args.scheduler,
-                     max_tries=args.max_tries or DEFAULT_MAX_TRIES)
+                     max_tries=args.max_tries or DEFAULT_MAX_TRIES, threads=args.threads)
     except KeyboardInterrupt:
         interrupts.quiet_after_interrupt()
         c = progress.counts

@@ -27,7 +27,7 @@ from ..metrics import resolve_keys
 from ..outputs import check_output_folder, check_outputs
 from ..progress import TextProgress
 from ..report import PairInput, report_files, resolve_methods, run_comparison, write_report
-from ._common import add_alignment_options
+from ._common import add_alignment_options, add_threads_option
 
 #: Alignment options (destinations of :func:`add_alignment_options`) that go into each pair's spec.
 ALIGNMENT_DESTS = ("registration", "fixed_modality", "moving_modality", "ct_window", "seed",
@@ -62,6 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-slices", type=int, default=16, metavar="N",
                    help="volumes: score about N slices spread along the fusion axis (default 16)")
     p.add_argument("--title", default="MedFusion method comparison", help="title of the HTML report")
+    add_threads_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

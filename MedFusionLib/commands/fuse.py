@@ -6,8 +6,9 @@ import argparse
 import sys
 
 from ..job import PairSpec, run_pair
+from ..methods.cnn import last_kernels
 from ..progress import TextProgress
-from ._common import add_fusion_options, add_pair_options, fusion_options
+from ._common import add_fusion_options, add_pair_options, add_threads_option, fusion_options
 
 NAME = "fuse"
 HELP = "register MOVING onto FIXED and write the fused image"
@@ -23,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transform", metavar="OUT.tfm", help="also write the registration transform (ITK .tfm)")
     p.add_argument("--weights-map", metavar="OUT", help="also write the contribution map of FIXED in [0, 1]")
     add_pair_options(p)
+    add_threads_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -41,7 +43,8 @@ def run(args) -> int:
     record = run_pair(spec_from_args(args), progress=progress)
     if not args.quiet:
         t = record.stages
-        print(f"wrote {args.output} ({record.method} on {record.device}; registration "
+        kernels = f", {last_kernels()}" if record.method == "cnn" and last_kernels() else ""
+        print(f"wrote {args.output} ({record.method} on {record.device}{kernels}; registration "
               f"{record.registration['mode']} {t['register']:.1f} s, fusion {t['fuse']:.2f} s)",
               file=sys.stderr)
     return 0

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 from .. import optional
+from ..threads import run_in_ranges
 from ..transforms import _frame
 from ._rules import select_maxabs_torch
 
@@ -34,7 +33,6 @@ def fuse_in_frame(bank_for, a: np.ndarray, b: np.ndarray, *, device: str, fuse_l
     ndarray, float32, shape (N, H, W), clipped to [0, 1]
     """
     on_cpu = torch.device(device).type == "cpu"
-    threads = torch.get_num_threads()
     n = a.shape[0]
     with torch.no_grad():
         ta = torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32).to(device)
@@ -50,21 +48,10 @@ def fuse_in_frame(bank_for, a: np.ndarray, b: np.ndarray, *, device: str, fuse_l
     else:
         # The CPU path works on cache-sized chunks (a few planes). Intra-op threading of such
         # small operations costs more than it gains (and on a busy machine the spinning OpenMP
-        # workers slow it down by orders of magnitude), so torch runs single-threaded here and
-        # the slices are shared among as many Python threads as torch had intra-op threads
-        # (torch releases the GIL inside its kernels).
-        workers = min(threads, n)
-        torch.set_num_threads(1)
-        try:
-            if workers <= 1:
-                fused = run(0, n)
-            else:
-                edges = np.linspace(0, n, workers + 1).round().astype(int)
-                with ThreadPoolExecutor(max_workers=workers) as pool:
-                    parts = list(pool.map(run, edges[:-1], edges[1:]))
-                fused = torch.cat(parts)
-        finally:
-            torch.set_num_threads(threads)
+        # workers slow it down by orders of magnitude), so the slices are shared among as many
+        # Python threads as torch had intra-op threads, torch single-threaded meanwhile.
+        workers = min(torch.get_num_threads(), n)
+        fused = torch.cat(run_in_ranges(run, n, workers=workers, grain=-(-n // max(1, workers))))
     return fused.clamp_(0.0, 1.0).cpu().numpy().astype(np.float32, copy=False)
 
 

@@ -6,20 +6,35 @@ imported only when the method runs (:mod:`MedFusionLib.optional`), so the engine
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .. import optional
 from ..nets import weights
 from ..options import look_up
+from ..threads import configure_torch
 from ._registry import register
 
-__all__ = ["cnn_fusion", "LEVELS", "RULES"]
+__all__ = ["cnn_fusion", "LEVELS", "RULES", "PRECISIONS", "last_kernels"]
 
 torch = optional.lazy("torch", what="fusion method 'cnn'")
 fusionnet = optional.lazy("MedFusionLib.nets.fusionnet", needs="torch", what="fusion method 'cnn'")
+inference = optional.lazy("MedFusionLib.nets.inference", needs="torch", what="fusion method 'cnn'")
 
 LEVELS = ("feature", "pixel")
 RULES = ("learned", "addition", "average", "maximum", "l1")
+#: Values of ``precision`` (as :data:`MedFusionLib.nets.inference.PRECISIONS`, without torch).
+PRECISIONS = ("auto", "fp32", "bf16")
+
+_LAST = threading.local()
+
+
+def last_kernels() -> str:
+    """What the last CNN fusion on this thread ran: ``"fp32 fast path"``, ``"bf16 fast path"``,
+    ``"fp32 FusionNet.forward"`` (other rules and levels, no oneDNN) or ``"fp16
+    FusionNet.forward"`` (CUDA); ``""`` before any."""
+    return getattr(_LAST, "kernels", "")
 
 
 @register("cnn", title="CNN fusion (Siamese encoder, learned weights)", family="deep",
@@ -29,7 +44,7 @@ RULES = ("learned", "addition", "average", "maximum", "l1")
           requires=("torch",), supports_cuda=True, provides_weights=True, slices_per_batch=16)
 def cnn_fusion(a: np.ndarray, b: np.ndarray, *, level: str = "feature", rule: str = "learned",
                model: str = "default", enhance: bool = False, modalities=None,
-               device: str = "cpu", return_weights: bool = False):
+               device: str = "cpu", return_weights: bool = False, precision: str = "auto"):
     """Fuse batches of slices with the trained CNN.
 
     Parameters
@@ -59,6 +74,14 @@ def cnn_fusion(a: np.ndarray, b: np.ndarray, *, level: str = "feature", rule: st
         ``cpu`` or ``cuda`` (resolved by the driver). On CUDA the network runs in half precision.
     return_weights : bool
         Also return the per-pixel share of ``a`` in [0, 1].
+    precision : {"auto", "fp32", "bf16"}, optional
+        CPU kernels of the default fusion (rule ``learned``, level ``feature``), which runs on
+        :class:`MedFusionLib.nets.inference.FastFusion`: ``fp32`` (within 1e-5 of the network's
+        reference forward), ``bf16`` (bfloat16 convolutions, on CPUs with AVX512-BF16 or AMX;
+        fp32 elsewhere), ``auto`` (default: see
+        :func:`MedFusionLib.nets.inference.resolve_precision`). ``--param precision=fp32`` turns
+        bf16 off. Other rules and levels, and CUDA, run the reference forward.
+        :func:`last_kernels` tells which ran.
 
     Returns
     -------
@@ -76,8 +99,10 @@ def cnn_fusion(a: np.ndarray, b: np.ndarray, *, level: str = "feature", rule: st
     torch.cuda.OutOfMemoryError
         On CUDA when a batch does not fit; the driver then continues on the CPU.
     """
+    configure_torch(torch)
     level = look_up(level, LEVELS, what="CNN fusion level")
     rule = look_up(rule, RULES, what="CNN fusion rule")
+    precision = look_up(precision, PRECISIONS, what="CNN precision")
     if not isinstance(enhance, (bool, np.bool_)):
         raise TypeError(f"enhance must be True or False, got {enhance!r}.")
     cuda = str(device).startswith("cuda")
@@ -91,7 +116,14 @@ def cnn_fusion(a: np.ndarray, b: np.ndarray, *, level: str = "feature", rule: st
             tb = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32))[:, None]
             ta = ta.to(device=device, dtype=dtype, non_blocking=True)
             tb = tb.to(device=device, dtype=dtype, non_blocking=True)
-            fused, share = net(ta, tb, rule=rule, level=level)
+            if not cuda and rule == "learned" and level == "feature" and \
+                    inference.fast_path_available():
+                fast = inference.fast_fusion_for(net, inference.resolve_precision(precision))
+                fused, share = fast.run(ta, tb, workers=torch.get_num_threads())
+                _LAST.kernels = f"{fast.precision} fast path"
+            else:
+                fused, share = net(ta, tb, rule=rule, level=level)
+                _LAST.kernels = f"{'fp16' if cuda else 'fp32'} FusionNet.forward"
             fused = fused.clamp(0.0, 1.0)
             if enhance:
                 fused = fusionnet.unsharp_mask(fused)
