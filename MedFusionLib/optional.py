@@ -88,8 +88,8 @@ def require(name: str, *, needs: str | None = None, what: str = "this"):
     """
     top = _package_of(needs or name)
     module = sys.modules.get(name)
-    if module is not None and not isinstance(module, _Lazy):
-        return module
+    if module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False):
+        return module  # imported (one being imported by another thread: import_module waits)
     title, hint = PACKAGES[top]
     try:
         if needs:

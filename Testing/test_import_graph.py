@@ -158,3 +158,20 @@ def test_importing_the_engine_loads_no_heavy_package(statement):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]", f"{statement} loaded {r.stdout.strip()}"
+
+
+def test_a_package_another_thread_is_importing_is_waited_for(tmp_path):
+    """optional.require on a module that another thread is still importing waits for it (Python's
+    import lock) instead of handing out the half-initialised module: the pair job imports torch
+    on a background thread while the fusion may already ask for it."""
+    (tmp_path / "pywt").mkdir()
+    (tmp_path / "pywt" / "__init__.py").write_text("import time\ntime.sleep(1.0)\nREADY = 'yes'\n")
+    code = ("import sys, threading, time\n"
+            f"sys.path.insert(0, {str(tmp_path)!r})\n"
+            "from MedFusionLib import optional\n"
+            "threading.Thread(target=optional.problem, args=('pywt',)).start()\n"
+            "time.sleep(0.3)\n"
+            "print(optional.lazy('pywt').READY)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "yes"
