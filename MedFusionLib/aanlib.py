@@ -28,7 +28,6 @@ repository's ``MyDatasets/*/test`` folders are left out of training wherever the
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ import SimpleITK as sitk
 from .colour import rgb_to_ycbcr
 from .errors import InvalidInputError
 from .io import read_image
+from .jsonfiles import read_json_object
 
 __all__ = ["PAIR_TYPES", "PARTS", "PairType", "REPOSITORY", "COMMIT", "DEFAULT_SPLIT",
            "case_of", "pair_names", "read_split", "check_split", "split_names", "is_atlas_folder",
@@ -80,10 +80,14 @@ class PairType:
     functional: bool
 
 
+#: The modalities are those ``fuse`` sees for such files: an 8-bit grey MR PNG is ``8BIT`` and a
+#: pseudo-colour PET (or, given ``--moving-modality SPECT``, SPECT) is the functional source; the
+#: CT-MR entry names the modalities of a CT-MR pair whose modalities are known (an 8-bit CT PNG
+#: cannot be told from an MR one: give ``--param model=fusionnet-ct-mr``).
 PAIR_TYPES = {
     "ct-mr": PairType("ct-mr", "CT-MRI", "CT", ("MR", "CT"), False),
-    "pet-mr": PairType("pet-mr", "PET-MRI", "PET", ("MR", "PET"), True),
-    "spect-mr": PairType("spect-mr", "SPECT-MRI", "SPECT", ("MR", "SPECT"), True),
+    "pet-mr": PairType("pet-mr", "PET-MRI", "PET", ("8BIT", "PET"), True),
+    "spect-mr": PairType("spect-mr", "SPECT-MRI", "SPECT", ("8BIT", "SPECT"), True),
 }
 
 _NAME = re.compile(r"^(\d+)(\d{3})\.png$")
@@ -139,12 +143,7 @@ def _repo_test_names(root: Path, pt: PairType) -> set:
 def read_split(path: str | os.PathLike | None = None) -> dict:
     """Read a split file (default :data:`DEFAULT_SPLIT`) and check it (:func:`check_split`)."""
     path = Path(path) if path is not None else DEFAULT_SPLIT
-    try:
-        split = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidInputError(f"{path}: split file not found.") from None
-    except ValueError as exc:
-        raise InvalidInputError(f"{path}: not valid JSON ({exc}).") from None
+    split = read_json_object(path, "split file")
     check_split(split, name=str(path))
     return split
 

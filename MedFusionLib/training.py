@@ -35,7 +35,6 @@ volumes contribute every axial slice. Each image is normalised by
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import time
@@ -45,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InvalidInputError
+from .jsonfiles import read_json_object
 from .progress import ProgressCallback, report
 
 __all__ = ["TrainConfig", "load_config", "fusion_loss", "LOSS_TERMS", "DEFAULT_LOSS", "SliceBank",
@@ -175,14 +175,7 @@ def load_config(path: str | os.PathLike | None) -> TrainConfig:
     if path is None:
         return TrainConfig().validate()
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidInputError(f"{path}: training config not found.") from None
-    except ValueError as exc:
-        raise InvalidInputError(f"{path}: not valid JSON ({exc}).") from None
-    if not isinstance(data, dict):
-        raise InvalidInputError(f"{path}: a training config is a JSON object.")
+    data = read_json_object(path, "training config")
     known = set(TrainConfig.__dataclass_fields__)
     unknown = sorted(set(data) - known - {"comment"})
     if unknown:

@@ -154,13 +154,15 @@ def test_the_modality_pair_comes_before_the_pair_type(fine_registry):
 def test_the_shipped_registry_has_a_model_for_each_atlas_pair_type():
     reg = W.read_registry()
     table = reg.get("pair_defaults", {})
-    for pt in aanlib.PAIR_TYPES.values():
+    for key, pt in aanlib.PAIR_TYPES.items():
         name = W.model_for_modalities(pt.modalities)
-        assert name in reg["models"] and name == table[W.modality_pair(pt.modalities)]
+        assert name == f"fusionnet-{key}" == table[W.modality_pair(pt.modalities)]
         assert (W.models_dir() / reg["models"][name]["file"]).is_file()
-    # an 8-bit grey image with a pseudo-colour source (the colour path calls it PET unless told)
-    assert W.model_for_modalities(("8BIT", "PET")) == W.model_for_modalities(("MR", "PET"))
-    assert W.model_for_modalities(("8BIT", "SPECT")) == W.model_for_modalities(("MR", "SPECT"))
+        assert reg["models"][name]["training"]["config"] == f"models/fusionnet-{key}-train.json"
+    # the functional models learnt pseudo-colour luminance of 8-bit pictures: grey PET/SPECT
+    # volumes (DICOM, NIfTI) keep the general model
+    assert W.model_for_modalities(("MR", "PET")) == W.default_model()
+    assert W.model_for_modalities(("MR", "SPECT")) == W.default_model()
 
 
 # --- the fetch script ---------------------------------------------------------------------------

@@ -190,3 +190,27 @@ def test_the_atlas_benchmark_reports_every_pair_type(atlas, tmp_path):
         assert (r["rows"]["cnn"]["VIF"] == r["rows"]["default"]["VIF"]) == same
     paths = atlas_eval.save_figures(res, tmp_path / "fig", per_type=1)
     assert len(paths) == 6 and all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_fuse_picks_the_pair_model_for_an_8bit_mr_with_a_pseudo_colour_source(atlas, tmp_path):
+    """The colour path calls the RGB source PET unless told SPECT; its luminance is fused by the
+    model pair_defaults names for (8BIT, PET) or (8BIT, SPECT)."""
+    import SimpleITK as sitk
+
+    root, _, _ = atlas
+    mr, spect = root / "SPECT-MRI" / "MRI" / "1003.png", root / "SPECT-MRI" / "SPECT" / "1003.png"
+
+    def fused(name, *extra):
+        out = tmp_path / f"{name}.png"
+        r = _cli("fuse", mr, spect, "-o", out, *extra)
+        assert r.returncode == 0, r.stderr
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+
+    auto_spect = fused("auto-spect", "--moving-modality", "SPECT")
+    auto = fused("auto")
+    np.testing.assert_array_equal(
+        auto_spect, fused("spect", "--moving-modality", "SPECT", "--param",
+                          "model=fusionnet-spect-mr"))
+    np.testing.assert_array_equal(auto, fused("pet", "--param", "model=fusionnet-pet-mr"))
+    assert np.abs(auto_spect.astype(int) - fused("general", "--moving-modality", "SPECT",
+                                                 "--param", "model=fusionnet").astype(int)).max() > 0
