@@ -34,7 +34,7 @@ volumes contribute every axial slice. Each image is normalised by
 
 from __future__ import annotations
 
-import json
+import copy
 import math
 import os
 import random
@@ -55,7 +55,9 @@ from .errors import InvalidInputError
 from .functional_phantoms import (CLINICAL_TABLES, functional_volume, mni_tissue_maps,
                                   pseudo_colour_luminance)
 from .io import read_image
+from .jsonfiles import read_json_object
 from .nets import losses as L
+from .nets import pair_losses as PL
 from .nets.fusionnet import FEATURE_RULES, FusionNet
 from .nets.weights import (build_model, load_checkpoint, model_entry, register_model,
                            save_checkpoint)
@@ -116,6 +118,19 @@ class TrainConfig:
         FDG-PET-like and SPECT-like volumes each in the ``functional`` bank.
     log_every : int
         Steps between progress messages.
+    pair_type : str or None
+        ``ct-mr``, ``pet-mr`` or ``spect-mr``: train on that pair type of the Harvard atlas
+        folder given as ``--data`` (:mod:`MedFusionLib.training_atlas`) instead of ``bank``.
+    split : str or None
+        The atlas split file (repository-relative or absolute; default
+        ``Resources/SampleData/aanlib-split.json``).
+    val_every : int
+        Score the network on the validation pairs every this many steps and keep the best
+        checkpoint (0: no validation, the last step is kept).
+    reference : str
+        Registry name of the model the validation's anatomy guard compares with.
+    val_limit : int
+        At most this many validation pairs (every k-th; 0: all).
     """
 
     seed: int = 0
@@ -137,6 +152,11 @@ class TrainConfig:
     log_every: int = 100
     bank: str = "mni"
     functional_volumes: int = 4
+    pair_type: str | None = None
+    split: str | None = None
+    val_every: int = 0
+    reference: str = "fusionnet"
+    val_limit: int = 0
 
     def validate(self) -> "TrainConfig":
         """Check ranges; raise :class:`InvalidInputError` naming the bad field."""
@@ -149,6 +169,8 @@ class TrainConfig:
             ("holdout_z", len(self.holdout_z) == 2 and self.holdout_z[0] <= self.holdout_z[1]),
             ("bank", self.bank in ("mni", "functional")),
             ("functional_volumes", self.functional_volumes >= 1),
+            ("pair_type", self.pair_type in (None, "ct-mr", "pet-mr", "spect-mr")),
+            ("val_every", self.val_every >= 0), ("val_limit", self.val_limit >= 0),
         ]
         for name, ok in checks:
             if not ok:
@@ -170,14 +192,7 @@ def load_config(path: str | os.PathLike | None) -> TrainConfig:
     if path is None:
         return TrainConfig().validate()
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidInputError(f"{path}: training config not found.") from None
-    except ValueError as exc:
-        raise InvalidInputError(f"{path}: not valid JSON ({exc}).") from None
-    if not isinstance(data, dict):
-        raise InvalidInputError(f"{path}: a training config is a JSON object.")
+    data = read_json_object(path, "training config")
     known = set(TrainConfig.__dataclass_fields__)
     unknown = sorted(set(data) - known - {"comment"})
     if unknown:
@@ -206,6 +221,13 @@ LOSS_TERMS = {
     "functional": "the functional source's own local contrast (difference of Gaussians at 2 and "
                   "4 px, its resolution) kept in F, one-sided and in the same direction "
                   "(losses.functional_saliency); only on anatomical + functional pairs",
+    "salient": "|F - T|, T following per pixel the source that stands further above its own "
+               "foreground median (pair_losses.salient_intensity): uptake counts where the MR "
+               "is brighter",
+    "balance": "relu(FS(F) - FS(max(A, B))) with a soft-histogram FS: no less balanced in "
+               "information than pixel maximum (pair_losses.information_balance)",
+    "mi": "relu(1 - MI(F) / MI(max(A, B))) with soft-histogram MI = I(A;F) + I(B;F): up to "
+          "pixel maximum's mutual information",
     "identity": "|F - A| on pairs of a slice with itself: fusion of identical inputs is the input",
 }
 DEFAULT_LOSS = {"intensity": 1.0, "gradient": 2.0, "ssim": 1.0}
@@ -271,6 +293,11 @@ def fusion_loss(fused, a, b, *, weights: dict | None = None, caps: dict | None =
         role = functional.to(fused.device).long()
         func = torch.where((role == 1).view(-1, 1, 1, 1), b, a)
         per["functional"] = L.functional_saliency(func, fused) * (role >= 0).to(fused.dtype)
+    if w.get("salient"):
+        per["salient"] = PL.salient_intensity(a, b, fused)
+    if w.get("balance") or w.get("mi"):
+        balance, amount = PL.information_terms(a, b, fused)
+        per.update({k: v for k, v in (("balance", balance), ("mi", amount)) if w.get(k)})
     # contrast, sharpness and entropy are rewarded only up to a cap set by the sources, so that
     # they cannot be won by noise (a checkerboard has the largest SF and SD of all)
     if w.get("sd"):
@@ -569,7 +596,8 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
 def train(config: TrainConfig, out: str | os.PathLike, *, init: str | os.PathLike | None = None,
           data: str | os.PathLike | None = None, bank: SliceBank | None = None,
           device: str = "cpu", threads: int | None = None, name: str | None = None,
-          description: str = "", progress: ProgressCallback | None = None) -> TrainResult:
+          description: str = "", progress: ProgressCallback | None = None,
+          validator=None) -> TrainResult:
     """Train (or fine-tune) a FusionNet and write it as a registered weights file.
 
     Parameters
@@ -590,6 +618,11 @@ def train(config: TrainConfig, out: str | os.PathLike, *, init: str | os.PathLik
         CPU threads for torch (default: leave torch's setting).
     progress : callable, optional
         ``progress(fraction, message)``.
+    validator : callable, optional
+        ``validator(net) -> (key, scores)`` (e.g. :class:`~MedFusionLib.training_atlas.AtlasValidator`),
+        called every ``config.val_every`` steps and after the last; the checkpoint with the
+        largest ``key`` is written (ties: the earlier one), and its step and ``scores`` are
+        recorded in the file's meta and the registry entry.
 
     Returns
     -------
@@ -639,6 +672,8 @@ def train(config: TrainConfig, out: str | os.PathLike, *, init: str | os.PathLik
     t0 = time.perf_counter()
     running = None
     first = None
+    best = None  # (key, step, scores, state) of the best validated checkpoint
+    validations = []  # every validation: step, key, scores (the frontier a run traced)
     for step in range(config.steps):
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, config)
@@ -669,16 +704,34 @@ def train(config: TrainConfig, out: str | os.PathLike, *, init: str | os.PathLik
             report(progress, (step + 1) / config.steps,
                    f"step {step + 1}/{config.steps}: loss {running:.4f} ("
                    + ", ".join(f"{k} {v:.4f}" for k, v in terms.items()) + f"), {elapsed:.0f} s")
+        if validator is not None and config.val_every and (
+                (step + 1) % config.val_every == 0 or step + 1 == config.steps):
+            key, scores = validator(net.eval())
+            net.train()
+            validations.append({"step": step + 1, "key": list(key),
+                                "scores": {k: round(v, 4) for k, v in scores.items()}})
+            if best is None or key > best[0]:
+                best = (key, step + 1, scores, copy.deepcopy(net.state_dict()))
+            report(progress, (step + 1) / config.steps,
+                   f"validation at step {step + 1}: key {key}, "
+                   + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
+                   + f"; best so far: step {best[1]}")
     seconds = time.perf_counter() - t0
+    selected = None
+    if best is not None:
+        net.load_state_dict(best[3])
+        selected = {"step": best[1], "key": list(best[0]),
+                    "validation": {k: round(v, 4) for k, v in best[2].items()}}
     net = net.eval().to("cpu")
     meta = {"config": asdict(config), "init": init_desc, "data": str(data) if data else config.bank,
             "steps": config.steps, "seconds": round(seconds, 1), "final_loss": round(running, 6),
-            "torch": str(torch.__version__)}
+            "torch": str(torch.__version__), "selected": selected, "validations": validations}
     digest = save_checkpoint(net, out, meta=meta)
     register_model(out, name=name, sha256=digest, net=net, description=description,
                    extra={"training": {"steps": config.steps, "seed": config.seed,
                                        "data": meta["data"], "init": init_desc,
-                                       "final_loss": meta["final_loss"]}})
+                                       "final_loss": meta["final_loss"],
+                                       **({"selected": selected} if selected else {})}})
     report(progress, 1.0, f"wrote {out} (sha256 {digest[:12]}) after {seconds:.0f} s")
     return TrainResult(path=out, sha256=digest, steps=config.steps, seconds=seconds,
                        first_loss=first, final_loss=running, history=history,

@@ -150,3 +150,47 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+#: Cases of the synthetic atlas folder (:func:`make_atlas_folder`): ``(case, slices)``.
+ATLAS_CASES = ((1, (3, 4, 5)), (2, (3, 4)), (3, (6, 7)), (14, (10, 11)))
+
+
+def make_atlas_folder(root, size: int = 64) -> dict:
+    """A small folder in the Harvard atlas layout (:mod:`MedFusionLib.aanlib`), synthetic images.
+
+    Every pair type gets the cases :data:`ATLAS_CASES` (file ``<case><slice:03d>.png``): an 8-bit
+    grey MR-like phantom with a CT-like partner (bright ring) and a pseudo-colour (heat table)
+    PET/SPECT-like partner with a hot spot. The first slice of each case is also copied to the
+    repository-style ``MyDatasets/<folder>/test`` and the others to ``.../train``. Returns the
+    split (case 1 and 14 train, 2 val, 3 test) as a dict.
+    """
+    from MedFusionLib.colour import apply_colour_table
+
+    root = Path(root)
+    folders = (("CT-MRI", "CT"), ("PET-MRI", "PET"), ("SPECT-MRI", "SPECT"))
+    for folder, other in folders:
+        for case, slices in ATLAS_CASES:
+            for k, z in enumerate(slices):
+                mr = make_phantom_2d((size, size), seed=case * 100 + z)
+                yy, xx = np.mgrid[:size, :size]
+                r = np.hypot(yy - size / 2, xx - size / 2)
+                if other == "CT":
+                    img = np.where(np.abs(r - 0.4 * size) < 2, 1.0, 0.3 * mr)
+                    arr = np.round(255 * img).astype(np.uint8)
+                    vector = False
+                else:
+                    spot = np.hypot(yy - size / 2 - case, xx - size / 3) < 5
+                    uptake = np.clip(0.5 * (mr > 0.1) + 0.5 * spot, 0, 1)
+                    arr = np.round(255 * apply_colour_table(uptake, "heat")).astype(np.uint8)
+                    vector = True
+                name = f"{case}{z:03d}.png"
+                for sub, data, vec in (("MRI", np.round(255 * mr).astype(np.uint8), False),
+                                       (other, arr, vector)):
+                    paths = [root / folder / sub,
+                             root / "MyDatasets" / folder / ("test" if k == 0 else "train") / sub]
+                    for d in paths:
+                        d.mkdir(parents=True, exist_ok=True)
+                        sitk.WriteImage(sitk.GetImageFromArray(data, isVector=vec), str(d / name))
+    parts = {"train": [1, 14], "val": [2], "test": [3]}
+    return {"pair_types": {key: dict(parts) for key in ("ct-mr", "pet-mr", "spect-mr")}}

@@ -24,7 +24,7 @@ HEAVY = ("torch", "pywt", "dask", "distributed", "matplotlib", "nilearn")
 #: Modules built on torch: they import it at their top and are reached only through
 #: ``optional.lazy(..., needs="torch")`` or by ``medfusion train``.
 TORCH_MODULES = {"MedFusionLib.nets.fusionnet", "MedFusionLib.nets.losses", "MedFusionLib.nets.inference",
-                 "MedFusionLib.training"}
+                 "MedFusionLib.nets.pair_losses", "MedFusionLib.training", "MedFusionLib.training_atlas"}
 #: Version shims: what they import depends on the installed pydicom (2.4 or 3.x).
 VERSION_SHIMS = {"MedFusionLib.dicom.compat"}
 

@@ -29,10 +29,17 @@ For the anatomical + functional groups the script also checks issue #16's goal: 
 ``--model`` against pixel maximum (FS and FI no higher, SCD and lesion contrast no lower) and
 against ``--reference`` (the previous default: Q^AB/F, VIF and SSIM no lower).
 
+Real pairs (issue #24): ``--atlas DIR`` (the Harvard atlas folder of
+``Resources/SampleData/fetch-aanlib.sh``) reports every pair type (CT-MR, PET-MR, SPECT-MR) on
+the held-out ``test`` cases of ``Resources/SampleData/aanlib-split.json`` instead: the ten
+metrics and FS for the per-pair-type models, today's default, pixel maximum, DWT and the other
+classical baselines, the targets met, and the time per slice (:mod:`atlas_eval`).
+
 Usage::
 
     python bench/eval_cnn.py [--model NAME] [--reference NAME] [--groups G,...] [--variants]
                              [--png DIR] [--json OUT]
+    python bench/eval_cnn.py --atlas DIR [--part test|val] [--atlas-figures DIR] [--json OUT]
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ sys.path.insert(0, str(ROOT))
 
 from MedFusionLib.driver import fuse_arrays  # noqa: E402
 from MedFusionLib.metrics import compute_metrics  # noqa: E402
+
+import atlas_eval  # noqa: E402  (bench/atlas_eval.py: issue #24's real pairs)
 
 KEYS = ["EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM"]
 #: printed columns: the eight, fusion symmetry FS (lower = balanced), fusion index FI = I(A;F) /
@@ -340,7 +349,16 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="write the results as JSON")
     ap.add_argument("--figure", type=Path, default=None,
                     help="write issue #16's before/after figure (MR-FDG and MR-SPECT) here")
+    ap.add_argument("--atlas", type=Path, default=None, metavar="DIR",
+                    help="issue #24: evaluate every pair type of the Harvard atlas in DIR instead")
+    ap.add_argument("--part", choices=("test", "val"), default="test",
+                    help="with --atlas: the split part to report (default: the held-out test)")
+    ap.add_argument("--atlas-figures", type=Path, default=None, metavar="DIR",
+                    help="with --atlas: write one before/after figure per pair type here")
     args = ap.parse_args(argv)
+    if args.atlas is not None:
+        atlas_eval.run(args.atlas, args.part, figures=args.atlas_figures, json_out=args.json)
+        return 0
 
     cases = validation_cases([g for g in args.groups.split(",") if g])
     groups = sorted({c[0] for c in cases}) + ["all"]

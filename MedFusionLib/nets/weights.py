@@ -17,12 +17,15 @@ else ``models/`` beside the package (the repository, or Slicer's scripted-module
           "metrics": {...}
         }
       },
-      "pair_defaults": {"anatomical+functional": "fusionnet-functional"}
+      "pair_defaults": {"MR+PET": "fusionnet-pet-mr", "anatomical+functional": "..."}
     }
 
-``pair_defaults`` (optional) names the model that replaces the default for one *pair type*, chosen
-from the modalities the pipeline already knows (:func:`pair_type`, :func:`model_for_modalities`):
-an anatomical + functional pair (MR/CT with PET/SPECT) can get a model trained on such pairs.
+``pair_defaults`` (optional) names the model that replaces the default for one pair of
+modalities or one *pair type*, chosen from the modalities the pipeline already knows
+(:func:`model_for_modalities`): first the modality pair (:func:`modality_pair`, e.g. ``CT+MR``,
+``MR+PET``, ``MR+SPECT``; ``8BIT+PET`` for an 8-bit grey image with a pseudo-colour PET), then
+the pair type (:func:`pair_type`: ``anatomical+functional``, ``anatomical+anatomical``), then the
+default model.
 
 Loading a model reads the file's bytes once, checks their SHA-256 against the registry, and only
 then deserialises them with ``torch.load(..., weights_only=True)`` (no pickled code can run). A
@@ -55,7 +58,7 @@ fusionnet = optional.lazy("MedFusionLib.nets.fusionnet", needs="torch", what="th
 __all__ = [
     "WeightsError", "WeightsNotFoundError", "WeightsIntegrityError",
     "models_dir", "read_registry", "model_entry", "default_model", "list_models",
-    "PAIR_TYPES", "FUNCTIONAL_MODALITIES", "pair_type", "model_for_modalities",
+    "PAIR_TYPES", "FUNCTIONAL_MODALITIES", "pair_type", "modality_pair", "model_for_modalities",
     "sha256_of", "load_checkpoint", "load_model", "save_checkpoint", "register_model",
     "clear_cache",
 ]
@@ -168,12 +171,26 @@ def pair_type(modalities) -> str | None:
     return "anatomical+anatomical"
 
 
+def modality_pair(modalities) -> str | None:
+    """Order-free key of two modalities: ``("PET", "mr")`` -> ``"MR+PET"``; ``None`` if not given."""
+    if modalities is None:
+        return None
+    mods = sorted(str(m).upper() for m in modalities)
+    if len(mods) != 2:
+        raise WeightsError(f"expected the modalities of two sources, got {modalities!r}.")
+    return "+".join(mods)
+
+
 def model_for_modalities(modalities, folder: str | os.PathLike | None = None) -> str:
     """Registry name of the model for a pair of modalities: the registry's ``pair_defaults``
-    entry for its :func:`pair_type`, else the default model."""
+    entry for the :func:`modality_pair`, else for its :func:`pair_type`, else the default."""
     reg = read_registry(folder)
-    kind = pair_type(modalities)
-    name = (reg.get("pair_defaults") or {}).get(kind) if kind else None
+    table = reg.get("pair_defaults") or {}
+    kind = modality_pair(modalities)
+    name = table.get(kind) if kind else None
+    if name is None:
+        kind = pair_type(modalities)
+        name = table.get(kind) if kind else None
     if name is None:
         return default_model(folder)
     if name not in reg["models"]:
