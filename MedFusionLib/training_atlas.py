@@ -28,13 +28,13 @@ from . import aanlib
 from .errors import InvalidInputError
 from .nets.weights import load_model
 from .pair_targets import score_pairs, selection_key
-from .training import SliceBank
+from .training_data import SliceBank
 
 __all__ = ["AtlasBank", "atlas_bank", "AtlasValidator"]
 
 
 class AtlasBank(SliceBank):
-    """A :class:`~MedFusionLib.training.SliceBank` of real pairs: no contrast augmentation.
+    """A :class:`~MedFusionLib.training_data.SliceBank` of real pairs: no contrast augmentation.
 
     Entries ``mr`` and ``other`` (the CT, or the PET/SPECT luminance, marked functional); the
     sampler pairs them in random order and crops, flips and rotates both alike.

@@ -96,7 +96,7 @@ def test_pseudo_colour_luminance_of_the_clinical_tables():
 
 
 def test_functional_bank_pairs_anatomy_with_function_and_reports_roles():
-    from MedFusionLib.training import SliceBank
+    from MedFusionLib.training_data import SliceBank
 
     rng = np.random.default_rng(0)
     mr = rng.uniform(0.2, 1.0, (4, 48, 48)).astype(np.float32)

@@ -13,8 +13,8 @@ from conftest import make_phantom_2d  # noqa: E402
 
 from MedFusionLib.errors import InvalidInputError  # noqa: E402
 from MedFusionLib.nets import weights as W  # noqa: E402
-from MedFusionLib.training import (SliceBank, TrainConfig, folder_bank, fusion_loss,  # noqa: E402
-                                   load_config, train)
+from MedFusionLib.training import TrainConfig, fusion_loss, load_config, train  # noqa: E402
+from MedFusionLib.training_data import SliceBank, folder_bank  # noqa: E402
 
 TINY = dict(steps=40, batch_size=4, patch=32, lr=1e-2, warmup=2, channels=[4, 8],
             head_channels=4, log_every=10, identity_prob=0.1, rule_mix=0.0)
