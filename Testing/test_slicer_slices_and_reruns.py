@@ -83,38 +83,29 @@ def test_slices_that_are_not_parallel_are_refused_in_words(mrml_scene):
         sb.fuse_nodes(fixed, moving, None, method="average", registration="none")
 
 
-def _head(seed=0):
-    k, j, i = np.meshgrid(*(np.linspace(-1, 1, n) for n in (24, 40, 36)), indexing="ij")
-    r = np.sqrt(k ** 2 + j ** 2 + i ** 2)
-    rng = np.random.default_rng(seed)
-    return (np.where(r < 0.8, 200 + 80 * np.sin(5 * i) * np.cos(4 * j), 10)
-            + rng.normal(0, 3, r.shape)).astype(np.float32)
-
-
 def test_a_run_after_a_bspline_run_registers_again_into_the_same_transform(mrml_scene):
     """#20 item 5: the help promises that a second run works after a B-spline run; it registers
     from the moving volume's own position and replaces the non-linear transform."""
-    ijk_to_ras = np.diag([2.0, 2.0, 3.0, 1.0])
-    fixed = slicer.util.addVolumeFromArray(_head(), ijkToRAS=ijk_to_ras, name="fixed")
-    shifted = ijk_to_ras.copy()
-    shifted[:3, 3] = (3.0, -2.0, 1.5)
-    moving = slicer.util.addVolumeFromArray(_head(1), ijkToRAS=shifted, name="moving")
+    mr, ct, mr_ijk_to_ras, ct_ijk_to_ras, ct_to_mr = synthetic_head_pair()
+    fixed = slicer.util.addVolumeFromArray(mr, ijkToRAS=mr_ijk_to_ras, name="fixed")
+    moving = slicer.util.addVolumeFromArray(ct, ijkToRAS=ct_ijk_to_ras, name="moving")
     transform = mrml_scene.AddNewNodeByClass("vtkMRMLTransformNode", "moving to fixed")
     sb.fuse_nodes(fixed, moving, None, method="average", registration="bspline",
-                  transformNode=transform, fixed_modality="MR", moving_modality="MR")
+                  transformNode=transform, fixed_modality="MR", moving_modality="CT")
     assert not transform.IsLinear() and moving.GetTransformNodeID() == transform.GetID()
     # second run, rigid, into the same node: accepted, and the node becomes the rigid result
     second = sb.fuse_nodes(fixed, moving, None, method="average", registration="rigid",
-                           transformNode=transform, fixed_modality="MR", moving_modality="MR")
+                           transformNode=transform, fixed_modality="MR", moving_modality="CT")
     assert transform.IsLinear() and moving.GetTransformNodeID() == transform.GetID()
-    to_parent = np.eye(4)
     m = transform.GetMatrixTransformToParent()
     to_parent = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
-    np.testing.assert_allclose(to_parent[:3, 3], (-3.0, 2.0, -1.5), atol=0.6)
+    for point in ([0, 0, 0], [20, -15, 10], [-25, 20, -12]):  # CT content onto the MR's anatomy
+        np.testing.assert_allclose((to_parent @ [*point, 1.0])[:3], (ct_to_mr @ [*point, 1.0])[:3],
+                                   atol=1.0)
     assert second.fusion.registration.mode == "rigid"
     # another output transform while the volume is shown through the B-spline: said in words
     sb.fuse_nodes(fixed, moving, None, method="average", registration="bspline",
-                  transformNode=transform, fixed_modality="MR", moving_modality="MR")
+                  transformNode=transform, fixed_modality="MR", moving_modality="CT")
     other = mrml_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "other")
     with pytest.raises(InvalidInputError, match="'moving to fixed'.*Choose 'moving to fixed' as the "
                                                 "output transform.*Harden transform"):
