@@ -116,8 +116,10 @@ def test_bad_counts_are_refused_naming_their_source(value):
         T.choose_threads(value, environ={})
 
 
+@pytest.mark.requires_torch
 def test_apply_sets_itk_and_torch(restore_threads):
-    torch = pytest.importorskip("torch")
+    import torch
+
     assert T.apply_threads(1) == 1
     assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 1
     assert torch.get_num_threads() == 1 and T.current_threads() == 1
@@ -125,6 +127,7 @@ def test_apply_sets_itk_and_torch(restore_threads):
     assert T.configure_torch(torch) == 1 and torch.get_num_threads() == 1
 
 
+@pytest.mark.requires_torch
 def test_before_torch_is_imported_openmp_waits_passively():
     """A fresh process: apply_threads puts OMP_WAIT_POLICY=PASSIVE in the environment before
     torch starts its OpenMP runtime, and torch then gets the count (an explicit policy stays)."""
@@ -142,8 +145,10 @@ def test_before_torch_is_imported_openmp_waits_passively():
     assert out.stdout.split()[0] == "ACTIVE"
 
 
+@pytest.mark.requires_torch
 def test_environment_variable_is_the_default_of_a_process(restore_threads, monkeypatch):
-    torch = pytest.importorskip("torch")
+    import torch
+
     monkeypatch.setenv(T.ENV_VAR, "1")
     T._applied = T._auto = None
     torch.set_num_threads(2)
@@ -179,8 +184,10 @@ def test_commands_take_threads(command):
     assert build_parser().parse_args(argv).threads is None
 
 
+@pytest.mark.requires_torch
 def test_fuse_threads_flag_sets_torch_and_itk(tmp_path, restore_threads):
-    torch = pytest.importorskip("torch")
+    import torch
+
     from MedFusionLib.cli import main
 
     a, b = _pair(tmp_path)
@@ -204,6 +211,7 @@ def test_bad_threads_flag_or_variable_exit_2_with_one_line(tmp_path, restore_thr
     assert not (tmp_path / "f.png").exists()
 
 
+@pytest.mark.requires_torch
 def test_torch_is_imported_beside_registration_not_before_it():
     """check_method with device 'auto' no longer imports torch; the pair job imports it on a
     background thread while it registers (issue #23), and the fusion waits for it."""
@@ -219,6 +227,7 @@ def test_torch_is_imported_beside_registration_not_before_it():
     assert out.stdout.strip() == "ok"
 
 
+@pytest.mark.requires_torch
 def test_a_pair_job_preloads_torch_for_the_cnn_only(tmp_path):
     code = ("import sys; from MedFusionLib import devices; from MedFusionLib.job import PairSpec, "
             "run_pair; a, b, o = sys.argv[1:4]; "
