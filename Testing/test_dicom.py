@@ -471,7 +471,7 @@ def test_suv_known_numbers_f18(tmp_path):
     ds = _f18_header()
     # one half-life after injection 185 MBq remain: SUV = C * 70000 g / 185e6 Bq
     assert dicom.suv_factor(ds) == pytest.approx(70000.0 / 185e6, rel=1e-9)
-    bq = make_pet(tmp_path / "pet", ds, np.full((2, 3, 3), 2 * 185e6 / 70000.0))
+    make_pet(tmp_path / "pet", ds, np.full((2, 3, 3), 2 * 185e6 / 70000.0))
     img = dicom.read_series(tmp_path / "pet", suv=True)
     assert_allclose(sitk.GetArrayFromImage(img), 2.0, rtol=1e-4)  # 5285.7 Bq/mL is SUV 2
     # the start time alone (no DateTime) works the same; ADMIN decay correction does not decay

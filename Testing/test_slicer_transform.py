@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import slicer
 
-import slicer_shim
 from MedFusionLib import slicer_bridge as sb
 from MedFusionLib.slicer_bridge.placement import _matrix_to_world
 from MedFusionLib.slicer_bridge.testing import synthetic_head_pair

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from MedFusionLib import aanlib  # noqa: E402
 from MedFusionLib.driver import fuse_arrays  # noqa: E402
 from MedFusionLib.figures import save_figure  # noqa: E402
-from MedFusionLib.pair_targets import TEN_KEYS, check_targets, score_pairs  # noqa: E402
+from MedFusionLib.pair_targets import check_targets, score_pairs  # noqa: E402
 
 FAMILIES = {
     "toward max": (lambda c, a, b, t: c + t * (np.maximum(a, b) - c), (0.25, 0.5, 0.75)),
