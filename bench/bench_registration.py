@@ -161,43 +161,48 @@ def _summary(title: str, rows: dict) -> None:
               f"({max(r[2] for r in rr):.1f}) | {flagged}/{len(fails)} | {wrong_high} |", flush=True)
 
 
+def _sweep(pairs, points, seed: int, moves, title: str) -> None:
+    """Register every pair under each move ``moves(rng)`` yields as (truth, label), print a row a
+    run and a summary table; ``rng`` restarts from ``seed`` for each pair."""
+    rows = {}
+    for name, make in pairs.items():
+        rows[name] = []
+        for truth, label in moves(np.random.default_rng(seed)):
+            mean, worst, cpu, r = _run(make, truth, points[name])
+            rows[name].append((mean, worst, cpu, r.confidence))
+            print(f"{name:32s} {label(r)} TRE {mean:6.2f}/{worst:6.2f} CPU {cpu:4.1f} {r.confidence}"
+                  + ("" if r.converged else f" ({r.confidence_reason})"), flush=True)
+    _summary(title, rows)
+
+
 def orientations(pairs, points, seed: int) -> None:
     """Every axis-aligned orientation with a small seeded offset, per pair."""
     mats = axis_aligned_orientations(3)
     print(f"\n== orientations: {len(pairs)} pairs x {len(mats)} axis-aligned turns, each with "
           f"+-8 deg / +-15 mm (seed {seed})")
-    rows = {}
-    for name, make in pairs.items():
-        rng = np.random.default_rng(seed)
-        rows[name] = []
+
+    def moves(rng):
         for k, O in enumerate(mats):
             truth = cases.turned(O, rng.uniform(-8, 8, 3), rng.uniform(-15, 15, 3))
-            mean, worst, cpu, r = _run(make, truth, points[name])
-            rows[name].append((mean, worst, cpu, r.confidence))
-            print(f"{name:32s} turn {k:2d} {r.orientation.get('axis_aligned', ''):32s} "
-                  f"TRE {mean:6.2f}/{worst:6.2f} CPU {cpu:4.1f} {r.confidence}"
-                  + ("" if r.converged else f" ({r.confidence_reason})"), flush=True)
-    _summary("| 24 orientations, per pair", rows)
+            yield truth, lambda r, k=k: f"turn {k:2d} {r.orientation.get('axis_aligned', ''):32s}"
+
+    _sweep(pairs, points, seed, moves, "| 24 orientations, per pair")
 
 
 def random_moves(pairs, points, n: int, seed: int) -> None:
     """``n`` seeded moves within +-45 deg per axis and 90 mm, per pair."""
     print(f"\n== random moves: {len(pairs)} pairs x {n} moves, angles uniform in +-45 deg about "
           f"each axis, shift uniform direction, length up to 90 mm (seed {seed})")
-    rows = {}
-    for name, make in pairs.items():
-        rng = np.random.default_rng(seed)
-        rows[name] = []
+
+    def moves(rng):
         for _ in range(n):
             d = rng.standard_normal(3)
             truth = cases.rigid(rng.uniform(-45, 45, 3), d / np.linalg.norm(d) * rng.uniform(0, 90))
-            mean, worst, cpu, r = _run(make, truth, points[name])
-            rows[name].append((mean, worst, cpu, r.confidence))
-            print(f"{name:32s} {np.array2string(np.degrees(truth.GetParameters()[:3]), precision=1):>22s} "
-                  f"{np.linalg.norm(truth.GetTranslation()):5.1f} mm TRE {mean:6.2f}/{worst:6.2f} "
-                  f"CPU {cpu:4.1f} {r.confidence}" + ("" if r.converged else f" ({r.confidence_reason})"),
-                  flush=True)
-    _summary("| +-45 deg / 90 mm moves, per pair", rows)
+            angles = np.array2string(np.degrees(truth.GetParameters()[:3]), precision=1)
+            shift = np.linalg.norm(truth.GetTranslation())
+            yield truth, lambda r, a=angles, t=shift: f"{a:>22s} {t:5.1f} mm"
+
+    _sweep(pairs, points, seed, moves, "| +-45 deg / 90 mm moves, per pair")
 
 
 def _on_grid(image, size, spacing, background):
