@@ -59,7 +59,8 @@ import MedFusionLib  # noqa: E402
 from MedFusionLib import optional  # noqa: E402
 from MedFusionLib.devices import available_devices  # noqa: E402
 from MedFusionLib.errors import MedFusionError  # noqa: E402
-from MedFusionLib.slicer_bridge import fuse_nodes, fuse_nodes_async, functional_role  # noqa: E402
+from MedFusionLib.background import discard_standby  # noqa: E402
+from MedFusionLib.slicer_bridge import fuse_nodes, fuse_nodes_async, functional_role, prewarm  # noqa: E402
 from MedFusionLib.slicer_bridge.nodes import single_slice_axis  # noqa: E402
 from MedFusionLib.slicer_bridge.testing import mutual_information, synthetic_head_pair  # noqa: E402
 
@@ -293,6 +294,7 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Called when the application closes and the module widget is destroyed."""
         if self.task is not None:
             self.task.cancel(_("because Slicer is closing"))
+        discard_standby()
         self.removeObservers()
 
     def onReload(self) -> None:
@@ -304,6 +306,12 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def enter(self) -> None:
         """Called each time the user opens this module."""
         self.initializeParameterNode()
+        self._prewarm()
+
+    def _prewarm(self) -> None:
+        """A fusion process starts up in standby while the user picks the volumes."""
+        if self._parameterNode and self.task is None:
+            self.logic.prewarm(self._parameterNode.method)
 
     def exit(self) -> None:
         """Called each time the user opens a different module (a running fusion goes on)."""
@@ -486,6 +494,7 @@ class MedFusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """The background fusion ended: unlock the panel and say how it went."""
         self.task = None
         self._setRunning(False)
+        self._prewarm()  # for the next run
         if task.state == "done":
             if self._parameterNode and not self._parameterNode.outputVolume:
                 self._parameterNode.outputVolume = task.result.outputVolume  # the next run reuses it
@@ -680,6 +689,12 @@ class MedFusionLogic(ScriptedLoadableModuleLogic):
         logging.info("Fusion started in the background")
         return fuse_nodes_async(fixedVolume, movingVolume, outputVolume, progress=progress,
                                 done=done, timer=timer, **settings)
+
+    @staticmethod
+    def prewarm(method: str | None = None) -> None:
+        """Start a fusion process in standby (the engine, and PyTorch when ``method`` needs it,
+        imported), so that the next background run starts working about 2 s sooner."""
+        prewarm(method)
 
     def processParameterNode(self, p, *, progress=None, done=None, timer=None):
         """Start the parameter node's fusion in the background (what Apply does)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,3 +100,89 @@ def test_an_interpreter_that_cannot_start_is_a_clear_error():
                            method="maximum", registration="none")
     with pytest.raises(MedFusionError, match="the fusion process could not run: FileNotFoundError"):
         run.wait(timeout=30)
+
+
+def test_a_child_given_no_job_does_nothing_and_exits_130(tmp_path):
+    # A child starts before its job folder is complete (or waits in standby); it reads nothing
+    # until it is given the folder, and an input closed without one ends it.
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", background.BOOTSTRAP, str(background.LIBRARY),
+                           "maximum"], stdin=subprocess.DEVNULL, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, done.stdout + done.stderr
+    assert background.PROTOCOL_PREFIX not in done.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_takes_the_child_waiting_in_standby_and_discard_ends_it():
+    launcher = background.Launcher()
+    background.prewarm(launcher, "maximum")
+    deadline = time.monotonic() + 30
+    while background._standby is None:
+        assert time.monotonic() < deadline, "no standby child was started"
+        time.sleep(0.02)
+    waiting = background._standby[1]
+    a, b = _pair()
+    run = background.start(a, b, launcher=launcher, method="maximum", registration="none")
+    run.wait(timeout=120)
+    assert run.state == "done" and run.pid == waiting.pid and background._standby is None
+    background.prewarm(launcher, "maximum")  # the next one
+    while background._standby is None:
+        time.sleep(0.02)
+    spare = background._standby[1]
+    background.prewarm(launcher, "maximum")  # one waits at most: this keeps it
+    time.sleep(0.5)
+    assert background._standby[1] is spare
+    background.discard_standby()
+    assert spare.wait(timeout=30) == 130 and background._standby is None
+
+
+def test_inputs_that_cannot_be_written_are_a_clear_error_and_the_child_stops(monkeypatch):
+    a, b = _pair()
+
+    def full_disk(image, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(background, "_save_array", full_disk)
+    run = background.start(a, b, method="maximum", registration="none")
+    with pytest.raises(MedFusionError, match="the fusion's inputs could not be written to .*"
+                                             "No space left on device"):
+        run.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while run.child_alive() or run.job.exists():
+        assert time.monotonic() < deadline, "the child or its folder outlived the failure"
+        time.sleep(0.05)
+
+
+def test_images_go_through_the_job_folder_unchanged(tmp_path):
+    rgb = sitk.GetImageFromArray(np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3), isVector=True)
+    rgb.SetSpacing((0.5, 2.0))
+    rgb.SetOrigin((3.0, -1.0))
+    rgb.SetDirection((0.0, 1.0, 1.0, 0.0))
+    rgb.SetMetaData("0008|0060", "PT")
+    background._save_array(rgb, tmp_path / "rgb.npy")
+    back = background._load_image(tmp_path / "rgb.npy", background._geometry(rgb))
+    (tmp_path / "rgb.npy").unlink()  # nothing maps the file any more
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(rgb))
+    assert back.GetNumberOfComponentsPerPixel() == 3
+    assert (back.GetSpacing(), back.GetOrigin(), back.GetDirection()) == \
+        (rgb.GetSpacing(), rgb.GetOrigin(), rgb.GetDirection())
+    assert back.GetMetaData("0008|0060") == "PT"
+
+
+def test_job_folders_go_to_shared_memory_only_when_it_has_room(monkeypatch, tmp_path):
+    import tempfile
+    a, b = _pair()
+    inputs = {"fixed": a, "moving": b}
+    monkeypatch.setattr(background, "SHARED_MEMORY", tmp_path)  # room: a real disk with space
+    roomy = background._job_folder(inputs, a)
+    assert roomy.parent == tmp_path
+    monkeypatch.setattr(background.shutil, "disk_usage",
+                        lambda path: type("Usage", (), {"free": 64 * 2 ** 20})())  # a 64 MB /dev/shm
+    small = background._job_folder(inputs, a)
+    monkeypatch.setattr(background, "SHARED_MEMORY", tmp_path / "absent")
+    absent = background._job_folder(inputs, a)
+    assert small.parent == absent.parent == Path(tempfile.gettempdir())
+    for folder in (small, absent):
+        folder.rmdir()

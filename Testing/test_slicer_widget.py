@@ -234,6 +234,33 @@ def test_apply_returns_at_once_and_the_scene_stays_usable_while_it_runs(make_wid
     assert any("left)" in s for s in stages)  # the time left, once it can be estimated
 
 
+def _standby_child(timeout=30):
+    from MedFusionLib import background
+    deadline = time.monotonic() + timeout
+    while background._standby is None:
+        assert time.monotonic() < deadline, "no fusion process waits in standby"
+        time.sleep(0.02)
+    return background._standby[1]
+
+
+def test_opening_the_panel_starts_a_fusion_process_in_standby_and_apply_uses_it(make_widget):
+    from MedFusionLib import background
+    background.discard_standby()
+    _volume("MR"), _volume("PET", seed=1)
+    w = make_widget()
+    w.enter()  # the user opens the module
+    waiting = _standby_child()
+    _apply(w, method="maximum", registration="none")
+    task = w.task
+    _run_event_loop(w)
+    assert w.ui.statusLabel.text.startswith("Fused with 'maximum'")
+    assert task.run.pid == waiting.pid  # the run took the waiting process
+    next_one = _standby_child()  # a new one waits for the next run
+    assert next_one is not waiting and next_one.poll() is None
+    w.cleanup()  # Slicer closes: the standby process ends
+    assert next_one.wait(timeout=30) == 130
+
+
 @pytest.mark.parametrize("how", ["cancel", "close the scene", "delete the moving volume",
                                  "delete the output volume"])
 def test_interruptions_cancel_and_leave_the_scene_as_it_was(make_widget, how):

@@ -36,7 +36,7 @@ from .fuse import CLINICAL_COLOUR_TABLES, DEFAULT_METRIC_KEYS, NodeFusionResult,
 from .nodes import dicom_modality, ijk_to_ras_matrix, image_from_volume, update_volume_from_image
 from .placement import matrix_from_transform, set_transform_node
 from .scene import headless_scene
-from .task import FusionTask, fuse_nodes_async
+from .task import FusionTask, fuse_nodes_async, prewarm
 
 __all__ = [
     "NodeFusionResult",
@@ -55,6 +55,7 @@ __all__ = [
     "show_result",
     "fuse_nodes",
     "fuse_nodes_async",
+    "prewarm",
     "FusionTask",
     "functional_role",
     "CLINICAL_COLOUR_TABLES",
