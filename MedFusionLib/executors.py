@@ -193,6 +193,7 @@ def run_jobs(jobs: Iterable[tuple[int, PairSpec]], on_record: Callable[[int, Pai
         logging.getLogger(name).setLevel(logging.ERROR)
     # "Task ... marked as failed because N workers died": the row's record says it in one line
     logging.getLogger("distributed.scheduler").setLevel(logging.CRITICAL)
+    _quiet_interrupted_sync()
     with dask.config.set({"distributed.scheduler.allowed-failures": max_tries - 1}):
         if workers is not None:
             threads = local_threads(workers, threads)
@@ -266,6 +267,23 @@ def _output_folders(spec: PairSpec) -> list[Path]:
     if spec.dicom:
         folders.append(Path(spec.output).absolute())
     return folders
+
+
+class _InterruptedSyncNoise(logging.Filter):
+    """Drops one log record: Ctrl-C landing in a Dask client call before its coroutine started
+    makes ``distributed.utils.sync``'s cleanup callback fail with ``NameError: cannot access
+    free variable 'future'`` (distributed 2026.8), which tornado logs with a traceback. Nothing
+    is lost by it (the interrupt is handled as any other); every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, NameError) and "sync.<locals>.cancel" in record.getMessage())
+
+
+def _quiet_interrupted_sync() -> None:
+    log = logging.getLogger("tornado.application")
+    if not any(isinstance(f, _InterruptedSyncNoise) for f in log.filters):
+        log.addFilter(_InterruptedSyncNoise())
 
 
 def _IgnoreInterrupts():
@@ -425,7 +443,7 @@ def _stop(client, event, futures) -> None:
     :data:`CANCEL_GRACE_S` for the running ones to return."""
     try:
         event.set()
-        running = _processing(client, [f.key for f in futures])
+        running = _started(client, [f.key for f in futures])
         client.cancel([f for f in futures if f.key not in running])
         deadline = time.monotonic() + CANCEL_GRACE_S
         while any(f.status == "pending" for f in futures) and time.monotonic() < deadline:
@@ -434,11 +452,18 @@ def _stop(client, event, futures) -> None:
         print(f"medfusion: while stopping the Dask jobs: {exc}", file=sys.stderr)
 
 
-def _processing(client, keys) -> set:
-    """The keys among ``keys`` that the scheduler has started on a worker."""
+#: Scheduler task states of a job that no worker has started: cancelling it loses nothing.
+_NOT_STARTED = ("released", "waiting", "queued", "no-worker")
+
+
+def _started(client, keys) -> set:
+    """The keys among ``keys`` that a worker has started or finished, as far as the scheduler
+    knows: running, or done (``memory``, ``erred``) with the news not yet at this client. Those
+    must not be cancelled: a finished job's outputs are in place and its record must be kept."""
 
     def on_scheduler(dask_scheduler, keys=tuple(keys)):
-        return [k for k in keys if getattr(dask_scheduler.tasks.get(k), "state", None) == "processing"]
+        return [k for k in keys
+                if getattr(dask_scheduler.tasks.get(k), "state", "released") not in _NOT_STARTED]
 
     try:
         return set(client.run_on_scheduler(on_scheduler))

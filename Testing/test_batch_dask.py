@@ -283,9 +283,11 @@ def test_ctrl_c_on_a_local_cluster_keeps_outputs_and_records_in_agreement(tmp_pa
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "distributed" not in err, err
-    recorded = {Path(r["output"]).name for r in _records(results) if r["status"] == "ok"}
+    records = _records(results)
+    recorded = {Path(r["output"]).name for r in records if r["status"] == "ok"}
     written = {p.name for p in (tmp_path / "pairs/out").iterdir()}
-    assert recorded == written and len(recorded) < 10, (recorded, written)
+    assert recorded == written and len(recorded) < 10, (
+        recorded, written, [(Path(r["output"]).name, r["status"], r.get("error")) for r in records], err)
     assert not list((tmp_path / "pairs/out").glob(".medfusion-*"))
 
 
@@ -304,3 +306,53 @@ def test_a_row_that_kills_its_worker_is_one_line_on_a_local_cluster(tmp_path):
     assert err.strip().splitlines() == [
         "medfusion batch: line 2: failed: the worker running this pair died once (out of "
         "memory? see the worker logs); not retried again"], err
+
+
+def test_a_job_done_on_the_scheduler_but_not_yet_at_the_client_counts_as_started():
+    """Issue #25, Ctrl-C on a local cluster: a row whose worker had finished (outputs in place)
+    but whose result had not reached the client yet was cancelled as 'not started', so its
+    output stayed on disk unrecorded (1 of 5 tries under load). Only jobs no worker has taken
+    may be cancelled."""
+    from MedFusionLib import executors
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        done = client.submit(sum, [1, 2], key="medfusion-test-done")
+        assert done.result(timeout=30) == 3  # state 'memory' on the scheduler
+        gate = distributed.Event("medfusion-test-gate", client=client)
+        running = client.submit(gate.wait, 30, key="medfusion-test-running", pure=False)
+        queued = [client.submit(sum, [3, i], key=f"medfusion-test-queued-{i}", pure=False)
+                  for i in range(6)]  # a worker is sent a few more than its threads, not all
+        deadline = time.monotonic() + 30
+        while executors._started(client, [running.key]) != {running.key}:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        started = executors._started(client, [done.key, running.key] + [q.key for q in queued])
+        assert {done.key, running.key} <= started and len(started) < 8, started
+        gate.set()
+
+
+def test_the_dask_sync_cleanup_error_after_ctrl_c_is_dropped_and_nothing_else(caplog):
+    """Ctrl-C inside a Dask client call printed tornado's 'Exception in callback ... sync.<locals>
+    .cancel' traceback (NameError in distributed's own cleanup) under the interrupt message."""
+    import logging
+
+    from MedFusionLib import executors
+    executors._quiet_interrupted_sync()
+    executors._quiet_interrupted_sync()  # once, however often a batch starts
+    log = logging.getLogger("tornado.application")
+    assert sum(isinstance(f, executors._InterruptedSyncNoise) for f in log.filters) == 1
+
+    def logged(error, message):
+        try:
+            raise error
+        except Exception:
+            log.error(message, exc_info=True)
+
+    with caplog.at_level(logging.ERROR, logger="tornado.application"):
+        logged(NameError("cannot access free variable 'future'"),
+               "Exception in callback functools.partial(<function sync.<locals>.cancel at 0x7f>)")
+        logged(NameError("name 'x' is not defined"), "Exception in callback something_else")
+        logged(ValueError("boom"), "Exception in callback functools.partial(<function sync.<locals>.cancel>)")
+    assert [r.getMessage()[:40] for r in caplog.records] == [
+        "Exception in callback something_else", "Exception in callback functools.partial("]
