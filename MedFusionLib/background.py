@@ -388,7 +388,8 @@ class BackgroundFusion:
             proc.kill()
 
     def _run(self, inputs: dict, spec: dict, initial_transform) -> None:
-        """Start the child, write the job while it starts up, say go, then read it to its end."""
+        """Take or start the child, write the job while it starts up, give it the job folder, then
+        read it to its end."""
         reader = None
         try:
             with self._proc_lock:
