@@ -51,6 +51,7 @@ import SimpleITK as sitk
 from . import errors, optional
 from .errors import CancelledError, MedFusionError
 from .interactive import run_engine
+from .methods import METHODS
 from .registration import RegistrationResult
 
 __all__ = ["BackgroundFusion", "Launcher", "start", "prewarm", "discard_standby", "worker_main",
@@ -180,7 +181,6 @@ def _prepare(method: str | None) -> None:
     """Import PyTorch now when ``method`` needs it (about 1.5 s), while the parent writes the job
     or the child waits in standby; a torch that fails to import is left for the engine to report
     in its own words."""
-    from .methods import METHODS
     if method in METHODS and METHODS[method].needs_torch and optional.available("torch"):
         try:
             optional.require("torch")
