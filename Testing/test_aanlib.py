@@ -173,8 +173,8 @@ def _git(*args, cwd):
 @pytest.fixture
 def tiny_repo(tmp_path):
     """A git repository of three files, its commit and a manifest of their SHA-256."""
-    if shutil.which("git") is None or shutil.which("sha256sum") is None:
-        pytest.skip("needs git and sha256sum")
+    missing = [tool for tool in ("git", "sha256sum") if shutil.which(tool) is None]
+    assert not missing, f"the fetch script's tests need {' and '.join(missing)} on the PATH"
     src = tmp_path / "src"
     (src / "CT-MRI" / "CT").mkdir(parents=True)
     (src / "CT-MRI" / "CT" / "2004.png").write_bytes(b"\x89PNG one")

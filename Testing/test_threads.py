@@ -96,6 +96,9 @@ def test_no_cgroup_files_at_all(tmp_path):
 def test_this_process_gets_at_least_one_core_and_no_more_than_its_affinity():
     n = T.available_cores()
     assert 1 <= n <= len(os.sched_getaffinity(0))
+    # the defaults are this process's affinity and its real cgroup files
+    assert n == T.available_cores(root=T._CGROUP_ROOT, proc_cgroup=T._PROC_CGROUP,
+                                  affinity=os.sched_getaffinity(0))
 
 
 # --- the choice: --threads, MEDFUSION_THREADS, cores --------------------------------------------
@@ -158,7 +161,8 @@ def test_environment_variable_is_the_default_of_a_process(restore_threads, monke
 def test_local_dask_workers_share_the_threads():
     assert local_threads(2, 8) == 4
     assert local_threads(3, 2) == 1
-    assert 1 <= local_threads(1) <= len(os.sched_getaffinity(0))
+    assert local_threads(1) == T.available_cores()  # by default, the cores this process may use
+    assert local_threads(2) == max(1, T.available_cores() // 2)
 
 
 # --- the option on the commands -----------------------------------------------------------------
