@@ -59,8 +59,8 @@ import MedFusionLib  # noqa: E402
 from MedFusionLib import optional  # noqa: E402
 from MedFusionLib.devices import available_devices  # noqa: E402
 from MedFusionLib.errors import MedFusionError  # noqa: E402
-from MedFusionLib.background import discard_standby  # noqa: E402
-from MedFusionLib.slicer_bridge import fuse_nodes, fuse_nodes_async, functional_role, prewarm  # noqa: E402
+from MedFusionLib.slicer_bridge import (discard_standby, fuse_nodes, fuse_nodes_async,  # noqa: E402
+                                        functional_role, prewarm)
 from MedFusionLib.slicer_bridge.nodes import single_slice_axis  # noqa: E402
 from MedFusionLib.slicer_bridge.testing import mutual_information, synthetic_head_pair  # noqa: E402
 
@@ -693,7 +693,7 @@ class MedFusionLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def prewarm(method: str | None = None) -> None:
         """Start a fusion process in standby (the engine, and PyTorch when ``method`` needs it,
-        imported), so that the next background run starts working about 2 s sooner."""
+        imported), so that the next background run does not wait for those imports."""
         prewarm(method)
 
     def processParameterNode(self, p, *, progress=None, done=None, timer=None):

@@ -500,7 +500,8 @@ def _launch(launcher: Launcher, method: str | None) -> subprocess.Popen:
 
 def prewarm(launcher: Launcher | None = None, method: str | None = None) -> None:
     """Start a child in standby, so that the next :func:`start` with the same launcher finds the
-    library (and PyTorch, when ``method`` needs it) imported: about 2 s less per run on a CPU.
+    library (and PyTorch, when ``method`` needs it) imported (about 2 s on a CPU, which a child
+    started at :func:`start` spends while, and after, the inputs are written).
 
     Returns at once (the process is started on a thread). At most one child waits; one already
     waiting for this launcher is kept, one for another launcher is ended. A waiting child uses no

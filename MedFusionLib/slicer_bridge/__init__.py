@@ -36,7 +36,7 @@ from .fuse import CLINICAL_COLOUR_TABLES, DEFAULT_METRIC_KEYS, NodeFusionResult,
 from .nodes import dicom_modality, ijk_to_ras_matrix, image_from_volume, update_volume_from_image
 from .placement import matrix_from_transform, set_transform_node
 from .scene import headless_scene
-from .task import FusionTask, fuse_nodes_async, prewarm
+from .task import FusionTask, discard_standby, fuse_nodes_async, prewarm
 
 __all__ = [
     "NodeFusionResult",
@@ -56,6 +56,7 @@ __all__ = [
     "fuse_nodes",
     "fuse_nodes_async",
     "prewarm",
+    "discard_standby",
     "FusionTask",
     "functional_role",
     "CLINICAL_COLOUR_TABLES",

@@ -20,11 +20,12 @@ import slicer
 import vtk
 
 from .. import background
-from ..background import BackgroundFusion, Launcher, start
+from ..background import BackgroundFusion, Launcher, discard_standby, start
 from ..errors import CancelledError, MedFusionError
 from .fuse import FusionRequest, NodeFusionResult, prepare_fusion, write_result
 
-__all__ = ["FusionTask", "fuse_nodes_async", "prewarm", "slicer_launcher", "POLL_INTERVAL_MS"]
+__all__ = ["FusionTask", "fuse_nodes_async", "prewarm", "discard_standby", "slicer_launcher",
+           "POLL_INTERVAL_MS"]
 
 logger = logging.getLogger("MedFusionLib")
 
@@ -45,10 +46,9 @@ def slicer_launcher() -> Launcher:
 
 def prewarm(method: str | None = None, launcher: Launcher | None = None) -> None:
     """Have a fusion process wait in standby with the engine (and PyTorch, when ``method``
-    needs it) imported, so that the next :func:`fuse_nodes_async` starts working about 2 s
-    sooner. Returns at once; the panel calls it when it is opened and after each run
-    (:func:`MedFusionLib.background.prewarm`; :func:`MedFusionLib.background.discard_standby`
-    ends it)."""
+    needs it) imported, so that the next :func:`fuse_nodes_async` does not wait for those
+    imports. Returns at once; the panel calls it when it is opened and after each run
+    (:func:`MedFusionLib.background.prewarm`; :func:`discard_standby` ends it)."""
     background.prewarm(launcher or slicer_launcher(), method)
 
 
