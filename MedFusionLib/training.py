@@ -124,6 +124,13 @@ class TrainConfig:
         Registry name of the model the validation's anatomy guard compares with.
     val_limit : int
         At most this many validation pairs (every k-th; 0: all).
+    val_guard : dict
+        Tolerances of the anatomy guard on the validation pairs, overriding
+        :data:`MedFusionLib.pair_targets.DEFAULT_GUARD` (e.g. ``{"VIF": 0.01}``: keep VIF within
+        1 % on validation so that the held-out cases have room for the target's 2 %).
+    val_hot : bool
+        Checkpoint selection also keeps the hot foci of the second source
+        (:func:`MedFusionLib.pair_targets.selection_key` ``hot``).
     """
 
     seed: int = 0
@@ -150,6 +157,8 @@ class TrainConfig:
     val_every: int = 0
     reference: str = "fusionnet"
     val_limit: int = 0
+    val_guard: dict = field(default_factory=dict)
+    val_hot: bool = False
 
     def validate(self) -> "TrainConfig":
         """Check ranges; raise :class:`InvalidInputError` naming the bad field."""
@@ -164,6 +173,8 @@ class TrainConfig:
             ("functional_volumes", self.functional_volumes >= 1),
             ("pair_type", self.pair_type in (None, "ct-mr", "pet-mr", "spect-mr")),
             ("val_every", self.val_every >= 0), ("val_limit", self.val_limit >= 0),
+            ("val_guard", set(self.val_guard) <= {"Qabf", "VIF", "SSIM"} and all(
+                isinstance(v, (int, float)) and 0 <= v < 1 for v in self.val_guard.values())),
         ]
         for name, ok in checks:
             if not ok:
@@ -221,6 +232,9 @@ LOSS_TERMS = {
                "information than pixel maximum (pair_losses.information_balance)",
     "mi": "relu(1 - MI(F) / MI(max(A, B))) with soft-histogram MI = I(A;F) + I(B;F): up to "
           "pixel maximum's mutual information",
+    "hot": "relu(y - F) at the pixels where a source y is clearly brighter than the other "
+           "(a PET/SPECT hot focus over the MR), normalised by their area "
+           "(pair_losses.hot_focus): the focus stays visible in the grey result",
     "identity": "|F - A| on pairs of a slice with itself: fusion of identical inputs is the input",
 }
 DEFAULT_LOSS = {"intensity": 1.0, "gradient": 2.0, "ssim": 1.0}
@@ -288,6 +302,8 @@ def fusion_loss(fused, a, b, *, weights: dict | None = None, caps: dict | None =
         per["functional"] = L.functional_saliency(func, fused) * (role >= 0).to(fused.dtype)
     if w.get("salient"):
         per["salient"] = PL.salient_intensity(a, b, fused)
+    if w.get("hot"):
+        per["hot"] = PL.hot_focus(a, b, fused)
     if w.get("balance") or w.get("mi"):
         balance, amount = PL.information_terms(a, b, fused)
         per.update({k: v for k, v in (("balance", balance), ("mi", amount)) if w.get(k)})

@@ -85,19 +85,23 @@ class AtlasValidator:
         Registry name of today's default model (the anatomy guard's reference).
     limit : int, optional
         Score only every k-th validation pair so that at most ``limit`` are used (faster).
+    guard, hot
+        Passed to :func:`~MedFusionLib.pair_targets.selection_key` (the config's ``val_guard``
+        and ``val_hot``).
 
     Calling it with a network returns ``(key, scores)``: the
     :func:`~MedFusionLib.pair_targets.selection_key` (larger is better) and the mean metrics.
     """
 
     def __init__(self, root, pair_type: str, split=None, *, reference: str = "fusionnet",
-                 limit: int | None = None):
+                 limit: int | None = None, guard: dict | None = None, hot: bool = False):
         split = _split(split)
         names = aanlib.split_names(root, pair_type, "val", split)
         if limit and len(names) > limit:
             names = names[::int(np.ceil(len(names) / limit))]
         pairs = aanlib.load_pairs(root, pair_type, names)
         self.pair_type = pair_type
+        self.guard, self.hot = dict(guard or {}), bool(hot)
         self.names = names
         self.a, self.b = pairs.mr, pairs.other
         self.maximum = score_pairs(self.a, self.b, np.maximum(self.a, self.b))
@@ -107,7 +111,8 @@ class AtlasValidator:
 
     def __call__(self, net) -> tuple[tuple, dict]:
         scores = score_pairs(self.a, self.b, _run_net(net, self.a, self.b))
-        return selection_key(scores, self.maximum, self.reference), scores
+        return selection_key(scores, self.maximum, self.reference, guard=self.guard,
+                             hot=self.hot), scores
 
     def summary(self) -> dict:
         """The reference values on the validation pairs (for the model's record)."""

@@ -17,10 +17,38 @@ from conftest import ATLAS_CASES, make_atlas_folder
 from MedFusionLib import aanlib
 from MedFusionLib.errors import InvalidInputError
 from MedFusionLib.nets import weights as W
-from MedFusionLib.pair_targets import TEN_KEYS, check_targets, count_as_good, selection_key
+from MedFusionLib.pair_targets import (TEN_KEYS, check_targets, count_as_good, hot_gap,
+                                       score_pairs, selection_key)
 
 ROOT = Path(__file__).resolve().parents[1]
 FETCH = ROOT / "Resources" / "SampleData" / "fetch-aanlib.sh"
+
+
+def test_the_hot_gap_measures_how_much_of_a_hot_focus_survives():
+    a = np.full((2, 48, 48), 0.5)
+    b = np.full_like(a, 0.2)
+    b[:, 8:14, 8:14] = 0.9                           # 1.6 % of the slice
+    assert hot_gap(a, b, np.maximum(a, b)) == 0.0
+    assert hot_gap(a, b, a) == pytest.approx(-0.4)   # faded into the MR
+    assert hot_gap(a, b, 0.5 * (a + b)) == pytest.approx(-0.2)
+    assert np.isnan(hot_gap(a, a, a))                # no focus at all
+    a = a + np.random.default_rng(0).uniform(0.0, 0.05, a.shape)   # the metrics need texture
+    assert score_pairs(a, b, a)["HOT"] == pytest.approx(hot_gap(a, b, a))
+
+
+def test_selection_with_hot_foci_prefers_the_brighter_focus_that_keeps_the_anatomy():
+    maximum = _row(SD=2.0, MI=2.0, VIF=0.9, HOT=0.0)
+    default = _row(HOT=-0.15)
+    faded = _row(HOT=-0.16, SD=2.0, MI=2.0)              # 10/10 but the focus fades more
+    kept = _row(HOT=-0.15)                               # 8/10, as the default
+    brighter = _row(HOT=-0.10, VIF=0.995)                # 8/10, focus +0.05, VIF -0.5 %
+    costly = _row(HOT=-0.05, VIF=0.985)                  # VIF -1.5 %: inside 2 %, not inside 1 %
+    key = lambda c, **kw: selection_key(c, maximum, default, hot=True, **kw)  # noqa: E731
+    assert key(brighter) > key(kept) > key(faded)
+    assert key(costly) > key(brighter)
+    assert key(brighter, guard={"VIF": 0.01}) > key(costly, guard={"VIF": 0.01})
+    # without hot, the count decides as before
+    assert selection_key(faded, maximum, default) > selection_key(brighter, maximum, default)
 
 
 @pytest.fixture(scope="module")

@@ -81,6 +81,32 @@ def test_the_salient_target_follows_uptake_where_the_mr_is_brighter():
     torch.testing.assert_close(PL.salient_target(ta, ta), ta)
 
 
+def _focus_pair():
+    """A flat MR (0.5) and a dim functional image (0.2) with a hot focus (0.9) 4 % of its area."""
+    a = np.full((1, 1, 40, 40), 0.5, np.float32)
+    b = np.full_like(a, 0.2)
+    b[..., 10:18, 10:18] = 0.9
+    return torch.from_numpy(a), torch.from_numpy(b)
+
+
+def test_the_hot_focus_term_costs_a_faded_focus_and_nothing_at_or_above_it():
+    a, b = _focus_pair()
+    faded = float(PL.hot_focus(a, b, a))                       # the MR passed through
+    assert faded == pytest.approx(0.5 * 0.4 * 64 / (64 + 16), rel=0.02)
+    assert float(PL.hot_focus(a, b, torch.maximum(a, b))) == 0.0
+    assert float(PL.hot_focus(a, b, torch.maximum(a, b) + 0.05)) == 0.0   # one-sided
+    assert float(PL.hot_focus(b, a, a)) == pytest.approx(faded)          # symmetric
+    assert float(PL.hot_focus(a, a, a)) == 0.0
+    # the area normalisation: a focus of 4 % costs as much per pixel as one of 16 %
+    big = b.clone()
+    big[..., 4:20, 4:20] = 0.9
+    assert float(PL.hot_focus(a, big, a)) == pytest.approx(0.5 * 0.4 * 256 / 272, rel=0.02)
+    half = (0.5 * (a + b)).requires_grad_(True)
+    total, terms = fusion_loss(half, a, b, weights={"hot": 1.0})
+    total.backward()
+    assert terms["hot"] > 0 and float(half.grad[..., 12, 12]) < 0   # pushes the focus up
+
+
 def test_the_new_terms_train_through_fusion_loss():
     a = _t(make_phantom_2d((48, 48), seed=2)).repeat(2, 1, 1, 1)
     b = _t(make_phantom_2d((48, 48), seed=3) ** 2).repeat(2, 1, 1, 1)

@@ -230,6 +230,10 @@ def test_config_validation(tmp_path):
     bad.write_text(json.dumps({"patch": 30}))
     with pytest.raises(InvalidInputError, match="patch"):
         load_config(bad)
+    for guard in ({"PSNR": 0.01}, {"VIF": 1.5}, {"VIF": "1%"}):
+        bad.write_text(json.dumps({"val_guard": guard}))
+        with pytest.raises(InvalidInputError, match="val_guard"):
+            load_config(bad)
     with pytest.raises(InvalidInputError, match="not found"):
         load_config(tmp_path / "missing.json")
     with pytest.raises(InvalidInputError, match=r"\.pt"):

@@ -13,7 +13,8 @@ none of them is used in training or checkpoint selection) under the luminance pr
 
 and prints the mean of the ten metrics and FS (8-bit scoring), the time per slice (fusion only,
 CPU), the mean absolute difference of the result from each source (grey levels: a pass-through
-of one source is near 0 there), and the targets (:func:`MedFusionLib.pair_targets.check_targets`):
+of one source is near 0 there), ``HOT`` (:func:`MedFusionLib.pair_targets.hot_gap`: how much of
+the second source's hot foci survives in the grey result), and the targets (:func:`MedFusionLib.pair_targets.check_targets`):
 metrics at least as good as pixel maximum's (of 10) and FS, the anatomy guard against
 ``default``, and the metrics at least as good as each classical baseline's.
 """
@@ -86,10 +87,11 @@ def evaluate(root, part: str = "test", split=None, pair_types=None) -> dict:
 
 
 def print_results(results: dict, part: str) -> None:
-    cols = list(TEN_KEYS) + ["FS", "ms", "dA", "dB"]
+    cols = list(TEN_KEYS) + ["FS", "HOT", "ms", "dA", "dB"]
     for key, res in results.items():
         print(f"\n[atlas {key}, {part} cases {res['cases']}, {res['n']} pairs; luminance "
-              "protocol, 8-bit scoring; ms = fusion time per 256x256 slice, CPU; dA/dB = mean "
+              "protocol, 8-bit scoring; HOT = mean F - B where B > MR + 0.2 (0 = the focus as "
+              "bright as in B); ms = fusion time per 256x256 slice, CPU; dA/dB = mean "
               "|F - source| in grey levels]")
         print(f"{'method':10s}" + "".join(f"{k:>8s}" for k in cols))
         for label, row in res["rows"].items():

@@ -74,7 +74,8 @@ def _atlas_data(config, args):
     validator = None
     if config.val_every:
         validator = training_atlas.AtlasValidator(root, config.pair_type, split, reference=config.reference,
-                                   limit=config.val_limit or None)
+                                   limit=config.val_limit or None, guard=config.val_guard,
+                                   hot=config.val_hot)
     data = (f"aanlib {config.pair_type} train cases {split['pair_types'][config.pair_type]['train']}"
             f" (commit {split.get('commit', '?')[:7]}, split {split_path.name})")
     return bank, validator, data

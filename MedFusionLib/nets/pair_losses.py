@@ -11,6 +11,10 @@ Every function takes ``(N, 1, H, W)`` tensors in [0, 1] and returns one value pe
   level (its foreground median), so a PET/SPECT uptake region counts even where the MR is
   brighter in absolute grey level; where neither stands out, the brighter source (pixel
   maximum).
+- :func:`hot_focus`: how far F stays below a source where that source is clearly brighter than
+  the other (a PET/SPECT hot focus over the MR, the MR over a dark functional image), one-sided
+  and normalised by the area of those pixels, so a focus of a few per cent of the image weighs
+  as much as the rest of the slice.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import torch
 
 __all__ = ["soft_mutual_information", "information_terms", "salient_intensity",
-           "salient_target"]
+           "salient_target", "hot_focus"]
 
 
 def _linear_bins(x: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,3 +111,23 @@ def salient_intensity(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torc
     """``mean |F - T|`` per image for the :func:`salient_target` T, on the [0, 1] scale."""
     return (f - salient_target(a, b)).abs().mean(dim=(1, 2, 3))
 
+
+
+def hot_focus(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor, *, margin: float = 0.15,
+              floor: float = 0.1, sharpness: float = 30.0) -> torch.Tensor:
+    """Shortfall of F at each source's hot foci, per image ``(N,)``, on the [0, 1] scale.
+
+    For each direction (``b`` over ``a``, then ``a`` over ``b``) the pixels where the brighter
+    source ``y`` exceeds the other by more than ``margin`` and exceeds ``floor`` are weighted by
+    ``w = sigmoid(sharpness * (y - x - margin))``, and the term is
+    ``sum(w * relu(y - F)) / (sum(w) + 16)``: F darker than the focus costs, F at or above it
+    does not. The two directions are averaged, so the term is symmetric in the sources; for
+    ``a = b`` it is 0. The 16-pixel floor of the denominator keeps a focus of a few pixels from
+    dominating the batch.
+    """
+    out = []
+    for x, y in ((a, b), (b, a)):
+        with torch.no_grad():
+            w = torch.sigmoid(sharpness * (y - x - margin)) * (y > floor).to(y.dtype)
+        out.append((w * torch.relu(y - f)).sum(dim=(1, 2, 3)) / (w.sum(dim=(1, 2, 3)) + 16.0))
+    return 0.5 * (out[0] + out[1])
