@@ -26,7 +26,7 @@ import numpy as np
 from .metrics import compute_metrics
 
 __all__ = ["TEN_KEYS", "SCORED_KEYS", "score_pairs", "hot_gap", "count_as_good",
-           "check_targets", "selection_key", "DEFAULT_GUARD", "HOT_MARGIN"]
+           "check_targets", "keeps_anatomy", "selection_key", "DEFAULT_GUARD", "HOT_MARGIN"]
 
 #: The ten metrics of the targets (every one: higher is better).
 TEN_KEYS = ("EN", "SD", "SF", "AG", "MI", "SCD", "Qabf", "SSIM", "VIFF", "VIF")
@@ -61,24 +61,44 @@ def hot_gap(a: np.ndarray, b: np.ndarray, fused: np.ndarray, *, margin: float = 
     return float(np.mean(fused[mask] - b[mask]))
 
 
-def score_pairs(a: np.ndarray, b: np.ndarray, fused: np.ndarray) -> dict:
+def score_pairs(a: np.ndarray, b: np.ndarray, fused: np.ndarray, *,
+                groups=None) -> dict | tuple[dict, dict]:
     """Mean of :data:`SCORED_KEYS` over slices.
 
     Parameters
     ----------
     a, b, fused : ndarray
         ``float (N, H, W)`` sources and fused slices in [0, 1] (scored as 8-bit grey levels).
+    groups : sequence, optional
+        A label per slice (e.g. the atlas case): the means are also given per label, from the
+        same per-slice scores.
 
     Returns
     -------
     dict
-        ``key -> mean value`` (float), and ``HOT`` (:func:`hot_gap` pooled over the slices).
+        ``key -> mean value`` (float), and ``HOT`` (:func:`hot_gap` pooled over the slices);
+        with ``groups``, ``(means, {label: means of its slices})``.
     """
     rows = [compute_metrics(a[i], b[i], fused[i], keys=list(SCORED_KEYS), data_range=1.0)
             for i in range(len(fused))]
-    out = {k: float(np.mean([r[k] for r in rows])) for k in SCORED_KEYS}
-    out["HOT"] = hot_gap(a, b, fused)
-    return out
+
+    def means(idx):
+        out = {k: float(np.mean([rows[i][k] for i in idx])) for k in SCORED_KEYS}
+        out["HOT"] = hot_gap(a[idx], b[idx], fused[idx])
+        return out
+
+    whole = means(np.arange(len(rows)))
+    if groups is None:
+        return whole
+    labels = np.asarray(groups)
+    return whole, {g: means(np.flatnonzero(labels == g)) for g in dict.fromkeys(groups)}
+
+
+def keeps_anatomy(cand: dict, default: dict, guard: dict | None = None) -> bool:
+    """Whether ``cand`` is within the guard's tolerances of ``default`` on Q^AB/F, VIF and SSIM
+    (default :data:`DEFAULT_GUARD`; each given tolerance overrides its entry)."""
+    guard = dict(DEFAULT_GUARD, **(guard or {}))
+    return all(_ge(cand[k], default[k] * (1.0 - tol)) for k, tol in guard.items())
 
 
 def _ge(x: float, y: float) -> bool:
@@ -113,8 +133,7 @@ def check_targets(cand: dict, maximum: dict, default: dict | None = None,
     out["fs"] = round(cand["FS"], 3) <= round(maximum["FS"], 3)
     checks = [out["max8"], out["fs"]]
     if default is not None:
-        out["anatomy"] = all(_ge(cand[k], default[k] * (1.0 - tol)) for k, tol in
-                             DEFAULT_GUARD.items())
+        out["anatomy"] = keeps_anatomy(cand, default)
         checks.append(out["anatomy"])
     if baselines:
         counts = {name: count_as_good(cand, ref) for name, ref in baselines.items()}
@@ -126,7 +145,7 @@ def check_targets(cand: dict, maximum: dict, default: dict | None = None,
 
 
 def selection_key(cand: dict, maximum: dict, default: dict, *, guard: dict | None = None,
-                  hot: bool = False) -> tuple:
+                  hot: bool = False, cases_kept: bool = True) -> tuple:
     """Sort key of a checkpoint (larger is better).
 
     Checkpoints that keep the anatomy come first, ordered by the number of metrics at least as
@@ -145,11 +164,16 @@ def selection_key(cand: dict, maximum: dict, default: dict, *, guard: dict | Non
         no lower than the default's; those that also meet the count target (at least as good as
         pixel maximum on 8 of 10) come first, ordered by the ``HOT`` gain (to 0.01) before the
         count: a focus that stays visible matters more than a ninth metric.
+    cases_kept : bool
+        Whether the target's guard also holds on each validation case on its own (computed by
+        the caller, :class:`~MedFusionLib.training_atlas.AtlasValidator` ``per_case``); False
+        counts as not keeping the anatomy. A mean that keeps it while one case loses SSIM is
+        the checkpoint most likely to lose it on new cases.
     """
     guard = dict(DEFAULT_GUARD, **(guard or {}))
     t = check_targets(cand, maximum, default)
     margin = min(cand[k] / max(default[k] * (1.0 - tol), 1e-9) for k, tol in guard.items())
-    keeps = all(_ge(cand[k], default[k] * (1.0 - tol)) for k, tol in guard.items())
+    keeps = keeps_anatomy(cand, default, guard) and cases_kept
     score = t["vs_max"] + int(t["fs"])
     if hot:
         gain = cand["HOT"] - default["HOT"]

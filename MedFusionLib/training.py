@@ -131,6 +131,9 @@ class TrainConfig:
     val_hot : bool
         Checkpoint selection also keeps the hot foci of the second source
         (:func:`MedFusionLib.pair_targets.selection_key` ``hot``).
+    val_per_case : bool
+        Checkpoint selection also requires the target's anatomy guard on each validation case
+        on its own (:class:`MedFusionLib.training_atlas.AtlasValidator` ``per_case``).
     """
 
     seed: int = 0
@@ -159,6 +162,7 @@ class TrainConfig:
     val_limit: int = 0
     val_guard: dict = field(default_factory=dict)
     val_hot: bool = False
+    val_per_case: bool = False
 
     def validate(self) -> "TrainConfig":
         """Check ranges; raise :class:`InvalidInputError` naming the bad field."""

@@ -27,7 +27,7 @@ import torch
 from . import aanlib
 from .errors import InvalidInputError
 from .nets.weights import load_model
-from .pair_targets import score_pairs, selection_key
+from .pair_targets import keeps_anatomy, score_pairs, selection_key
 from .training_data import SliceBank
 
 __all__ = ["AtlasBank", "atlas_bank", "AtlasValidator"]
@@ -88,13 +88,18 @@ class AtlasValidator:
     guard, hot
         Passed to :func:`~MedFusionLib.pair_targets.selection_key` (the config's ``val_guard``
         and ``val_hot``).
+    per_case : bool
+        Also require the target's anatomy guard on each validation case on its own (the
+        config's ``val_per_case``); the scores then carry ``cases_kept``, the fraction of cases
+        that keep it.
 
     Calling it with a network returns ``(key, scores)``: the
     :func:`~MedFusionLib.pair_targets.selection_key` (larger is better) and the mean metrics.
     """
 
     def __init__(self, root, pair_type: str, split=None, *, reference: str = "fusionnet",
-                 limit: int | None = None, guard: dict | None = None, hot: bool = False):
+                 limit: int | None = None, guard: dict | None = None, hot: bool = False,
+                 per_case: bool = False):
         split = _split(split)
         names = aanlib.split_names(root, pair_type, "val", split)
         if limit and len(names) > limit:
@@ -103,16 +108,27 @@ class AtlasValidator:
         self.pair_type = pair_type
         self.guard, self.hot = dict(guard or {}), bool(hot)
         self.names = names
+        self.cases = [aanlib.case_of(n)[0] for n in names] if per_case else None
         self.a, self.b = pairs.mr, pairs.other
         self.maximum = score_pairs(self.a, self.b, np.maximum(self.a, self.b))
         self.reference_name = reference
-        self.reference = score_pairs(self.a, self.b, _run_net(load_model(reference), self.a,
-                                                             self.b))
+        self.reference, self.reference_cases = self._score(load_model(reference))
+
+    def _score(self, net) -> tuple[dict, dict | None]:
+        fused = _run_net(net, self.a, self.b)
+        if self.cases is None:
+            return score_pairs(self.a, self.b, fused), None
+        return score_pairs(self.a, self.b, fused, groups=self.cases)
 
     def __call__(self, net) -> tuple[tuple, dict]:
-        scores = score_pairs(self.a, self.b, _run_net(net, self.a, self.b))
+        scores, cases = self._score(net)
+        cases_kept = True
+        if cases is not None:
+            kept = [keeps_anatomy(cases[c], self.reference_cases[c]) for c in cases]
+            scores["cases_kept"] = sum(kept) / len(kept)
+            cases_kept = all(kept)
         return selection_key(scores, self.maximum, self.reference, guard=self.guard,
-                             hot=self.hot), scores
+                             hot=self.hot, cases_kept=cases_kept), scores
 
     def summary(self) -> dict:
         """The reference values on the validation pairs (for the model's record)."""

@@ -18,7 +18,7 @@ from MedFusionLib import aanlib
 from MedFusionLib.errors import InvalidInputError
 from MedFusionLib.nets import weights as W
 from MedFusionLib.pair_targets import (TEN_KEYS, check_targets, count_as_good, hot_gap,
-                                       score_pairs, selection_key)
+                                       keeps_anatomy, score_pairs, selection_key)
 
 ROOT = Path(__file__).resolve().parents[1]
 FETCH = ROOT / "Resources" / "SampleData" / "fetch-aanlib.sh"
@@ -49,6 +49,24 @@ def test_selection_with_hot_foci_prefers_the_brighter_focus_that_keeps_the_anato
     assert key(brighter, guard={"VIF": 0.01}) > key(costly, guard={"VIF": 0.01})
     # without hot, the count decides as before
     assert selection_key(faded, maximum, default) > selection_key(brighter, maximum, default)
+    # a mean that keeps the anatomy while one validation case loses it does not count as kept
+    assert key(kept, cases_kept=False) < key(kept) and key(kept, cases_kept=False)[0] == 0
+    assert selection_key(faded, maximum, default, cases_kept=False) < selection_key(
+        brighter, maximum, default)
+
+
+def test_scores_per_case_come_from_the_same_slices():
+    rng = np.random.default_rng(1)
+    a, b = rng.uniform(0, 1, (2, 3, 48, 48))
+    fused = np.maximum(a, b)
+    whole, cases = score_pairs(a, b, fused, groups=[7, 9, 7])
+    assert list(cases) == [7, 9]
+    assert cases[9] == score_pairs(a[1:2], b[1:2], fused[1:2])
+    assert whole["SSIM"] == pytest.approx((2 * cases[7]["SSIM"] + cases[9]["SSIM"]) / 3)
+    assert keeps_anatomy(cases[7], cases[7]) and not keeps_anatomy(
+        dict(cases[7], SSIM=cases[7]["SSIM"] - 0.01), cases[7])
+    assert keeps_anatomy(dict(cases[7], VIF=0.985 * cases[7]["VIF"]), cases[7])
+    assert not keeps_anatomy(dict(cases[7], VIF=0.985 * cases[7]["VIF"]), cases[7], {"VIF": 0.01})
 
 
 @pytest.fixture(scope="module")

@@ -137,6 +137,12 @@ def test_checkpoints_are_chosen_on_the_validation_cases(atlas, tmp_path):
     key, scores = validator(W.load_model("fusionnet"))
     assert key[0] == 1 and scores["VIF"] == pytest.approx(validator.reference["VIF"])
 
+    per_case = AtlasValidator(root, "ct-mr", split, per_case=True, hot=True)
+    key, scores = per_case(W.load_model("fusionnet"))
+    assert scores["cases_kept"] == 1.0 and key[0] >= 1        # the reference keeps itself
+    key, scores = per_case(W.load_model("fusionnet-base"))
+    assert 0.0 <= scores["cases_kept"] <= 1.0 and "HOT" in scores
+
     seen = []
 
     def fake(net):  # best at the second of four validations

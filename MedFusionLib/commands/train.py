@@ -75,7 +75,7 @@ def _atlas_data(config, args):
     if config.val_every:
         validator = training_atlas.AtlasValidator(root, config.pair_type, split, reference=config.reference,
                                    limit=config.val_limit or None, guard=config.val_guard,
-                                   hot=config.val_hot)
+                                   hot=config.val_hot, per_case=config.val_per_case)
     data = (f"aanlib {config.pair_type} train cases {split['pair_types'][config.pair_type]['train']}"
             f" (commit {split.get('commit', '?')[:7]}, split {split_path.name})")
     return bank, validator, data
