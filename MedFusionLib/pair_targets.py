@@ -125,8 +125,9 @@ def check_targets(cand: dict, maximum: dict, default: dict | None = None,
     -------
     dict
         ``vs_max`` (count), ``max8`` (>= 8), ``fs`` (FS no higher than maximum's), ``anatomy``
-        (the default guard), ``baselines_min`` (the smallest count over the baselines) and
-        ``baselines8``, and ``all`` (every check met).
+        (the default guard), ``hot`` (``HOT`` no lower than the default's: the hot foci stay at
+        least as visible; only when both rows have a finite ``HOT``), ``baselines_min`` (the
+        smallest count over the baselines) and ``baselines8``, and ``all`` (every check met).
     """
     out = {"vs_max": count_as_good(cand, maximum)}
     out["max8"] = out["vs_max"] >= 8
@@ -135,6 +136,9 @@ def check_targets(cand: dict, maximum: dict, default: dict | None = None,
     if default is not None:
         out["anatomy"] = keeps_anatomy(cand, default)
         checks.append(out["anatomy"])
+        if np.isfinite(cand.get("HOT", np.nan)) and np.isfinite(default.get("HOT", np.nan)):
+            out["hot"] = _ge(cand["HOT"], default["HOT"])
+            checks.append(out["hot"])
     if baselines:
         counts = {name: count_as_good(cand, ref) for name, ref in baselines.items()}
         out["baselines_min"] = min(counts.values())

@@ -164,6 +164,11 @@ def test_targets_count_metrics_at_least_as_good_and_guard_the_anatomy():
     assert not check_targets(dict(cand, SSIM=0.999), maximum, default)["anatomy"]
     assert not check_targets(dict(cand, FS=0.2), maximum, default)["all"]
     assert count_as_good(cand, dict(cand, EN=1.0004)) == 10  # ties at 3 decimals count
+    # the hot foci: no dimmer than the default's, checked only where both rows have them
+    hot = check_targets(dict(cand, HOT=-0.12), maximum, dict(default, HOT=-0.10))
+    assert hot["hot"] is False and not hot["all"]
+    assert check_targets(dict(cand, HOT=-0.10), maximum, dict(default, HOT=-0.12))["all"]
+    assert "hot" not in check_targets(dict(cand, HOT=float("nan")), maximum, dict(default, HOT=0))
 
 
 def test_selection_prefers_a_checkpoint_that_keeps_the_anatomy():

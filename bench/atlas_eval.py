@@ -101,7 +101,8 @@ def print_results(results: dict, part: str) -> None:
             t = res["targets"][label]
             print(f"{label}: at least as good as pixel maximum on {t['vs_max']}/10, FS "
                   f"{'<=' if t['fs'] else '>'} maximum's; anatomy guard vs {TODAY} (Q^AB/F, VIF "
-                  f">= -2 %, SSIM >=): {'met' if t['anatomy'] else 'NOT met'}; vs classical "
+                  f">= -2 %, SSIM >=): {'met' if t['anatomy'] else 'NOT met'}; hot foci vs {TODAY}: "
+                  f"{'kept' if t.get('hot', True) else 'FADED'}; vs classical "
                   "baselines: " + ", ".join(f"{m} {n}/10" for m, n in t["vs_each"].items())
                   + f"; all targets {'MET' if t['all'] else 'NOT met'}")
 
