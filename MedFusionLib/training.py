@@ -94,7 +94,8 @@ class TrainConfig:
     loss : dict
         Weights of the loss terms (:data:`LOSS_TERMS`).
     caps : dict
-        Caps of the ``sd``, ``sf`` and ``en`` rewards (see :func:`fusion_loss`).
+        Caps of the ``sd``, ``sf`` and ``en`` rewards and the ``hot`` focus margin (see
+        :func:`fusion_loss`).
     identity_prob : float
         Fraction of pairs made of a slice with itself.
     rule_mix : float
@@ -184,10 +185,10 @@ class TrainConfig:
             if not ok:
                 raise InvalidInputError(f"training config: invalid value for '{name}': "
                                         f"{getattr(self, name)!r}.")
-        bad_caps = set(self.caps) - {"sd", "sf", "en"}
+        bad_caps = set(self.caps) - {"sd", "sf", "en", "hot"}
         if bad_caps:
             raise InvalidInputError(f"training config: unknown cap(s) {sorted(bad_caps)}; "
-                                    "known: sd, sf, en.")
+                                    "known: sd, sf, en, hot.")
         unknown = set(self.loss) - set(LOSS_TERMS)
         if unknown:
             raise InvalidInputError(f"training config: unknown loss term(s) {sorted(unknown)}; "
@@ -242,7 +243,7 @@ LOSS_TERMS = {
     "identity": "|F - A| on pairs of a slice with itself: fusion of identical inputs is the input",
 }
 DEFAULT_LOSS = {"intensity": 1.0, "gradient": 2.0, "ssim": 1.0}
-SD_CAP, SF_CAP, EN_MARGIN = 1.05, 1.4, 0.3
+SD_CAP, SF_CAP, EN_MARGIN, HOT_MARGIN = 1.05, 1.4, 0.3, 0.15
 
 
 def fusion_loss(fused, a, b, *, weights: dict | None = None, caps: dict | None = None,
@@ -257,7 +258,9 @@ def fusion_loss(fused, a, b, *, weights: dict | None = None, caps: dict | None =
         ``term -> weight``; default :data:`DEFAULT_LOSS` (``identity`` defaults to 1).
     caps : dict, optional
         Caps of the rewards: ``sd`` (ratio to SD(max(A, B)), default 1.05), ``sf`` (ratio to
-        the sharper source's SF, default 1.4), ``en`` (bits above the richer source, default 0.3).
+        the sharper source's SF, default 1.4), ``en`` (bits above the richer source, default 0.3),
+        ``hot`` (how much brighter than the other source a pixel must be to count as a hot
+        focus, [0, 1] scale, default 0.15).
     functional : Tensor, optional
         ``(N,)`` integers: which source of each pair is functional (PET/SPECT): 0 = ``a``,
         1 = ``b``, -1 = none. The ``functional`` term scores only the pairs that have one.
@@ -277,7 +280,7 @@ def fusion_loss(fused, a, b, *, weights: dict | None = None, caps: dict | None =
     if unknown:
         raise InvalidInputError(f"unknown loss term(s) {sorted(unknown)}; known: {sorted(LOSS_TERMS)}.")
     w.setdefault("identity", 1.0)
-    cap = {"sd": SD_CAP, "sf": SF_CAP, "en": EN_MARGIN}
+    cap = {"sd": SD_CAP, "sf": SF_CAP, "en": EN_MARGIN, "hot": HOT_MARGIN}
     cap.update(caps or {})
     same = (a == b).flatten(1).all(1)
     # the terms score the image the user gets (clipped to [0, 1], as at inference); a range
@@ -307,7 +310,7 @@ def fusion_loss(fused, a, b, *, weights: dict | None = None, caps: dict | None =
     if w.get("salient"):
         per["salient"] = PL.salient_intensity(a, b, fused)
     if w.get("hot"):
-        per["hot"] = PL.hot_focus(a, b, fused)
+        per["hot"] = PL.hot_focus(a, b, fused, margin=cap["hot"])
     if w.get("balance") or w.get("mi"):
         balance, amount = PL.information_terms(a, b, fused)
         per.update({k: v for k, v in (("balance", balance), ("mi", amount)) if w.get(k)})

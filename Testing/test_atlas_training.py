@@ -101,6 +101,9 @@ def test_the_hot_focus_term_costs_a_faded_focus_and_nothing_at_or_above_it():
     big = b.clone()
     big[..., 4:20, 4:20] = 0.9
     assert float(PL.hot_focus(a, big, a)) == pytest.approx(0.5 * 0.4 * 256 / 272, rel=0.02)
+    # the margin is a cap of the config: a focus 0.4 above the MR hardly counts at margin 0.6
+    wide = float(fusion_loss(a.clone(), a, b, weights={"hot": 1.0}, caps={"hot": 0.6})[0])
+    assert wide < 0.05 * float(fusion_loss(a.clone(), a, b, weights={"hot": 1.0})[0])
     half = (0.5 * (a + b)).requires_grad_(True)
     total, terms = fusion_loss(half, a, b, weights={"hot": 1.0})
     total.backward()
