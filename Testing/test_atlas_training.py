@@ -227,6 +227,31 @@ def test_the_atlas_benchmark_reports_every_pair_type(atlas, tmp_path):
     assert len(paths) == 6 and all(p.stat().st_size > 1000 for p in paths)
 
 
+def test_the_frontier_reports_hot_foci_of_trained_checkpoints(atlas, tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import atlas_frontier
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    root, split, split_path = atlas
+    monkeypatch.setattr(aanlib, "DEFAULT_SPLIT", split_path)
+    validator = AtlasValidator(root, "pet-mr", split, hot=True)
+    cfg = TrainConfig(steps=4, batch_size=2, patch=32, lr=1e-3, warmup=1, log_every=2,
+                      rule_mix=0.0, val_every=2, pair_type="pet-mr", residual=True,
+                      loss={"intensity": 1.0, "hot": 1.0})
+    res = train(cfg, tmp_path / "run" / "p.pt", init="fusionnet", bank=atlas_bank(root, "pet-mr",
+                                                                                split),
+                validator=validator)
+    points = atlas_frontier.frontier(root, "pet-mr", [res.path])
+    rows = {r[0]: r for r in atlas_frontier.describe(points)}
+    assert rows["default"][8] == 0.0 and rows["maximum"][8] > 0.0   # max keeps the foci
+    steps = [label for label in rows if " step " in label]
+    assert len(steps) == 2 and any("(chosen)" in label for label in steps)
+    assert all(np.isfinite(rows[label][8]) for label in steps)
+    atlas_frontier.draw({"pet-mr": points}, tmp_path / "frontier.png")
+    assert (tmp_path / "frontier.png").stat().st_size > 1000
+
+
 def test_fuse_picks_the_pair_model_for_an_8bit_mr_with_a_pseudo_colour_source(atlas, tmp_path):
     """The colour path calls the RGB source PET unless told SPECT; its luminance is fused by the
     model pair_defaults names for (8BIT, PET) or (8BIT, SPECT)."""

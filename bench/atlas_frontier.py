@@ -12,8 +12,11 @@ For each pair type of the Harvard atlas (``--atlas DIR``, the folder of
   ``medfusion train`` with ``val_every``; their meta holds every validation).
 
 It prints each point's anatomy guard (Q^AB/F and VIF relative to the default, SSIM difference),
-its FS against pixel maximum's, and how many of the ten metrics are at least as good as pixel
-maximum's, and draws FS against VIF relative to the default, one panel per pair type.
+its FS against pixel maximum's, how many of the ten metrics are at least as good as pixel
+maximum's, and how much brighter than the default's its hot foci are (``HOT`` gain, where the
+second source exceeds the MR by 0.2; checkpoints validated before ``HOT`` was scored show
+``-``), and draws FS against VIF relative to the default (top row) and the ``HOT`` gain against
+the SSIM difference (bottom row), one column per pair type.
 
 Usage::
 
@@ -71,14 +74,18 @@ def _validations(path: Path, pair_type: str) -> dict:
 
 
 def describe(points: dict) -> list:
-    """Rows ``(label, vs_max, FS ok, Qabf rel, VIF rel, dSSIM, FS, anatomy)``."""
+    """Rows ``(label, vs_max, FS ok, Qabf rel, VIF rel, dSSIM, FS, anatomy, HOT gain)``."""
     mx, df = points["maximum"], points["default"]
     rows = []
     for label, s in points.items():
         t = check_targets(s, mx, df)
         rows.append((label, t["vs_max"], t["fs"], s["Qabf"] / df["Qabf"], s["VIF"] / df["VIF"],
-                     s["SSIM"] - df["SSIM"], s["FS"], t["anatomy"]))
+                     s["SSIM"] - df["SSIM"], s["FS"], t["anatomy"], _hot_gain(s, df)))
     return rows
+
+
+def _hot_gain(s: dict, df: dict) -> float:
+    return s.get("HOT", float("nan")) - df["HOT"]
 
 
 def draw(results: dict, out: Path) -> None:
@@ -87,8 +94,9 @@ def draw(results: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(5.0 * len(results), 4.4), squeeze=False)
-    for ax, (key, points) in zip(axes[0], results.items()):
+    fig, axes = plt.subplots(2, len(results), figsize=(5.0 * len(results), 8.8), squeeze=False)
+    for col, (key, points) in enumerate(results.items()):
+        ax, ax_hot = axes[0, col], axes[1, col]
         mx, df = points["maximum"], points["default"]
         for label, s in points.items():
             t = check_targets(s, mx, df)
@@ -98,9 +106,17 @@ def draw(results: dict, out: Path) -> None:
             colour = {"toward max": "tab:orange", "partial max": "tab:red", "additive": "tab:green",
                       "soft addition": "tab:purple", "trained checkpoints": "tab:blue",
                       "maximum": "black", "default": "grey"}[family]
-            ax.scatter(s["VIF"] / df["VIF"], s["FS"], marker=marker, s=60 if "chosen" in label
-                       else 30, facecolors=colour if t["vs_max"] >= 8 else "none",
-                       edgecolors=colour, label=family)
+            style = dict(marker=marker, s=60 if "chosen" in label else 30,
+                         facecolors=colour if t["vs_max"] >= 8 else "none", edgecolors=colour,
+                         label=family)
+            ax.scatter(s["VIF"] / df["VIF"], s["FS"], **style)
+            if np.isfinite(_hot_gain(s, df)):
+                ax_hot.scatter(s["SSIM"] - df["SSIM"], _hot_gain(s, df), **style)
+        ax_hot.axhline(0.0, color="black", lw=0.8, ls="--")
+        ax_hot.axvline(0.0, color="grey", lw=0.8, ls=":")
+        ax_hot.set_xlabel("SSIM - default's (guard: >= 0)")
+        ax_hot.set_ylabel("HOT - default's (foci brighter: > 0; dashed: as the default)")
+        ax_hot.set_title(f"{key}, validation cases: hot foci against SSIM", fontsize=9)
         ax.axhline(mx["FS"], color="black", lw=0.8, ls="--")
         ax.axvline(0.98, color="grey", lw=0.8, ls=":")
         ax.set_xlabel("VIF / default's (guard: >= 0.98)")
@@ -110,7 +126,8 @@ def draw(results: dict, out: Path) -> None:
         uniq = dict(zip(labels, handles))
         ax.legend(uniq.values(), uniq.keys(), fontsize=6, loc="best")
     fig.suptitle("filled: at least as good as pixel maximum on >= 8 of 10 metrics; "
-                 "target corner: right of the dotted line, below the dashed one", fontsize=8)
+                 "target corners: top row right of the dotted line and below the dashed one, "
+                 "bottom row right of the dotted line and above the dashed one", fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     save_figure(fig, out, dpi=100)
@@ -133,10 +150,11 @@ def main(argv=None) -> int:
         results[key] = frontier(args.atlas, key, models)
         lines.append(f"\n[{key}, val cases {aanlib.read_split()['pair_types'][key]['val']}]")
         lines.append(f"{'point':34s}{'vsmax':>6s}{'FS<=':>5s}{'Qabf/d':>8s}{'VIF/d':>7s}"
-                     f"{'dSSIM':>7s}{'FS':>7s}  anatomy")
-        for label, n, fs, q, v, ds, fsv, anat in describe(results[key]):
+                     f"{'dSSIM':>7s}{'FS':>7s}{'dHOT':>7s}  anatomy")
+        for label, n, fs, q, v, ds, fsv, anat, dh in describe(results[key]):
+            hot = f"{dh:+7.3f}" if np.isfinite(dh) else f"{'-':>7s}"
             lines.append(f"{label:34s}{n:6d}{'yes' if fs else 'no':>5s}{q:8.3f}{v:7.3f}"
-                         f"{ds:+7.3f}{fsv:7.3f}  {'kept' if anat else 'lost'}")
+                         f"{ds:+7.3f}{fsv:7.3f}{hot}  {'kept' if anat else 'lost'}")
     text = "\n".join(lines)
     print(text)
     if args.out:
