@@ -15,7 +15,8 @@ It prints each point's anatomy guard (Q^AB/F and VIF relative to the default, SS
 its FS against pixel maximum's, how many of the ten metrics are at least as good as pixel
 maximum's, and how much brighter than the default's its hot foci are (``HOT`` gain, where the
 second source exceeds the MR by 0.2; checkpoints validated before ``HOT`` was scored show
-``-``), and draws FS against VIF relative to the default (top row) and the ``HOT`` gain against
+``-``; for runs selected with ``val_per_case``, the share of validation cases on which the
+guard holds on its own is printed after the mean's verdict), and draws FS against VIF relative to the default (top row) and the ``HOT`` gain against
 the SSIM difference (bottom row), one column per pair type.
 
 Usage::
@@ -150,11 +151,13 @@ def main(argv=None) -> int:
         results[key] = frontier(args.atlas, key, models)
         lines.append(f"\n[{key}, val cases {aanlib.read_split()['pair_types'][key]['val']}]")
         lines.append(f"{'point':34s}{'vsmax':>6s}{'FS<=':>5s}{'Qabf/d':>8s}{'VIF/d':>7s}"
-                     f"{'dSSIM':>7s}{'FS':>7s}{'dHOT':>7s}  anatomy")
+                     f"{'dSSIM':>7s}{'FS':>7s}{'dHOT':>7s}  anatomy (cases)")
         for label, n, fs, q, v, ds, fsv, anat, dh in describe(results[key]):
             hot = f"{dh:+7.3f}" if np.isfinite(dh) else f"{'-':>7s}"
+            kept = results[key][label].get("cases_kept")
+            cases = f" ({kept:.2f})" if kept is not None else ""
             lines.append(f"{label:34s}{n:6d}{'yes' if fs else 'no':>5s}{q:8.3f}{v:7.3f}"
-                         f"{ds:+7.3f}{fsv:7.3f}{hot}  {'kept' if anat else 'lost'}")
+                         f"{ds:+7.3f}{fsv:7.3f}{hot}  {'kept' if anat else 'lost'}{cases}")
     text = "\n".join(lines)
     print(text)
     if args.out:
