@@ -19,6 +19,7 @@ from MedFusionLib import aanlib
 from MedFusionLib.nets import pair_losses as PL
 from MedFusionLib.nets import weights as W
 from MedFusionLib.training import TrainConfig, fusion_loss, train
+from MedFusionLib.pair_targets import count_as_good
 from MedFusionLib.training_atlas import AtlasBank, AtlasValidator, atlas_bank
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -245,6 +246,11 @@ def test_the_frontier_reports_hot_foci_of_trained_checkpoints(atlas, tmp_path, m
     points = atlas_frontier.frontier(root, "pet-mr", [res.path])
     rows = {r[0]: r for r in atlas_frontier.describe(points)}
     assert rows["default"][8] == 0.0 and rows["maximum"][8] > 0.0   # max keeps the foci
+    assert rows["default"][9] is None
+    base = {"max": points["maximum"], "default": points["default"]}
+    vs_base = {r[0]: r[9] for r in atlas_frontier.describe(points, base)}
+    assert vs_base["default"] == count_as_good(points["default"], points["maximum"])
+    assert vs_base["maximum"] == count_as_good(points["maximum"], points["default"])
     steps = [label for label in rows if " step " in label]
     assert len(steps) == 2 and any("(chosen)" in label for label in steps)
     assert all(np.isfinite(rows[label][8]) for label in steps)

@@ -6,18 +6,21 @@ For each pair type of the Harvard atlas (``--atlas DIR``, the folder of
 
 - hand-built changes of today's default ``fusionnet`` output C toward the functional (or CT)
   source B: a global blend toward pixel maximum ``C + t (max(A, B) - C)``, a partial maximum
-  ``C + t relu(B - C)``, an additive ``clip(C + t B)`` and a soft addition ``C + t B (1 - C)``
-  (diagnostic only: they do not keep F(A, A) = A);
+  ``C + t relu(B - C)``, an additive ``clip(C + t B)``, a soft addition ``C + t B (1 - C)`` and
+  an unsharp mask ``C + t (C - gauss(C, 1 px))`` (the detail that DWT and WPD win EN, SF and AG
+  with; diagnostic only: they do not all keep F(A, A) = A);
 - the checkpoints the training runs validated (``--models``: ``.pt`` files written by
   ``medfusion train`` with ``val_every``; their meta holds every validation).
 
 It prints each point's anatomy guard (Q^AB/F and VIF relative to the default, SSIM difference),
 its FS against pixel maximum's, how many of the ten metrics are at least as good as pixel
-maximum's, and how much brighter than the default's its hot foci are (``HOT`` gain, where the
-second source exceeds the MR by 0.2; checkpoints validated before ``HOT`` was scored show
-``-``; for runs selected with ``val_per_case``, the share of validation cases on which the
-guard holds on its own is printed after the mean's verdict), and draws FS against VIF relative to the default (top row) and the ``HOT`` gain against
-the SSIM difference (bottom row), one column per pair type.
+maximum's, the fewest of the ten at least as good as any classical baseline's (``vsbase``: the
+baselines of ``atlas_eval.CLASSICAL`` fused on the same pairs), and how much brighter than the
+default's its hot foci are (``HOT`` gain, where the second source exceeds the MR by 0.2;
+checkpoints validated before ``HOT`` was scored show ``-``; for runs selected with
+``val_per_case``, the share of validation cases on which the guard holds on its own is printed
+after the mean's verdict). It draws FS against VIF relative to the default (top row) and the
+``HOT`` gain against the SSIM difference (bottom row), one column per pair type.
 
 Usage::
 
@@ -31,6 +34,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -38,13 +42,16 @@ sys.path.insert(0, str(ROOT))
 from MedFusionLib import aanlib  # noqa: E402
 from MedFusionLib.driver import fuse_arrays  # noqa: E402
 from MedFusionLib.figures import save_figure  # noqa: E402
-from MedFusionLib.pair_targets import check_targets, score_pairs  # noqa: E402
+from MedFusionLib.pair_targets import check_targets, count_as_good, score_pairs  # noqa: E402
+from atlas_eval import CLASSICAL  # noqa: E402  (bench/ is the script's folder)
 
 FAMILIES = {
     "toward max": (lambda c, a, b, t: c + t * (np.maximum(a, b) - c), (0.25, 0.5, 0.75)),
     "partial max": (lambda c, a, b, t: c + t * np.maximum(b - c, 0.0), (0.25, 0.5, 1.0)),
     "additive": (lambda c, a, b, t: c + t * b, (0.1, 0.2, 0.3, 0.5)),
     "soft addition": (lambda c, a, b, t: c + t * b * (1.0 - c), (0.3, 0.5, 1.0)),
+    "sharpen": (lambda c, a, b, t: c + t * (c - ndimage.gaussian_filter(c, (0, 1, 1))),
+                (0.25, 0.5, 1.0)),
 }
 
 
@@ -63,6 +70,13 @@ def frontier(root, pair_type: str, models=()) -> dict:
     return points
 
 
+def classical_scores(root, pair_type: str) -> dict:
+    """``{baseline: scores}`` of the classical baselines on the val cases."""
+    p = aanlib.load_pairs(root, pair_type, aanlib.split_names(root, pair_type, "val"))
+    return {m: score_pairs(p.mr, p.other, fuse_arrays(p.mr, p.other, method=m, device="cpu"))
+            for m in CLASSICAL}
+
+
 def _validations(path: Path, pair_type: str) -> dict:
     import torch
 
@@ -74,14 +88,17 @@ def _validations(path: Path, pair_type: str) -> dict:
             v["scores"] for v in meta.get("validations", [])}
 
 
-def describe(points: dict) -> list:
-    """Rows ``(label, vs_max, FS ok, Qabf rel, VIF rel, dSSIM, FS, anatomy, HOT gain)``."""
+def describe(points: dict, baselines: dict | None = None) -> list:
+    """Rows ``(label, vs_max, FS ok, Qabf rel, VIF rel, dSSIM, FS, anatomy, HOT gain,
+    vs_baselines)``; ``vs_baselines`` (the smallest count against ``baselines``) is None
+    without them."""
     mx, df = points["maximum"], points["default"]
     rows = []
     for label, s in points.items():
         t = check_targets(s, mx, df)
+        vs_base = min(count_as_good(s, ref) for ref in baselines.values()) if baselines else None
         rows.append((label, t["vs_max"], t["fs"], s["Qabf"] / df["Qabf"], s["VIF"] / df["VIF"],
-                     s["SSIM"] - df["SSIM"], s["FS"], t["anatomy"], _hot_gain(s, df)))
+                     s["SSIM"] - df["SSIM"], s["FS"], t["anatomy"], _hot_gain(s, df), vs_base))
     return rows
 
 
@@ -105,7 +122,8 @@ def draw(results: dict, out: Path) -> None:
                 "trained checkpoints" if " step " in label else label)
             marker = {"maximum": "s", "default": "D", "trained checkpoints": "o"}.get(family, "^")
             colour = {"toward max": "tab:orange", "partial max": "tab:red", "additive": "tab:green",
-                      "soft addition": "tab:purple", "trained checkpoints": "tab:blue",
+                      "soft addition": "tab:purple", "sharpen": "tab:brown",
+                      "trained checkpoints": "tab:blue",
                       "maximum": "black", "default": "grey"}[family]
             style = dict(marker=marker, s=60 if "chosen" in label else 30,
                          facecolors=colour if t["vs_max"] >= 8 else "none", edgecolors=colour,
@@ -149,14 +167,15 @@ def main(argv=None) -> int:
     lines, results = [], {}
     for key in aanlib.PAIR_TYPES:
         results[key] = frontier(args.atlas, key, models)
+        baselines = classical_scores(args.atlas, key)
         lines.append(f"\n[{key}, val cases {aanlib.read_split()['pair_types'][key]['val']}]")
-        lines.append(f"{'point':34s}{'vsmax':>6s}{'FS<=':>5s}{'Qabf/d':>8s}{'VIF/d':>7s}"
-                     f"{'dSSIM':>7s}{'FS':>7s}{'dHOT':>7s}  anatomy (cases)")
-        for label, n, fs, q, v, ds, fsv, anat, dh in describe(results[key]):
+        lines.append(f"{'point':34s}{'vsmax':>6s}{'vsbase':>7s}{'FS<=':>5s}{'Qabf/d':>8s}"
+                     f"{'VIF/d':>7s}{'dSSIM':>7s}{'FS':>7s}{'dHOT':>7s}  anatomy (cases)")
+        for label, n, fs, q, v, ds, fsv, anat, dh, nb in describe(results[key], baselines):
             hot = f"{dh:+7.3f}" if np.isfinite(dh) else f"{'-':>7s}"
             kept = results[key][label].get("cases_kept")
             cases = f" ({kept:.2f})" if kept is not None else ""
-            lines.append(f"{label:34s}{n:6d}{'yes' if fs else 'no':>5s}{q:8.3f}{v:7.3f}"
+            lines.append(f"{label:34s}{n:6d}{nb:7d}{'yes' if fs else 'no':>5s}{q:8.3f}{v:7.3f}"
                          f"{ds:+7.3f}{fsv:7.3f}{hot}  {'kept' if anat else 'lost'}{cases}")
     text = "\n".join(lines)
     print(text)
