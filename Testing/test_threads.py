@@ -3,6 +3,7 @@ and what they set (torch, ITK, Dask workers)."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -95,7 +96,12 @@ def test_no_cgroup_files_at_all(tmp_path):
 
 def test_this_process_gets_at_least_one_core_and_no_more_than_its_affinity():
     n = T.available_cores()
-    assert 1 <= n <= len(os.sched_getaffinity(0))
+    # exactly the affinity, lowered to this machine's real cgroup quota (whole cores, at least 1)
+    limit = T.cgroup_cpu_limit(T._CGROUP_ROOT, T._PROC_CGROUP)
+    want = len(os.sched_getaffinity(0))
+    if limit is not None:
+        want = min(want, max(1, math.floor(limit + 1e-9)))
+    assert n == want
     # the defaults are this process's affinity and its real cgroup files
     assert n == T.available_cores(root=T._CGROUP_ROOT, proc_cgroup=T._PROC_CGROUP,
                                   affinity=os.sched_getaffinity(0))
