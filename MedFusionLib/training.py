@@ -243,7 +243,7 @@ LOSS_TERMS = {
     "identity": "|F - A| on pairs of a slice with itself: fusion of identical inputs is the input",
 }
 DEFAULT_LOSS = {"intensity": 1.0, "gradient": 2.0, "ssim": 1.0}
-SD_CAP, SF_CAP, EN_MARGIN, HOT_MARGIN = 1.05, 1.4, 0.3, 0.15
+SD_CAP, SF_CAP, EN_MARGIN = 1.05, 1.4, 0.3
 
 
 def fusion_loss(fused, a, b, *, weights: dict | None = None, caps: dict | None = None,
@@ -280,7 +280,7 @@ def fusion_loss(fused, a, b, *, weights: dict | None = None, caps: dict | None =
     if unknown:
         raise InvalidInputError(f"unknown loss term(s) {sorted(unknown)}; known: {sorted(LOSS_TERMS)}.")
     w.setdefault("identity", 1.0)
-    cap = {"sd": SD_CAP, "sf": SF_CAP, "en": EN_MARGIN, "hot": HOT_MARGIN}
+    cap = {"sd": SD_CAP, "sf": SF_CAP, "en": EN_MARGIN, "hot": PL.FOCUS_MARGIN}
     cap.update(caps or {})
     same = (a == b).flatten(1).all(1)
     # the terms score the image the user gets (clipped to [0, 1], as at inference); a range

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 __all__ = ["soft_mutual_information", "information_terms", "salient_intensity",
-           "salient_target", "hot_focus"]
+           "salient_target", "hot_focus", "FOCUS_MARGIN"]
 
 
 def _linear_bins(x: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,8 +112,11 @@ def salient_intensity(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torc
     return (f - salient_target(a, b)).abs().mean(dim=(1, 2, 3))
 
 
+#: Default of :func:`hot_focus`'s ``margin`` (a training config's ``caps.hot``), [0, 1] scale.
+FOCUS_MARGIN = 0.15
 
-def hot_focus(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor, *, margin: float = 0.15,
+
+def hot_focus(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor, *, margin: float = FOCUS_MARGIN,
               floor: float = 0.1, sharpness: float = 30.0) -> torch.Tensor:
     """Shortfall of F at each source's hot foci, per image ``(N,)``, on the [0, 1] scale.
 
